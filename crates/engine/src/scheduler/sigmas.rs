@@ -1,0 +1,241 @@
+//! Noise-level helpers shared by the schedulers that work with sigmas
+//! (Euler, Euler ancestral, DPM-Solver++, UniPC).
+//!
+//! diffusers builds these tables partly in torch float32 and partly in numpy
+//! float64, and the mix matters for bit-level agreement: the training sigma
+//! table is float32 (it comes from the float32 `alphas_cumprod`), while
+//! `np.interp`, the Karras ramp and `_sigma_to_t` run in float64 on top of it.
+//! The helpers here keep each of those steps in the dtype diffusers uses, and
+//! reproduce numpy's own conventions (round half to even, `arange` sizing).
+
+use candle_core::{DType, Tensor};
+
+use super::SchedulerConfig;
+use crate::error::Result;
+
+/// `sqrt((1 - alphas_cumprod) / alphas_cumprod)` as torch computes it in
+/// float32, indexed by training timestep (so ascending).
+pub(super) fn training_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
+    alphas_cumprod
+        .iter()
+        .map(|&a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// The training `alphas_cumprod` of the config, with `rescale_betas_zero_snr`
+/// applied when asked for.
+///
+/// The sigma-based schedulers then replace the final value by 2^-24, as
+/// diffusers does, so that the first sigma is large but finite.
+pub(super) fn alphas_cumprod(config: &SchedulerConfig, rescale_zero_snr: bool) -> Result<Vec<f32>> {
+    let mut ac = config.alphas_cumprod()?;
+    if rescale_zero_snr {
+        ac = rescale_zero_terminal_snr(&ac);
+        if let Some(last) = ac.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+    Ok(ac)
+}
+
+/// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023, algorithm 1), taking
+/// and returning `alphas_cumprod` rather than betas.
+///
+/// diffusers goes betas -> cumprod -> rescale -> betas -> cumprod again; we
+/// retrace the same float32 steps so the rounding matches, and redo the final
+/// cumulative product in float64 because torch's CPU `cumprod` accumulates in
+/// double before rounding each entry to float32.
+pub(super) fn rescale_zero_terminal_snr(alphas_cumprod: &[f32]) -> Vec<f32> {
+    let Some((&first, &last)) = alphas_cumprod.first().zip(alphas_cumprod.last()) else {
+        return Vec::new();
+    };
+    let sqrt_0 = first.sqrt();
+    let sqrt_t = last.sqrt();
+    let factor = sqrt_0 / (sqrt_0 - sqrt_t);
+    let bar: Vec<f32> = alphas_cumprod
+        .iter()
+        .map(|&a| {
+            let s = (a.sqrt() - sqrt_t) * factor;
+            s * s
+        })
+        .collect();
+    let mut acc = 1f64;
+    (0..bar.len())
+        .map(|i| {
+            let alpha = if i == 0 { bar[0] } else { bar[i] / bar[i - 1] };
+            let beta = 1.0 - alpha;
+            acc *= (1.0 - beta) as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// `np.interp(x, np.arange(len(fp)), fp)` in float64, including numpy's
+/// clamping outside the table and its exact-hit shortcut.
+pub(super) fn interp_table(x: f64, fp: &[f32]) -> f64 {
+    let n = fp.len();
+    let last = (n - 1) as f64;
+    if x.is_nan() {
+        return x;
+    }
+    if x >= last {
+        return fp[n - 1] as f64;
+    }
+    if x < 0.0 {
+        return fp[0] as f64;
+    }
+    let j = x.floor() as usize;
+    let xj = j as f64;
+    if xj == x {
+        return fp[j] as f64;
+    }
+    // The grid step is 1, so numpy's slope is just the difference.
+    let slope = fp[j + 1] as f64 - fp[j] as f64;
+    slope * (x - xj) + fp[j] as f64
+}
+
+/// diffusers' `_sigma_to_t`: the fractional training timestep whose log-sigma
+/// matches `sigma`, by linear interpolation in the float32 `log_sigmas` table.
+pub(super) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    // numpy picks the last index whose log-sigma is <= log_sigma (or 0 when
+    // none is), capped so that `low + 1` stays inside the table.
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l as f64 >= 0.0)
+        .unwrap_or(0)
+        .min(log_sigmas.len() - 2);
+    let high_idx = low_idx + 1;
+    let low = log_sigmas[low_idx];
+    let high = log_sigmas[high_idx];
+    // The denominator is a float32 difference in numpy (both operands are float32).
+    let w = ((low as f64 - log_sigma) / (low - high) as f64).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * high_idx as f64
+}
+
+/// Karras et al. (2022) sigmas: `rho = 7` interpolation between `sigma_max` and `sigma_min`, float64.
+pub(super) fn karras(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let min_inv_rho = sigma_min.powf(1.0 / rho);
+    let max_inv_rho = sigma_max.powf(1.0 / rho);
+    super::linspace_f64(0.0, 1.0, n)
+        .into_iter()
+        .map(|ramp| (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)).powf(rho))
+        .collect()
+}
+
+/// Sigmas evenly spaced in log space from `sigma_max` down to `sigma_min`, float64.
+pub(super) fn exponential(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    super::linspace_f64(sigma_max.ln(), sigma_min.ln(), n)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// `np.arange(start, stop, step)` for float arguments: numpy sizes it as
+/// `ceil((stop - start) / step)` and fills entry `i >= 2` as
+/// `start + i * ((start + step) - start)`.
+pub(super) fn arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil();
+    let len = if len > 0.0 { len as usize } else { 0 };
+    let delta = (start + step) - start;
+    (0..len)
+        .map(|i| match i {
+            0 => start,
+            1 => start + step,
+            _ => start + i as f64 * delta,
+        })
+        .collect()
+}
+
+/// Which sigma ramp replaces the interpolated training sigmas
+/// (`use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SigmaRamp {
+    Interpolated,
+    Karras,
+    Exponential,
+}
+
+impl SigmaRamp {
+    pub(super) fn read(config: &SchedulerConfig) -> Result<Self> {
+        let karras = config.bool_or("use_karras_sigmas", false)?;
+        let exponential = config.bool_or("use_exponential_sigmas", false)?;
+        let beta = config.bool_or("use_beta_sigmas", false)?;
+        if [karras, exponential, beta].iter().filter(|b| **b).count() > 1 {
+            return Err(config.error(
+                "use_karras_sigmas",
+                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be true",
+            ));
+        }
+        if beta {
+            return Err(config.error(
+                "use_beta_sigmas",
+                "beta sigmas are not supported; accepted: false (use_karras_sigmas or use_exponential_sigmas are)",
+            ));
+        }
+        Ok(if karras {
+            SigmaRamp::Karras
+        } else if exponential {
+            SigmaRamp::Exponential
+        } else {
+            SigmaRamp::Interpolated
+        })
+    }
+
+    /// The ramp between `sigma_min` and `sigma_max`, `n` entries, descending.
+    pub(super) fn ramp(self, sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+        match self {
+            SigmaRamp::Karras => karras(sigma_min, sigma_max, n),
+            SigmaRamp::Exponential => exponential(sigma_min, sigma_max, n),
+            SigmaRamp::Interpolated => unreachable!("the interpolated schedule has no ramp"),
+        }
+    }
+}
+
+/// An optional float key (`sigma_min`, `sigma_max`): absent or null is `None`.
+pub(super) fn optional_f64(config: &SchedulerConfig, key: &str) -> Result<Option<f64>> {
+    match config.get(key) {
+        None => Ok(None),
+        Some(_) => config.f64_or(key, 0.0).map(Some),
+    }
+}
+
+/// `final_sigmas_type`: whether the schedule ends at sigma 0 (`"zero"`) or not (`"sigma_min"`).
+pub(super) fn final_sigma_is_zero(config: &SchedulerConfig) -> Result<bool> {
+    match config.str_or("final_sigmas_type", "zero")?.as_str() {
+        "zero" => Ok(true),
+        "sigma_min" => Ok(false),
+        other => Err(config.error(
+            "final_sigmas_type",
+            format!("unsupported value \"{other}\"; accepted: \"zero\", \"sigma_min\""),
+        )),
+    }
+}
+
+/// `tensor * s` with a float32 scalar, as torch multiplies by a 0-dim float32 tensor.
+pub(super) fn mul(t: &Tensor, s: f32) -> candle_core::Result<Tensor> {
+    t.affine(s as f64, 0.0)
+}
+
+/// `tensor / s` with a float32 scalar.
+pub(super) fn div(t: &Tensor, s: f32) -> candle_core::Result<Tensor> {
+    t.affine(1.0 / s as f64, 0.0)
+}
+
+/// The tensor in float32: diffusers upcasts the latents before every update.
+pub(super) fn f32(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+/// `alpha_t, sigma_t` of the variance-preserving process at noise level `sigma`,
+/// in float32 (diffusers' `_sigma_to_alpha_sigma_t` on a float32 sigma).
+pub(super) fn alpha_sigma(sigma: f32) -> (f32, f32) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// `log(alpha_t) - log(sigma_t)`: half the log-SNR; `+inf` at sigma 0.
+pub(super) fn lambda(alpha: f32, sigma: f32) -> f32 {
+    alpha.ln() - sigma.ln()
+}

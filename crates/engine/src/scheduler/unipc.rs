@@ -1,0 +1,450 @@
+//! UniPC: a rewrite of diffusers' `UniPCMultistepScheduler` (Zhao et al. 2023),
+//! a multistep predictor (UniP) followed, on the next call, by a corrector
+//! (UniC) that refines the sample with the model output just computed there.
+//!
+//! The corrector for step `i` therefore runs at the start of step `i + 1`,
+//! using the sample before the predictor (`last_sample`) and the order the
+//! predictor used; that is why the scheduler keeps both between calls.
+//!
+//! Defaults: order 2, data prediction (`predict_x0`), the `bh2` variant of
+//! B(h), lower orders at the end, corrector everywhere. `bh1` and the noise
+//! prediction form are implemented too, as are orders above 2 (they need a
+//! small linear solve, done here in float32 with partial pivoting as LAPACK's
+//! `sgesv` does for `torch.linalg.solve`). Timesteps are integers (int64 in
+//! diffusers); sigmas and every solver coefficient are float32, as diffusers
+//! computes them on 0-dim float32 tensors.
+
+use candle_core::Tensor;
+
+use super::sigmas::{self, alpha_sigma, lambda, mul, SigmaRamp};
+use super::{linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SolverType {
+    /// B(h) = h.
+    Bh1,
+    /// B(h) = e^h - 1.
+    Bh2,
+}
+
+pub(super) struct UniPcMultistep {
+    timesteps: Vec<f64>,
+    /// One more entry than the steps: the last is the sigma we end at.
+    sigmas: Vec<f32>,
+    prediction: PredictionType,
+    predict_x0: bool,
+    solver_type: SolverType,
+    solver_order: usize,
+    lower_order_final: bool,
+    /// Step indices after which the corrector is skipped.
+    disable_corrector: Vec<usize>,
+    /// The last `solver_order` converted model outputs, oldest first.
+    model_outputs: Vec<Option<Tensor>>,
+    lower_order_nums: usize,
+    /// The sample the previous predictor started from, for the corrector.
+    last_sample: Option<Tensor>,
+    /// The order the previous predictor used; the corrector reuses it.
+    this_order: usize,
+}
+
+/// What the predictor and the corrector share: both step from entry `s0` to
+/// entry `s0 + 1` of the sigma table using the stored model outputs.
+struct BhTerms {
+    /// The first-order part of the update.
+    x_t_: Tensor,
+    /// (m_k - m0) / r_k for each older output k.
+    d1s: Vec<Tensor>,
+    /// `R`: row p holds r_k^p, with r = 1 for the newest point.
+    r: Vec<Vec<f32>>,
+    b: Vec<f32>,
+    /// alpha_t * B(h) (data prediction) or sigma_t * B(h) (noise prediction).
+    scale: f32,
+}
+
+impl UniPcMultistep {
+    pub(super) fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
+        let n_train = config.usize_or("num_train_timesteps", 1000)?;
+        let solver_order = config.usize_or("solver_order", 2)?;
+        if solver_order == 0 {
+            return Err(config.error("solver_order", "must be at least 1; accepted: 1, 2, 3, ..."));
+        }
+        let prediction = config.prediction_type(PredictionType::Epsilon)?;
+        if config.bool_or("thresholding", false)? {
+            return Err(config.error(
+                "thresholding",
+                "dynamic thresholding is not supported (it is meant for pixel-space models); accepted: false",
+            ));
+        }
+        // Only read by thresholding, which is refused above; still type-checked.
+        config.f64_or("dynamic_thresholding_ratio", 0.995)?;
+        config.f64_or("sample_max_value", 1.0)?;
+        let predict_x0 = config.bool_or("predict_x0", true)?;
+        let solver_type = match config.str_or("solver_type", "bh2")?.as_str() {
+            "bh1" => SolverType::Bh1,
+            // diffusers maps DPM-Solver's solver names onto bh2.
+            "bh2" | "midpoint" | "heun" | "logrho" => SolverType::Bh2,
+            other => {
+                return Err(config.error(
+                    "solver_type",
+                    format!("unsupported value \"{other}\"; accepted: \"bh1\", \"bh2\" (or \"midpoint\", \"heun\", \"logrho\", read as bh2)"),
+                ))
+            }
+        };
+        let lower_order_final = config.bool_or("lower_order_final", true)?;
+        let disable_corrector = read_disable_corrector(config)?;
+        if config.get("solver_p").is_some() {
+            return Err(config.error(
+                "solver_p",
+                "an external predictor scheduler is not supported; accepted: null",
+            ));
+        }
+        let ramp = SigmaRamp::read(config)?;
+        let use_flow_sigmas = config.bool_or("use_flow_sigmas", false)?;
+        if use_flow_sigmas {
+            return Err(config.error(
+                "use_flow_sigmas",
+                "flow-matching sigmas are not supported; accepted: false",
+            ));
+        }
+        config.f64_or("flow_shift", 1.0)?;
+        if config.get("shift_terminal").is_some() {
+            // diffusers itself refuses shift_terminal without flow sigmas.
+            return Err(config.error(
+                "shift_terminal",
+                "only meaningful with use_flow_sigmas, which is not supported; accepted: null",
+            ));
+        }
+        if config.bool_or("use_dynamic_shifting", false)? {
+            // diffusers then requires `mu` in set_timesteps, which a Stable
+            // Diffusion pipeline never passes.
+            return Err(config.error(
+                "use_dynamic_shifting",
+                "dynamic shifting needs a per-image `mu`, which this pipeline does not provide; accepted: false",
+            ));
+        }
+        config.str_or("time_shift_type", "exponential")?;
+        let sigma_min = sigmas::optional_f64(config, "sigma_min")?;
+        let sigma_max = sigmas::optional_f64(config, "sigma_max")?;
+        let spacing = config.timestep_spacing(TimestepSpacing::Linspace)?;
+        let steps_offset = config.usize_or("steps_offset", 0)?;
+        let final_sigma_zero = sigmas::final_sigma_is_zero(config)?;
+        if final_sigma_zero && (solver_type == SolverType::Bh1 || !predict_x0) {
+            // The step onto sigma 0 has an infinite h; with B(h) = h, or in the
+            // noise-prediction form, diffusers multiplies that infinity by zero
+            // and returns NaN latents. Refuse rather than render black images.
+            let field = if solver_type == SolverType::Bh1 { "solver_type" } else { "predict_x0" };
+            return Err(config.error(
+                field,
+                "solver_type \"bh1\" and predict_x0 = false end in NaN latents when the schedule \
+                 ends at sigma 0 (final_sigmas_type \"zero\", the default); accepted with them: \
+                 final_sigmas_type \"sigma_min\"",
+            ));
+        }
+        let rescale = config.bool_or("rescale_betas_zero_snr", false)?;
+        let alphas_cumprod = sigmas::alphas_cumprod(config, rescale)?;
+
+        let n = num_inference_steps;
+        let mut timesteps: Vec<i64> = match spacing {
+            TimestepSpacing::Linspace => {
+                let mut t: Vec<i64> = linspace_f64(0.0, (n_train - 1) as f64, n + 1)
+                    .into_iter()
+                    .map(|t| t.round_ties_even() as i64)
+                    .rev()
+                    .collect();
+                t.pop();
+                t
+            }
+            TimestepSpacing::Leading => {
+                let ratio = n_train / (n + 1);
+                (1..=n)
+                    .rev()
+                    .map(|i| (i * ratio + steps_offset) as i64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => {
+                sigmas::arange_f64(n_train as f64, 0.0, -(n_train as f64 / n as f64))
+                    .into_iter()
+                    .map(|t| t.round_ties_even() as i64 - 1)
+                    .collect()
+            }
+        };
+
+        let train_sigmas = sigmas::training_sigmas(&alphas_cumprod);
+        let sigmas: Vec<f32> = if ramp == SigmaRamp::Interpolated {
+            let sigma_last = if final_sigma_zero { 0.0 } else { train_sigmas[0] };
+            timesteps
+                .iter()
+                .map(|&t| sigmas::interp_table(t as f64, &train_sigmas) as f32)
+                .chain(std::iter::once(sigma_last))
+                .collect()
+        } else {
+            let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
+            let lo = sigma_min.unwrap_or(train_sigmas[0] as f64);
+            let hi = sigma_max.unwrap_or(*train_sigmas.last().expect("non-empty schedule") as f64);
+            let s = ramp.ramp(lo, hi, n);
+            timesteps = s
+                .iter()
+                .map(|&s| {
+                    let t = sigmas::sigma_to_t(s, &log_sigmas);
+                    // Karras timesteps are rounded; the int64 cast truncates the rest.
+                    (if ramp == SigmaRamp::Karras { t.round_ties_even() } else { t }) as i64
+                })
+                .collect();
+            // Here "sigma_min" means the ramp's own last sigma, not the table's.
+            let sigma_last = if final_sigma_zero { 0.0 } else { *s.last().expect("n >= 1") };
+            s.into_iter()
+                .chain(std::iter::once(sigma_last))
+                .map(|s| s as f32)
+                .collect()
+        };
+
+        Ok(UniPcMultistep {
+            timesteps: timesteps.into_iter().map(|t| t as f64).collect(),
+            sigmas,
+            prediction,
+            predict_x0,
+            solver_type,
+            solver_order,
+            lower_order_final,
+            disable_corrector,
+            model_outputs: vec![None; solver_order],
+            lower_order_nums: 0,
+            last_sample: None,
+            this_order: 0,
+        })
+    }
+
+    /// diffusers' `convert_model_output`: x0 when `predict_x0`, else the noise.
+    fn convert_model_output(&self, model_output: &Tensor, sample: &Tensor, i: usize) -> Result<Tensor> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
+        let out = if self.predict_x0 {
+            match self.prediction {
+                PredictionType::Epsilon => {
+                    sigmas::div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?
+                }
+                PredictionType::Sample => model_output.clone(),
+                PredictionType::VPrediction => {
+                    (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
+                }
+            }
+        } else {
+            match self.prediction {
+                PredictionType::Epsilon => model_output.clone(),
+                PredictionType::Sample => {
+                    sigmas::div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?
+                }
+                PredictionType::VPrediction => {
+                    (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?
+                }
+            }
+        };
+        Ok(out)
+    }
+
+    /// The B(h) update from sigma entry `s0` to `s0 + 1` starting at `x`,
+    /// with the stored outputs (newest last) as m0, m1, ...
+    fn bh_terms(&self, s0: usize, x: &Tensor, order: usize) -> Result<BhTerms> {
+        let k = self.model_outputs.len();
+        let m0 = self.model_outputs[k - 1].as_ref().expect("newest output");
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[s0 + 1]);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[s0]);
+        let lambda_t = lambda(alpha_t, sigma_t);
+        let lambda_s0 = lambda(alpha_s0, sigma_s0);
+        let h = lambda_t - lambda_s0;
+
+        let mut rks = Vec::with_capacity(order);
+        let mut d1s = Vec::with_capacity(order.saturating_sub(1));
+        for i in 1..order {
+            let mi = self.model_outputs[k - 1 - i].as_ref().expect("older output");
+            let (alpha_si, sigma_si) = alpha_sigma(self.sigmas[s0 - i]);
+            let rk = (lambda(alpha_si, sigma_si) - lambda_s0) / h;
+            rks.push(rk);
+            d1s.push(sigmas::div(&(mi - m0)?, rk)?);
+        }
+        rks.push(1.0);
+
+        let hh = if self.predict_x0 { -h } else { h };
+        let h_phi_1 = hh.exp_m1();
+        let mut h_phi_k = h_phi_1 / hh - 1.0;
+        let mut factorial_i: u64 = 1;
+        let b_h = match self.solver_type {
+            SolverType::Bh1 => hh,
+            SolverType::Bh2 => hh.exp_m1(),
+        };
+        let mut r = Vec::with_capacity(order);
+        let mut b = Vec::with_capacity(order);
+        for i in 1..=order {
+            r.push(rks.iter().map(|rk| rk.powi(i as i32 - 1)).collect());
+            b.push(h_phi_k * factorial_i as f32 / b_h);
+            factorial_i *= i as u64 + 1;
+            h_phi_k = h_phi_k / hh - (1.0 / factorial_i as f64) as f32;
+        }
+
+        let (x_t_, scale) = if self.predict_x0 {
+            (
+                (mul(x, sigma_t / sigma_s0)? - mul(m0, alpha_t * h_phi_1)?)?,
+                alpha_t * b_h,
+            )
+        } else {
+            (
+                (mul(x, alpha_t / alpha_s0)? - mul(m0, sigma_t * h_phi_1)?)?,
+                sigma_t * b_h,
+            )
+        };
+        Ok(BhTerms {
+            x_t_,
+            d1s,
+            r,
+            b,
+            scale,
+        })
+    }
+
+    /// UniP: from `x` at step `i` to the next sigma.
+    fn predictor(&self, i: usize, x: &Tensor, order: usize) -> Result<Tensor> {
+        let t = self.bh_terms(i, x, order)?;
+        if t.d1s.is_empty() {
+            return Ok(t.x_t_);
+        }
+        let rhos: Vec<f32> = if order == 2 {
+            vec![0.5]
+        } else {
+            let m = order - 1;
+            let r: Vec<Vec<f32>> = t.r[..m].iter().map(|row| row[..m].to_vec()).collect();
+            solve(r, t.b[..m].to_vec())
+        };
+        let pred_res = weighted_sum(&rhos, &t.d1s)?;
+        Ok((t.x_t_ - mul(&pred_res, t.scale)?)?)
+    }
+
+    /// UniC: redoes the previous step from `last_sample`, now also using
+    /// `model_t`, the converted model output at the point that step reached.
+    fn corrector(&self, i: usize, model_t: &Tensor, last_sample: &Tensor, order: usize) -> Result<Tensor> {
+        let t = self.bh_terms(i - 1, last_sample, order)?;
+        let m0 = self.model_outputs.last().and_then(Option::as_ref).expect("newest output");
+        let rhos: Vec<f32> = if order == 1 {
+            vec![0.5]
+        } else {
+            solve(t.r.clone(), t.b.clone())
+        };
+        let d1_t = (model_t - m0)?;
+        let last = *rhos.last().expect("order >= 1");
+        let tail = mul(&d1_t, last)?;
+        let inner = if t.d1s.is_empty() {
+            tail
+        } else {
+            (weighted_sum(&rhos[..rhos.len() - 1], &t.d1s)? + tail)?
+        };
+        Ok((t.x_t_ - mul(&inner, t.scale)?)?)
+    }
+}
+
+/// `disable_corrector`: the step indices whose correction is skipped (default none).
+fn read_disable_corrector(config: &SchedulerConfig) -> Result<Vec<usize>> {
+    let key = "disable_corrector";
+    match config.get(key) {
+        None => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    config.error(key, format!("expected step indices (non-negative integers), found {v}"))
+                })
+            })
+            .collect(),
+        Some(v) => Err(config.error(key, format!("expected a list of step indices, found {v}"))),
+    }
+}
+
+/// sum_k w_k * t_k, as diffusers' einsum over the stacked differences.
+fn weighted_sum(weights: &[f32], tensors: &[Tensor]) -> Result<Tensor> {
+    let mut acc = mul(&tensors[0], weights[0])?;
+    for (w, t) in weights.iter().zip(tensors).skip(1) {
+        acc = (acc + mul(t, *w)?)?;
+    }
+    Ok(acc)
+}
+
+/// Solves `a x = b` by Gaussian elimination with partial pivoting in float32.
+fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))
+            .expect("non-empty column");
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for row in col + 1..n {
+            let f = a[row][col] / a[col][col];
+            for c in col..n {
+                a[row][c] -= f * a[col][c];
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = vec![0f32; n];
+    for row in (0..n).rev() {
+        let s: f32 = (row + 1..n).map(|c| a[row][c] * x[c]).sum();
+        x[row] = (b[row] - s) / a[row][row];
+    }
+    x
+}
+
+impl Scheduler for UniPcMultistep {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: Tensor, _step_index: usize) -> Result<Tensor> {
+        Ok(sample)
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        _noise: &mut NoiseSource<'_>,
+    ) -> Result<Tensor> {
+        let n = self.timesteps.len();
+        let i = step_index;
+        if i >= n {
+            return Err(Error::invalid(
+                "step_index",
+                format!("{i} is past the last of {n} timesteps"),
+            ));
+        }
+        let out_dtype = sample.dtype();
+        let model_output = sigmas::f32(model_output)?;
+        let mut sample = sigmas::f32(sample)?;
+
+        let converted = self.convert_model_output(&model_output, &sample, i)?;
+        if i > 0 && !self.disable_corrector.contains(&(i - 1)) {
+            if let Some(last) = &self.last_sample {
+                sample = self.corrector(i, &converted, last, self.this_order)?;
+            }
+        }
+
+        self.model_outputs.rotate_left(1);
+        *self.model_outputs.last_mut().expect("solver_order >= 1") = Some(converted);
+
+        let order = if self.lower_order_final {
+            self.solver_order.min(n - i)
+        } else {
+            self.solver_order
+        };
+        // Warm-up: never use more history than has been collected.
+        self.this_order = order.min(self.lower_order_nums + 1);
+        let prev = self.predictor(i, &sample, self.this_order)?;
+        self.last_sample = Some(sample);
+        if self.lower_order_nums < self.solver_order {
+            self.lower_order_nums += 1;
+        }
+        Ok(prev.to_dtype(out_dtype)?)
+    }
+}

@@ -1,0 +1,337 @@
+//! Writes a tiny random-weight model with SD 2.1's architecture.
+//!
+//! No weights can be downloaded where this project is built and tested, so
+//! tests and demos run on a model we make: SD 2.1's exact structure (four UNet
+//! levels, three with cross-attention, linear projections; a four-level VAE,
+//! so latents are 1/8 of the image; a GELU CLIP text encoder; the real 49408-token
+//! CLIP vocabulary padded with `!`; SD 2.1's scheduler config) at tiny widths.
+//! diffusers loads the directory unchanged (`tools/parity/check_tiny_model.py`).
+//!
+//! The weight names come from building our own networks on a recording
+//! [`SimpleBackend`]: whatever tensor the loader asks for is generated, kept and
+//! saved, so the file has exactly the tensors the loader reads. Values come
+//! from a generator seeded by the user's seed and the tensor's name, so the
+//! same seed writes the same bytes whatever order the networks ask in.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use candle_transformers::models::stable_diffusion::vae;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::model::clip::ClipTextEncoder;
+use crate::model::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::model::{candle_vae_config, new_unet};
+use crate::scheduler::PredictionType;
+use crate::tokenizer;
+
+/// What to write.
+#[derive(Debug, Clone, Copy)]
+pub struct TinyOptions {
+    /// `VPrediction` writes a 2-1-like model (DDIM, upcast attention); `Epsilon` a 2-1-base-like one (PNDM).
+    pub prediction_type: PredictionType,
+    pub seed: u64,
+}
+
+impl Default for TinyOptions {
+    fn default() -> Self {
+        TinyOptions {
+            prediction_type: PredictionType::Epsilon,
+            seed: 0,
+        }
+    }
+}
+
+/// The tiny text encoder's width; the UNet's cross-attention must match it.
+const TEXT_WIDTH: usize = 32;
+
+/// Writes the whole model directory into `out` (created if needed; existing files are replaced).
+pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
+    let v_prediction = options.prediction_type == PredictionType::VPrediction;
+    let (scheduler_class, prediction) = if v_prediction {
+        ("DDIMScheduler", "v_prediction")
+    } else {
+        ("PNDMScheduler", "epsilon")
+    };
+    write_json(
+        &out.join("model_index.json"),
+        &json!({
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": "0.42.1",
+            "feature_extractor": [null, null],
+            "requires_safety_checker": false,
+            "safety_checker": [null, null],
+            "scheduler": ["diffusers", scheduler_class],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }),
+    )?;
+    // SD 2.1's published scheduler config (2-1: DDIM + v_prediction; 2-1-base: PNDM + epsilon).
+    write_json(
+        &out.join("scheduler/scheduler_config.json"),
+        &json!({
+            "_class_name": scheduler_class,
+            "_diffusers_version": "0.8.0",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "clip_sample": false,
+            "num_train_timesteps": 1000,
+            "prediction_type": prediction,
+            "set_alpha_to_one": false,
+            "skip_prk_steps": true,
+            "steps_offset": 1,
+            "trained_betas": null,
+        }),
+    )?;
+
+    let (vocab, merges) = tokenizer::clip_vocabulary_files();
+    write_text(&out.join("tokenizer/vocab.json"), &vocab)?;
+    write_text(&out.join("tokenizer/merges.txt"), &merges)?;
+    for (name, text) in tokenizer::sd2_tokenizer_config_files() {
+        write_text(&out.join("tokenizer").join(name), &text)?;
+    }
+
+    let text_path = out.join("text_encoder/config.json");
+    write_json(
+        &text_path,
+        &json!({
+            "architectures": ["CLIPTextModel"],
+            "model_type": "clip_text_model",
+            "attention_dropout": 0.0,
+            "bos_token_id": 0,
+            "dropout": 0.0,
+            "eos_token_id": 2,
+            "hidden_act": "gelu",
+            "hidden_size": TEXT_WIDTH,
+            "initializer_factor": 1.0,
+            "initializer_range": 0.02,
+            "intermediate_size": 2 * TEXT_WIDTH,
+            "layer_norm_eps": 1e-05,
+            "max_position_embeddings": 77,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "pad_token_id": 1,
+            "projection_dim": TEXT_WIDTH,
+            "torch_dtype": "float32",
+            "vocab_size": 49408,
+        }),
+    )?;
+    let unet_path = out.join("unet/config.json");
+    write_json(
+        &unet_path,
+        &json!({
+            "_class_name": "UNet2DConditionModel",
+            "_diffusers_version": "0.42.1",
+            "act_fn": "silu",
+            "attention_head_dim": [2, 2, 4, 4],
+            "block_out_channels": [32, 32, 64, 64],
+            "center_input_sample": false,
+            "cross_attention_dim": TEXT_WIDTH,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "downsample_padding": 1,
+            "dual_cross_attention": false,
+            "flip_sin_to_cos": true,
+            "freq_shift": 0,
+            "in_channels": 4,
+            "layers_per_block": 1,
+            "mid_block_scale_factor": 1,
+            "norm_eps": 1e-05,
+            "norm_num_groups": 8,
+            "num_class_embeds": null,
+            "only_cross_attention": false,
+            "out_channels": 4,
+            "sample_size": 64,
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "upcast_attention": v_prediction,
+            "use_linear_projection": true,
+        }),
+    )?;
+    let vae_path = out.join("vae/config.json");
+    write_json(
+        &vae_path,
+        &json!({
+            "_class_name": "AutoencoderKL",
+            "_diffusers_version": "0.42.1",
+            "act_fn": "silu",
+            "block_out_channels": [16, 16, 32, 32],
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "in_channels": 3,
+            "latent_channels": 4,
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "out_channels": 3,
+            "sample_size": 512,
+            "scaling_factor": 0.18215,
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        }),
+    )?;
+
+    // Build each network from its config on a recording backend, then save what it asked for.
+    let seed = options.seed;
+    let text_config = ClipTextConfig::load(&text_path)?;
+    save_weights(&out.join("text_encoder/model.safetensors"), seed, |vb| {
+        ClipTextEncoder::new(vb.pp("text_model"), &text_config).map(drop)
+    })?;
+    let unet_config = UNetConfig::load(&unet_path)?;
+    save_weights(
+        &out.join("unet/diffusion_pytorch_model.safetensors"),
+        seed,
+        |vb| {
+            new_unet(vb, &unet_config).map(drop)
+        },
+    )?;
+    let vae_config = VaeConfig::load(&vae_path)?;
+    save_weights(
+        &out.join("vae/diffusion_pytorch_model.safetensors"),
+        seed,
+        |vb| {
+            vae::AutoEncoderKL::new(
+                vb,
+                vae_config.in_channels,
+                vae_config.out_channels,
+                candle_vae_config(&vae_config),
+            )
+            .map(drop)
+        },
+    )?;
+    Ok(())
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.to_owned(),
+        message: format!("cannot write: {e}"),
+    }
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    }
+    std::fs::write(path, text).map_err(|e| io_error(path, e))
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| io_error(path, e))?;
+    write_text(path, &(text + "\n"))
+}
+
+/// Runs `build` on a recording VarBuilder and saves every tensor it asked for, in f32,
+/// with the `{"format": "pt"}` metadata transformers and diffusers expect.
+fn save_weights(
+    path: &Path,
+    seed: u64,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> Result<()> {
+    let recorder = Recorder {
+        seed,
+        tensors: Mutex::new(HashMap::new()),
+    };
+    let backend: Box<dyn SimpleBackend + '_> = Box::new(&recorder);
+    build(VarBuilder::from_backend(backend, DType::F32, Device::Cpu))?;
+    let tensors = recorder.tensors.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = names
+        .into_iter()
+        .map(|name| {
+            let t = &tensors[name];
+            let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Ok((name.clone(), bytes, t.dims().to_vec()))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let views = data
+        .iter()
+        .map(|(name, bytes, shape)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| io_error(path, e))?;
+    let metadata = Some(HashMap::from([("format".to_owned(), "pt".to_owned())]));
+    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| io_error(path, e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| io_error(path, e))
+}
+
+/// A VarBuilder backend that invents every tensor asked of it and remembers it.
+struct Recorder {
+    seed: u64,
+    tensors: Mutex<HashMap<String, Tensor>>,
+}
+
+impl SimpleBackend for &Recorder {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _hint: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut tensors = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tensors.get(name) {
+            if t.shape() != &shape {
+                candle_core::bail!("tensor {name} asked for as {shape:?} and as {:?}", t.shape());
+            }
+            return t.to_dtype(dtype)?.to_device(device);
+        }
+        let values = invent(self.seed, name, shape.dims());
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
+        tensors.insert(name.to_owned(), t.clone());
+        t.to_dtype(dtype)?.to_device(device)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _device: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("the tiny-model writer needs a shape for tensor {name}")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+/// Deterministic values for one tensor. Norm weights sit near 1 and biases near 0, so the
+/// network behaves like a trained one in scale; every other weight is uniform in
+/// ±1/sqrt(fan_in) (PyTorch's default scale), so activations neither vanish nor explode.
+/// Nothing is exactly 0 or 1, so a parity test also checks that biases and norm weights are used.
+fn invent(seed: u64, name: &str, dims: &[usize]) -> Vec<f32> {
+    let mut state = seed ^ fnv1a(name.as_bytes());
+    let numel: usize = dims.iter().product();
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // 24 random bits to a float in [-1, 1).
+        ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    };
+    let is_norm = dims.len() == 1 && (name.contains("norm") || name.contains("layer_norm"));
+    if is_norm && name.ends_with("weight") {
+        (0..numel).map(|_| 1.0 + 0.1 * uniform()).collect()
+    } else if dims.len() == 1 {
+        (0..numel).map(|_| 0.05 * uniform()).collect()
+    } else {
+        let fan_in: usize = dims[1..].iter().product();
+        let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+        (0..numel).map(|_| bound * uniform()).collect()
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}

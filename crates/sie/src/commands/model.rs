@@ -1,0 +1,225 @@
+//! `sie model …`: the engine without the service, for operators and for parity checks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use sie_engine::candle_core::{Device, Tensor};
+use sie_engine::model::{LoadOptions, ModelFiles, StableDiffusion};
+use sie_engine::pipeline::{Observer, TextToImage};
+use sie_engine::scheduler::{PredictionType, SchedulerKind};
+use sie_engine::tiny::{write_tiny_model, TinyOptions};
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Write the tiny random-weight model (SD 2.1's architecture at tiny widths).
+    Tiny(TinyArgs),
+    /// Check a model directory and print a summary.
+    Check {
+        /// A diffusers-layout Stable Diffusion 2.x directory.
+        dir: PathBuf,
+    },
+    /// Generate images from a prompt, offline.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Prediction {
+    Epsilon,
+    VPrediction,
+}
+
+#[derive(Args)]
+pub struct TinyArgs {
+    /// Directory to write (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// `v-prediction` writes a 2-1-like model (DDIM), `epsilon` a 2-1-base-like one (PNDM).
+    #[arg(long, value_enum, default_value = "epsilon")]
+    prediction_type: Prediction,
+    /// Seed of the random weights: the same seed writes the same bytes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The model directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// 0..=2^63-1; random when left out (the seed used is printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// Defaults to the model's native size.
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    /// A diffusers scheduler class name or an alias (LMS, DDIM, PNDM); defaults to the model's.
+    #[arg(long)]
+    scheduler: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    images: usize,
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    #[arg(long, default_value_t = 0.0)]
+    guidance_rescale: f64,
+    /// Output PNG; with several images, FILE-1.png, FILE-2.png, ...
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write token ids, text embeddings and the latents of every step to DIR/dump.safetensors.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+pub fn run(command: ModelCommand) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Tiny(args) => {
+            let options = TinyOptions {
+                prediction_type: match args.prediction_type {
+                    Prediction::Epsilon => PredictionType::Epsilon,
+                    Prediction::VPrediction => PredictionType::VPrediction,
+                },
+                seed: args.seed,
+            };
+            write_tiny_model(&args.out, options)?;
+            println!("wrote the tiny model to {}", args.out.display());
+            Ok(())
+        }
+        ModelCommand::Check { dir } => {
+            let files = ModelFiles::open(&dir)?;
+            for (key, value) in files.summary() {
+                println!("{key}: {value}");
+            }
+            // Building the networks checks every tensor's presence and shape.
+            StableDiffusion::load(&dir, &LoadOptions::default())?;
+            println!("ok: every tensor is present with the shape its config asks for");
+            Ok(())
+        }
+        ModelCommand::Run(args) => generate(args),
+    }
+}
+
+fn generate(args: RunArgs) -> anyhow::Result<()> {
+    const MAX_SEED: u64 = (1 << 63) - 1;
+    let seed = match args.seed {
+        Some(s) if s > MAX_SEED => bail!("--seed {s} is out of range; accepted: 0..={MAX_SEED}"),
+        Some(s) => s,
+        None => random_seed(),
+    };
+    let scheduler = args
+        .scheduler
+        .as_deref()
+        .map(SchedulerKind::parse)
+        .transpose()?;
+    let model = StableDiffusion::load(&args.model, &LoadOptions::default())
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut request = TextToImage::new(&model, args.prompt, seed);
+    request.negative_prompt = args.negative_prompt;
+    request.num_inference_steps = args.steps;
+    request.guidance_scale = args.guidance;
+    request.width = args.width.unwrap_or(request.width);
+    request.height = args.height.unwrap_or(request.height);
+    request.scheduler = scheduler;
+    request.num_images_per_prompt = args.images;
+    request.eta = args.eta;
+    request.guidance_rescale = args.guidance_rescale;
+
+    let mut observer = CliObserver {
+        dump: args.dump.is_some().then(HashMap::new),
+    };
+    let cancel = AtomicBool::new(false);
+    let generated = model.text_to_image(&request, &mut observer, &cancel)?;
+    eprintln!();
+    if generated.prompt_truncated {
+        eprintln!("note: the prompt is longer than the text encoder's 77 tokens and was truncated");
+    }
+    let paths = output_paths(&args.out, generated.images.len());
+    for (image, path) in generated.images.iter().zip(&paths) {
+        let png = sie_engine::output::encode_png(image, generated.width, generated.height)?;
+        std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let (Some(dir), Some(tensors)) = (&args.dump, observer.dump) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("dump.safetensors");
+        sie_engine::candle_core::safetensors::save(&tensors, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    println!("scheduler: {}", generated.scheduler);
+    println!("seed: {}", generated.seed);
+    Ok(())
+}
+
+fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![out.to_owned()];
+    }
+    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    (1..=n)
+        .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
+}
+
+/// A seed from the OS-seeded hasher std uses for HashMaps, in the accepted 0..2^63 range.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() >> 1
+}
+
+/// Prints progress, and keeps tensors for `--dump`.
+struct CliObserver {
+    dump: Option<HashMap<String, Tensor>>,
+}
+
+impl CliObserver {
+    fn keep(&mut self, name: String, t: &Tensor) {
+        if let Some(dump) = &mut self.dump {
+            if let Ok(t) = t.to_device(&Device::Cpu) {
+                dump.insert(name, t);
+            }
+        }
+    }
+}
+
+impl Observer for CliObserver {
+    fn tokens(&mut self, prompt: &[u32], negative: &[u32]) {
+        for (name, ids) in [("prompt_ids", prompt), ("negative_prompt_ids", negative)] {
+            if let Ok(t) = Tensor::new(ids, &Device::Cpu) {
+                self.keep(name.into(), &t);
+            }
+        }
+    }
+    fn text_embeddings(&mut self, embeddings: &Tensor) {
+        self.keep("text_embeddings".into(), embeddings);
+    }
+    fn initial_latents(&mut self, latents: &Tensor) {
+        self.keep("latents_0".into(), latents);
+    }
+    fn step(&mut self, step: usize, steps: usize, latents: &Tensor) {
+        eprint!("\rstep {step}/{steps}");
+        self.keep(format!("latents_{step}"), latents);
+    }
+}

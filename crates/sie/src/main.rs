@@ -1,0 +1,48 @@
+//! `sie`: the command-line binary that wires the crates together.
+//!
+//! # Layout
+//! - `commands/model.rs`: `sie model tiny|check|run`, the engine offline.
+//! - `commands/bench.rs`: `sie bench unet`, the full-size UNet timing.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sie", version, about = "Self-hosted Stable Diffusion 2.1 inference endpoint")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with model directories offline: write the tiny model, check a directory, generate.
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
+    /// Benchmarks (timings are never test assertions; see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(c) => commands::model::run(c),
+        Command::Bench(c) => commands::bench::run(c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
