@@ -134,6 +134,11 @@ VARIANTS = [
     ("EulerAncestralDiscreteScheduler", "v_prediction", 9, "trailing-zsnr",
      {"timestep_spacing": "trailing", "rescale_betas_zero_snr": True}),
     ("DPMSolverMultistepScheduler", "epsilon", 10, "sde", {"algorithm_type": "sde-dpmsolver++"}),
+    ("DPMSolverMultistepScheduler", "v_prediction", 9, "threshold",
+     {"thresholding": True, "sample_max_value": 3.0, "dynamic_thresholding_ratio": 0.9}),
+    ("DPMSolverMultistepScheduler", "epsilon", 8, "dpmsolver-threshold",
+     {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "thresholding": True,
+      "sample_max_value": 2.0}),
     ("DPMSolverMultistepScheduler", "v_prediction", 12, "sde-heun-order3",
      {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun", "solver_order": 3}),
     ("DPMSolverMultistepScheduler", "epsilon", 20, "order3", {"solver_order": 3}),
@@ -153,6 +158,8 @@ VARIANTS = [
      {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}),
     # bh1 and predict_x0=False end in NaN with final_sigmas_type "zero" in diffusers
     # itself (0 * inf on the step to sigma 0), so those run with "sigma_min".
+    ("UniPCMultistepScheduler", "epsilon", 9, "threshold",
+     {"thresholding": True, "sample_max_value": 3.0, "dynamic_thresholding_ratio": 0.9}),
     ("UniPCMultistepScheduler", "epsilon", 10, "bh1-sigmamin",
      {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
     ("UniPCMultistepScheduler", "v_prediction", 20, "order3", {"solver_order": 3}),

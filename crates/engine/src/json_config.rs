@@ -128,10 +128,9 @@ impl JsonConfig {
                 }
                 Ok(list)
             }
-            Some(v) => v
-                .as_u64()
-                .map(|n| vec![n as usize; len])
-                .ok_or_else(|| self.error(key, format!("expected an integer or a list, found {v}"))),
+            Some(v) => v.as_u64().map(|n| vec![n as usize; len]).ok_or_else(|| {
+                self.error(key, format!("expected an integer or a list, found {v}"))
+            }),
         }
     }
 

@@ -13,12 +13,12 @@
 
 pub mod error;
 pub mod json_config;
-// WIP pub mod model;
+pub mod model;
 pub mod noise;
 pub mod output;
-// WIP pub mod pipeline;
+pub mod pipeline;
 pub mod scheduler;
-// WIP pub mod tiny;
+pub mod tiny;
 pub mod tokenizer;
 
 pub use candle_core;

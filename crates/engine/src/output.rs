@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 
 /// Encodes `width * height * 3` RGB bytes as PNG.
 pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
-    let image = image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec()).ok_or_else(
-        || {
+    let image =
+        image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec()).ok_or_else(|| {
             Error::invalid(
                 "image",
                 format!(
@@ -18,8 +18,7 @@ pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
                     rgb.len()
                 ),
             )
-        },
-    )?;
+        })?;
     let mut bytes = Vec::new();
     image
         .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)

@@ -107,7 +107,10 @@ impl StableDiffusion {
             }
         }
         if request.num_images_per_prompt == 0 {
-            return Err(Error::invalid("num_images_per_prompt", "must be at least 1"));
+            return Err(Error::invalid(
+                "num_images_per_prompt",
+                "must be at least 1",
+            ));
         }
         let kind = match request.scheduler {
             Some(kind) => kind,
@@ -139,7 +142,10 @@ impl StableDiffusion {
         // 2. Initial latents: one randn call over the whole batch, as `randn_tensor` does.
         let shape = (
             n,
-            self.files.unet.in_channels.min(self.files.vae.latent_channels),
+            self.files
+                .unet
+                .in_channels
+                .min(self.files.vae.latent_channels),
             request.height / scale,
             request.width / scale,
         );

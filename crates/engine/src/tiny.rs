@@ -20,13 +20,13 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use candle_transformers::models::stable_diffusion::vae;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::model::clip::ClipTextEncoder;
 use crate::model::config::{ClipTextConfig, UNetConfig, VaeConfig};
-use crate::model::{candle_vae_config, new_unet};
+use crate::model::unet::UNet;
+use crate::model::vae::Vae;
 use crate::scheduler::PredictionType;
 use crate::tokenizer;
 
@@ -184,23 +184,13 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
     save_weights(
         &out.join("unet/diffusion_pytorch_model.safetensors"),
         seed,
-        |vb| {
-            new_unet(vb, &unet_config).map(drop)
-        },
+        |vb| UNet::new(vb, &unet_config).map(drop),
     )?;
     let vae_config = VaeConfig::load(&vae_path)?;
     save_weights(
         &out.join("vae/diffusion_pytorch_model.safetensors"),
         seed,
-        |vb| {
-            vae::AutoEncoderKL::new(
-                vb,
-                vae_config.in_channels,
-                vae_config.out_channels,
-                candle_vae_config(&vae_config),
-            )
-            .map(drop)
-        },
+        |vb| Vae::new(vb, &vae_config).map(drop),
     )?;
     Ok(())
 }
@@ -237,7 +227,10 @@ fn save_weights(
     };
     let backend: Box<dyn SimpleBackend + '_> = Box::new(&recorder);
     build(VarBuilder::from_backend(backend, DType::F32, Device::Cpu))?;
-    let tensors = recorder.tensors.into_inner().unwrap_or_else(|p| p.into_inner());
+    let tensors = recorder
+        .tensors
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = names
@@ -283,7 +276,10 @@ impl SimpleBackend for &Recorder {
         let mut tensors = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = tensors.get(name) {
             if t.shape() != &shape {
-                candle_core::bail!("tensor {name} asked for as {shape:?} and as {:?}", t.shape());
+                candle_core::bail!(
+                    "tensor {name} asked for as {shape:?} and as {:?}",
+                    t.shape()
+                );
             }
             return t.to_dtype(dtype)?.to_device(device);
         }
@@ -293,7 +289,12 @@ impl SimpleBackend for &Recorder {
         t.to_dtype(dtype)?.to_device(device)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _device: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("the tiny-model writer needs a shape for tensor {name}")
     }
 

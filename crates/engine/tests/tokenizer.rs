@@ -4,7 +4,7 @@
 //! is rebuilt here from `clip_vocabulary_files()` and the configuration texts the script used,
 //! so the test also proves the shipped vocabulary is the one transformers was given.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use sie_engine::tokenizer::{clip_vocabulary_files, sd2_tokenizer_config_files, ClipTokenizer};
@@ -57,10 +57,22 @@ fn ids(value: &Value) -> Vec<u32> {
 fn vocabulary_files_match_what_transformers_was_given() {
     let fixture = fixture();
     let (vocab, merges) = clip_vocabulary_files();
-    assert_eq!(vocab.len() as u64, fixture["vocab_json_len"].as_u64().unwrap());
-    assert_eq!(merges.len() as u64, fixture["merges_txt_len"].as_u64().unwrap());
-    assert_eq!(fnv1a64(&vocab), fixture["vocab_json_fnv1a64"].as_str().unwrap());
-    assert_eq!(fnv1a64(&merges), fixture["merges_txt_fnv1a64"].as_str().unwrap());
+    assert_eq!(
+        vocab.len() as u64,
+        fixture["vocab_json_len"].as_u64().unwrap()
+    );
+    assert_eq!(
+        merges.len() as u64,
+        fixture["merges_txt_len"].as_u64().unwrap()
+    );
+    assert_eq!(
+        fnv1a64(&vocab),
+        fixture["vocab_json_fnv1a64"].as_str().unwrap()
+    );
+    assert_eq!(
+        fnv1a64(&merges),
+        fixture["merges_txt_fnv1a64"].as_str().unwrap()
+    );
 
     let parsed: serde_json::Map<String, Value> = serde_json::from_str(&vocab).unwrap();
     assert_eq!(parsed.len(), 49408);
@@ -164,7 +176,7 @@ fn missing_merges_file_is_named() {
     let err = ClipTokenizer::from_dir(dir.path()).unwrap_err();
     match &err {
         sie_engine::Error::File { path, .. } => {
-            assert_eq!(path, &PathBuf::from(dir.path().join("merges.txt")))
+            assert_eq!(path, &dir.path().join("merges.txt"))
         }
         other => panic!("expected a File error, got {other:?}"),
     }

@@ -9,7 +9,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sie", version, about = "Self-hosted Stable Diffusion 2.1 inference endpoint")]
+#[command(
+    name = "sie",
+    version,
+    about = "Self-hosted Stable Diffusion 2.1 inference endpoint"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -50,10 +50,7 @@ impl Attention {
         let v = split(self.v.forward(xs)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(causal_mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, n, h))?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
         self.out.forward(&out)
     }
 }
@@ -112,7 +109,11 @@ impl ClipTextEncoder {
             vb
         };
         let emb = vb.pp("embeddings");
-        let token_embedding = embedding(config.vocab_size, config.hidden_size, emb.pp("token_embedding"))?;
+        let token_embedding = embedding(
+            config.vocab_size,
+            config.hidden_size,
+            emb.pp("token_embedding"),
+        )?;
         let position_embedding = embedding(
             config.max_position_embeddings,
             config.hidden_size,
@@ -121,7 +122,11 @@ impl ClipTextEncoder {
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::new(vb.pp("encoder").pp("layers").pp(i), config))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let final_norm = layer_norm(config.hidden_size, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        let final_norm = layer_norm(
+            config.hidden_size,
+            config.layer_norm_eps,
+            vb.pp("final_layer_norm"),
+        )?;
         Ok(ClipTextEncoder {
             token_embedding,
             position_embedding,

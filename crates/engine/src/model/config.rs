@@ -106,7 +106,8 @@ impl UNetConfig {
 
     /// Parses an already-read config (the file name in `c` is used in errors).
     pub fn from_config(c: &JsonConfig) -> Result<Self> {
-        let block_out_channels = c.usize_list("block_out_channels", list_len(c, "block_out_channels")?)?;
+        let block_out_channels =
+            c.usize_list("block_out_channels", list_len(c, "block_out_channels")?)?;
         let n = block_out_channels.len();
         let down = c.str_list("down_block_types")?;
         let up = c.str_list("up_block_types")?;
@@ -134,7 +135,11 @@ impl UNetConfig {
             });
         }
         for (i, name) in up.iter().enumerate() {
-            let want = if cross_attention[n - 1 - i] { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
+            let want = if cross_attention[n - 1 - i] {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            };
             if name != want {
                 return Err(c.error(
                     "up_block_types",
@@ -143,37 +148,83 @@ impl UNetConfig {
             }
         }
         // diffusers: `num_attention_heads` wins when given, else the misnamed `attention_head_dim`.
-        let heads_key = if c.get("num_attention_heads").is_some() { "num_attention_heads" } else { "attention_head_dim" };
+        let heads_key = if c.get("num_attention_heads").is_some() {
+            "num_attention_heads"
+        } else {
+            "attention_head_dim"
+        };
         let attention_heads = c.usize_list(heads_key, n)?;
         for (i, (&h, &w)) in attention_heads.iter().zip(&block_out_channels).enumerate() {
             if h == 0 || w % h != 0 {
-                return Err(c.error(heads_key, format!("{h} heads do not divide the {w} channels of level {i}")));
+                return Err(c.error(
+                    heads_key,
+                    format!("{h} heads do not divide the {w} channels of level {i}"),
+                ));
             }
         }
-        let transformer_layers = c.usize_list("transformer_layers_per_block", n).or_else(|_| {
-            // Absent means 1 per block, as in every SD 1.x/2.x config.
-            if c.get("transformer_layers_per_block").is_none() { Ok(vec![1; n]) } else { Err(c.error("transformer_layers_per_block", "expected an integer or a list of integers")) }
-        })?;
-        if transformer_layers.iter().any(|&l| l != transformer_layers[0]) {
-            return Err(c.error("transformer_layers_per_block", "different values per level are not supported; use one integer"));
+        let transformer_layers = c
+            .usize_list("transformer_layers_per_block", n)
+            .or_else(|_| {
+                // Absent means 1 per block, as in every SD 1.x/2.x config.
+                if c.get("transformer_layers_per_block").is_none() {
+                    Ok(vec![1; n])
+                } else {
+                    Err(c.error(
+                        "transformer_layers_per_block",
+                        "expected an integer or a list of integers",
+                    ))
+                }
+            })?;
+        if transformer_layers
+            .iter()
+            .any(|&l| l != transformer_layers[0])
+        {
+            return Err(c.error(
+                "transformer_layers_per_block",
+                "different values per level are not supported; use one integer",
+            ));
         }
         let norm_num_groups = c.usize_or("norm_num_groups", 32)?;
         for &w in &block_out_channels {
             if norm_num_groups == 0 || w % norm_num_groups != 0 {
-                return Err(c.error("norm_num_groups", format!("{norm_num_groups} groups do not divide a level of {w} channels")));
+                return Err(c.error(
+                    "norm_num_groups",
+                    format!("{norm_num_groups} groups do not divide a level of {w} channels"),
+                ));
             }
         }
         let cross_attention_dim = match c.get("cross_attention_dim") {
             Some(v) if v.is_u64() => v.as_u64().unwrap_or_default() as usize,
-            Some(v) => return Err(c.error("cross_attention_dim", format!("{v} is not supported; expected one integer"))),
+            Some(v) => {
+                return Err(c.error(
+                    "cross_attention_dim",
+                    format!("{v} is not supported; expected one integer"),
+                ))
+            }
             None => 1280,
         };
-        c.require("mid_block_type", &json!("UNetMidBlock2DCrossAttn"), "SD 2.x's mid block")?;
+        c.require(
+            "mid_block_type",
+            &json!("UNetMidBlock2DCrossAttn"),
+            "SD 2.x's mid block",
+        )?;
         c.require("act_fn", &json!("silu"), "SD 2.x's activation")?;
-        c.require("time_embedding_type", &json!("positional"), "SD 2.x's time embedding")?;
-        c.require("resnet_time_scale_shift", &json!("default"), "SD 2.x's resnets")?;
+        c.require(
+            "time_embedding_type",
+            &json!("positional"),
+            "SD 2.x's time embedding",
+        )?;
+        c.require(
+            "resnet_time_scale_shift",
+            &json!("default"),
+            "SD 2.x's resnets",
+        )?;
         c.require("dual_cross_attention", &json!(false), "SD 2.x has none")?;
-        c.require("only_cross_attention", &json!(false), "SD 2.x has self-attention too")?;
+        c.require(
+            "only_cross_attention",
+            &json!(false),
+            "SD 2.x has self-attention too",
+        )?;
         c.require("conv_in_kernel", &json!(3), "SD 2.x's input convolution")?;
         c.require("conv_out_kernel", &json!(3), "SD 2.x's output convolution")?;
         c.require("attention_type", &json!("default"), "SD 2.x's attention")?;
@@ -193,7 +244,10 @@ impl UNetConfig {
             "addition_time_embed_dim",
         ] {
             if let Some(v) = c.get(absent) {
-                return Err(c.error(absent, format!("{v} is not supported; SD 2.x leaves it null")));
+                return Err(c.error(
+                    absent,
+                    format!("{v} is not supported; SD 2.x leaves it null"),
+                ));
             }
         }
         Ok(UNetConfig {
@@ -222,7 +276,10 @@ impl UNetConfig {
 fn list_len(c: &JsonConfig, key: &str) -> Result<usize> {
     match c.get(key) {
         Some(Value::Array(items)) if !items.is_empty() => Ok(items.len()),
-        Some(v) => Err(c.error(key, format!("expected a non-empty list of integers, found {v}"))),
+        Some(v) => Err(c.error(
+            key,
+            format!("expected a non-empty list of integers, found {v}"),
+        )),
         None => Err(c.error(key, "missing; expected a list of integers")),
     }
 }
@@ -248,26 +305,43 @@ impl VaeConfig {
 
     /// Parses an already-read config (the file name in `c` is used in errors).
     pub fn from_config(c: &JsonConfig) -> Result<Self> {
-        let block_out_channels = c.usize_list("block_out_channels", list_len(c, "block_out_channels")?)?;
+        let block_out_channels =
+            c.usize_list("block_out_channels", list_len(c, "block_out_channels")?)?;
         let n = block_out_channels.len();
         let down = c.str_list("down_block_types")?;
         let up = c.str_list("up_block_types")?;
         if down.len() != n || down.iter().any(|d| d != "DownEncoderBlock2D") {
-            return Err(c.error("down_block_types", format!("expected {n} entries of \"DownEncoderBlock2D\", found {down:?}")));
+            return Err(c.error(
+                "down_block_types",
+                format!("expected {n} entries of \"DownEncoderBlock2D\", found {down:?}"),
+            ));
         }
         if up.len() != n || up.iter().any(|d| d != "UpDecoderBlock2D") {
-            return Err(c.error("up_block_types", format!("expected {n} entries of \"UpDecoderBlock2D\", found {up:?}")));
+            return Err(c.error(
+                "up_block_types",
+                format!("expected {n} entries of \"UpDecoderBlock2D\", found {up:?}"),
+            ));
         }
         let norm_num_groups = c.usize_or("norm_num_groups", 32)?;
         for &w in &block_out_channels {
             if norm_num_groups == 0 || w % norm_num_groups != 0 {
-                return Err(c.error("norm_num_groups", format!("{norm_num_groups} groups do not divide a level of {w} channels")));
+                return Err(c.error(
+                    "norm_num_groups",
+                    format!("{norm_num_groups} groups do not divide a level of {w} channels"),
+                ));
             }
         }
         c.require("act_fn", &json!("silu"), "SD 2.x's activation")?;
-        c.require("mid_block_add_attention", &json!(true), "SD 2.x's VAE has mid-block attention")?;
+        c.require(
+            "mid_block_add_attention",
+            &json!(true),
+            "SD 2.x's VAE has mid-block attention",
+        )?;
         if let Some(v) = c.get("shift_factor") {
-            return Err(c.error("shift_factor", format!("{v} is not supported; SD 2.x leaves it null")));
+            return Err(c.error(
+                "shift_factor",
+                format!("{v} is not supported; SD 2.x leaves it null"),
+            ));
         }
         Ok(VaeConfig {
             in_channels: c.usize_or("in_channels", 3)?,

@@ -7,15 +7,17 @@
 //! [`StableDiffusion`] then builds the networks on a device. Every failure names
 //! the file, and the field or tensor, at fault.
 
+pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod unet;
+pub mod vae;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::{unet_2d, vae};
 
 use crate::error::{Error, Result};
 use crate::json_config::JsonConfig;
@@ -23,6 +25,8 @@ use crate::scheduler::{PredictionType, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 use clip::ClipTextEncoder;
 use config::{ClipTextConfig, UNetConfig, VaeConfig};
+use unet::UNet;
+use vae::Vae;
 
 /// Pipelines whose directories share SD 2.x's layout.
 const PIPELINE_CLASSES: [&str; 3] = [
@@ -59,10 +63,12 @@ impl WeightsFile {
         };
         // SAFETY: the mapping is read-only and dropped before this function returns;
         // a weights file changed underneath a running server is an operator error we cannot guard.
-        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
-            .map_err(|e| Error::File {
-                path: path.clone(),
-                message: format!("not a readable safetensors file: {e}"),
+        let tensors =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.map_err(|e| {
+                Error::File {
+                    path: path.clone(),
+                    message: format!("not a readable safetensors file: {e}"),
+                }
             })?;
         let mut dtype = None;
         let mut parameters = 0;
@@ -166,7 +172,9 @@ impl ModelFiles {
                 ),
             ));
         }
-        if unet.in_channels != vae.latent_channels && unet.in_channels != 2 * vae.latent_channels + 1 {
+        if unet.in_channels != vae.latent_channels
+            && unet.in_channels != 2 * vae.latent_channels + 1
+        {
             return Err(Error::config(
                 unet_path,
                 "in_channels",
@@ -221,8 +229,12 @@ impl ModelFiles {
         s.insert(
             "variant",
             match (self.native_size(), self.prediction_type()) {
-                (768, PredictionType::VPrediction) => "stable-diffusion-2-1 (768, v-prediction)".into(),
-                (512, PredictionType::Epsilon) if self.unet.block_out_channels == [320, 640, 1280, 1280] => {
+                (768, PredictionType::VPrediction) => {
+                    "stable-diffusion-2-1 (768, v-prediction)".into()
+                }
+                (512, PredictionType::Epsilon)
+                    if self.unet.block_out_channels == [320, 640, 1280, 1280] =>
+                {
                     "stable-diffusion-2-1-base (512, epsilon)".into()
                 }
                 (size, p) => format!("custom SD 2.x-style model ({size}, {p:?})"),
@@ -268,8 +280,8 @@ pub struct StableDiffusion {
     pub files: ModelFiles,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextEncoder,
-    pub unet: unet_2d::UNet2DConditionModel,
-    pub vae: vae::AutoEncoderKL,
+    pub unet: UNet,
+    pub vae: Vae,
     pub device: Device,
     pub dtype: DType,
 }
@@ -285,16 +297,12 @@ impl StableDiffusion {
             .map_err(|e| w.build_error(e))?;
 
         let w = &files.unet_weights;
-        let unet = new_unet(w.var_builder(dtype, device)?, &files.unet).map_err(|e| w.build_error(e))?;
+        let unet =
+            UNet::new(w.var_builder(dtype, device)?, &files.unet).map_err(|e| w.build_error(e))?;
 
         let w = &files.vae_weights;
-        let vae = vae::AutoEncoderKL::new(
-            w.var_builder(dtype, device)?,
-            files.vae.in_channels,
-            files.vae.out_channels,
-            candle_vae_config(&files.vae),
-        )
-        .map_err(|e| w.build_error(e))?;
+        let vae =
+            Vae::new(w.var_builder(dtype, device)?, &files.vae).map_err(|e| w.build_error(e))?;
 
         Ok(StableDiffusion {
             files,
@@ -305,50 +313,5 @@ impl StableDiffusion {
             device: device.clone(),
             dtype,
         })
-    }
-}
-
-/// Builds candle-transformers' UNet for our parsed config from `vb`.
-pub fn new_unet(vb: VarBuilder, c: &UNetConfig) -> candle_core::Result<unet_2d::UNet2DConditionModel> {
-    unet_2d::UNet2DConditionModel::new(vb, c.in_channels, c.out_channels, false, candle_unet_config(c))
-}
-
-/// Our parsed UNet config in candle-transformers' terms.
-fn candle_unet_config(c: &UNetConfig) -> unet_2d::UNet2DConditionModelConfig {
-    unet_2d::UNet2DConditionModelConfig {
-        center_input_sample: c.center_input_sample,
-        flip_sin_to_cos: c.flip_sin_to_cos,
-        freq_shift: c.freq_shift,
-        blocks: c
-            .block_out_channels
-            .iter()
-            .zip(&c.cross_attention)
-            .zip(&c.attention_heads)
-            .map(|((&out_channels, &cross), &heads)| unet_2d::BlockConfig {
-                out_channels,
-                use_cross_attn: cross.then_some(c.transformer_layers_per_block),
-                attention_head_dim: heads,
-            })
-            .collect(),
-        layers_per_block: c.layers_per_block,
-        downsample_padding: c.downsample_padding,
-        mid_block_scale_factor: c.mid_block_scale_factor,
-        norm_num_groups: c.norm_num_groups,
-        norm_eps: c.norm_eps,
-        cross_attention_dim: c.cross_attention_dim,
-        sliced_attention_size: None,
-        use_linear_projection: c.use_linear_projection,
-    }
-}
-
-/// Our parsed VAE config in candle-transformers' terms.
-pub(crate) fn candle_vae_config(c: &VaeConfig) -> vae::AutoEncoderKLConfig {
-    vae::AutoEncoderKLConfig {
-        block_out_channels: c.block_out_channels.clone(),
-        layers_per_block: c.layers_per_block,
-        latent_channels: c.latent_channels,
-        norm_num_groups: c.norm_num_groups,
-        use_quant_conv: c.use_quant_conv,
-        use_post_quant_conv: c.use_post_quant_conv,
     }
 }

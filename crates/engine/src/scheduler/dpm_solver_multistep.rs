@@ -8,7 +8,8 @@
 //! implemented (`dpmsolver++`, `sde-dpmsolver++`, and the deprecated
 //! `dpmsolver`, `sde-dpmsolver`), with both solver types and orders 1 to 3;
 //! the SDE variants draw one noise tensor per step from the request's
-//! generator, on every step, as diffusers does.
+//! generator, on every step, as diffusers does. Dynamic thresholding reuses
+//! DDIM's implementation.
 //!
 //! Timesteps are integers (int64 in diffusers). Sigmas are float32; the solver
 //! coefficients are computed from them in float32, as diffusers computes them
@@ -16,8 +17,11 @@
 
 use candle_core::Tensor;
 
+use super::ddim::PredictedSample;
 use super::sigmas::{self, alpha_sigma, lambda, mul, SigmaRamp};
-use super::{linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::{
+    linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
+};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub(super) struct DpmSolverMultistep {
     /// One more entry than the steps: the last is the sigma we end at.
     sigmas: Vec<f32>,
     prediction: PredictionType,
+    /// Dynamic thresholding of the predicted x0 (`thresholding`), when enabled.
+    threshold: Option<PredictedSample>,
     algorithm: Algorithm,
     solver_type: SolverType,
     solver_order: usize,
@@ -71,15 +77,7 @@ impl DpmSolverMultistep {
             return Err(config.error("solver_order", "must be at least 1; accepted: 1, 2, 3"));
         }
         let prediction = config.prediction_type(PredictionType::Epsilon)?;
-        if config.bool_or("thresholding", false)? {
-            return Err(config.error(
-                "thresholding",
-                "dynamic thresholding is not supported (it is meant for pixel-space models); accepted: false",
-            ));
-        }
-        // Only read by thresholding, which is refused above; still type-checked.
-        config.f64_or("dynamic_thresholding_ratio", 0.995)?;
-        config.f64_or("sample_max_value", 1.0)?;
+        let threshold = read_threshold(config)?;
         let algorithm = match config.str_or("algorithm_type", "dpmsolver++")?.as_str() {
             // diffusers maps "deis" onto DPM-Solver++ itself.
             "dpmsolver++" | "deis" => Algorithm::DpmSolverPP,
@@ -139,7 +137,9 @@ impl DpmSolverMultistep {
         if variance_type == "learned" || variance_type == "learned_range" {
             return Err(config.error(
                 "variance_type",
-                format!("\"{variance_type}\" needs a UNet that also predicts variance; accepted: null"),
+                format!(
+                    "\"{variance_type}\" needs a UNet that also predicts variance; accepted: null"
+                ),
             ));
         }
         let spacing = config.timestep_spacing(TimestepSpacing::Linspace)?;
@@ -155,7 +155,7 @@ impl DpmSolverMultistep {
             .map(|&a| (a.sqrt().ln() - (1.0 - a).sqrt().ln()) as f64)
             .filter(|&l| l < lambda_min_clipped)
             .count();
-        let last_timestep = n_train - clipped;
+        let last_timestep = n_train.saturating_sub(clipped);
 
         let n = num_inference_steps;
         let mut timesteps: Vec<i64> = match spacing {
@@ -222,7 +222,11 @@ impl DpmSolverMultistep {
                 .map(|&t| sigmas::interp_table(t as f64, &train_sigmas))
                 .collect()
         };
-        let sigma_last = if final_sigma_zero { 0.0 } else { train_sigmas[0] };
+        let sigma_last = if final_sigma_zero {
+            0.0
+        } else {
+            train_sigmas[0]
+        };
         let sigmas: Vec<f32> = inference
             .into_iter()
             .map(|s| s as f32)
@@ -233,6 +237,7 @@ impl DpmSolverMultistep {
             timesteps: timesteps.into_iter().map(|t| t as f64).collect(),
             sigmas,
             prediction,
+            threshold,
             algorithm,
             solver_type,
             solver_order,
@@ -246,10 +251,15 @@ impl DpmSolverMultistep {
 
     /// diffusers' `convert_model_output`: the data prediction x0 for DPM-Solver++,
     /// the noise prediction for DPM-Solver.
-    fn convert_model_output(&self, model_output: &Tensor, sample: &Tensor, i: usize) -> Result<Tensor> {
+    fn convert_model_output(
+        &self,
+        model_output: &Tensor,
+        sample: &Tensor,
+        i: usize,
+    ) -> Result<Tensor> {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
         let out = if self.algorithm.predicts_data() {
-            match self.prediction {
+            let x0 = match self.prediction {
                 PredictionType::Epsilon => {
                     sigmas::div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?
                 }
@@ -257,9 +267,13 @@ impl DpmSolverMultistep {
                 PredictionType::VPrediction => {
                     (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
                 }
+            };
+            match self.threshold {
+                Some(threshold) => threshold.apply(x0)?,
+                None => x0,
             }
         } else {
-            match self.prediction {
+            let eps = match self.prediction {
                 PredictionType::Epsilon => model_output.clone(),
                 PredictionType::Sample => {
                     sigmas::div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?
@@ -267,6 +281,15 @@ impl DpmSolverMultistep {
                 PredictionType::VPrediction => {
                     (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?
                 }
+            };
+            match self.threshold {
+                // Thresholding acts on x0, so go there and back.
+                Some(threshold) => {
+                    let x0 = sigmas::div(&(sample - mul(&eps, sigma_t)?)?, alpha_t)?;
+                    let x0 = threshold.apply(x0)?;
+                    sigmas::div(&(sample - mul(&x0, alpha_t)?)?, sigma_t)?
+                }
+                None => eps,
             }
         };
         Ok(out)
@@ -278,7 +301,13 @@ impl DpmSolverMultistep {
         (a, s, lambda(a, s))
     }
 
-    fn first_order(&self, i: usize, m0: &Tensor, x: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    fn first_order(
+        &self,
+        i: usize,
+        m0: &Tensor,
+        x: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
         let (alpha_s, sigma_s, lambda_s) = self.point(i);
         let h = lambda_t - lambda_s;
@@ -364,7 +393,9 @@ impl DpmSolverMultistep {
         let k = self.model_outputs.len();
         let m0 = self.model_outputs[k - 1].as_ref().expect("current output");
         let m1 = self.model_outputs[k - 2].as_ref().expect("previous output");
-        let m2 = self.model_outputs[k - 3].as_ref().expect("output before that");
+        let m2 = self.model_outputs[k - 3]
+            .as_ref()
+            .expect("output before that");
         let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
         let (alpha_s0, sigma_s0, lambda_s0) = self.point(i);
         let (_, _, lambda_s1) = self.point(i - 1);
@@ -397,15 +428,32 @@ impl DpmSolverMultistep {
                 let noise = noise.expect("sde draws noise");
                 let e2 = (-2.0 * h).exp();
                 let two_h = 2.0 * h;
-                ((((mul(x, sigma_t / sigma_s0 * (-h).exp())? + mul(d0, alpha_t * (1.0 - e2))?)?
+                ((((mul(x, sigma_t / sigma_s0 * (-h).exp())?
+                    + mul(d0, alpha_t * (1.0 - e2))?)?
                     + mul(&d1, alpha_t * ((1.0 - e2) / (-2.0 * h) + 1.0))?)?
-                    + mul(&d2, alpha_t * ((1.0 - e2 - 2.0 * h) / (two_h * two_h) - 0.5))?)?
+                    + mul(
+                        &d2,
+                        alpha_t * ((1.0 - e2 - 2.0 * h) / (two_h * two_h) - 0.5),
+                    )?)?
                     + mul(noise, sigma_t * (1.0 - e2).sqrt())?)?
             }
             Algorithm::SdeDpmSolver => unreachable!("refused when the scheduler was built"),
         };
         Ok(x_t)
     }
+}
+
+/// `thresholding` with its `dynamic_thresholding_ratio` and `sample_max_value`
+/// (DPM-Solver and UniPC share DDIM's reading of them; they have no `clip_sample`).
+pub(super) fn read_threshold(config: &SchedulerConfig) -> Result<Option<PredictedSample>> {
+    if config.bool_or("thresholding", false)? {
+        // With thresholding on, DDIM's reader returns the thresholding variant.
+        return PredictedSample::from_config(config).map(Some);
+    }
+    // Only read by thresholding; still type-checked.
+    config.f64_or("dynamic_thresholding_ratio", 0.995)?;
+    config.f64_or("sample_max_value", 1.0)?;
+    Ok(None)
 }
 
 impl Scheduler for DpmSolverMultistep {
@@ -443,9 +491,7 @@ impl Scheduler for DpmSolverMultistep {
         // Lower orders at the end keep few-step runs stable; the step onto
         // sigma 0 must be first order because lambda is infinite there.
         let lower_order_final = i == n - 1
-            && (self.euler_at_final
-                || (self.lower_order_final && n < 15)
-                || self.final_sigma_zero);
+            && (self.euler_at_final || (self.lower_order_final && n < 15) || self.final_sigma_zero);
         let lower_order_second = i + 2 == n && self.lower_order_final && n < 15;
 
         let converted = self.convert_model_output(&model_output, &sample, i)?;
@@ -470,5 +516,47 @@ impl Scheduler for DpmSolverMultistep {
             self.lower_order_nums += 1;
         }
         Ok(prev.to_dtype(out_dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::sigmas::config_error;
+
+    fn build(c: &SchedulerConfig) -> Result<DpmSolverMultistep> {
+        DpmSolverMultistep::new(c, 10)
+    }
+
+    #[test]
+    fn unsupported_values_name_their_field() {
+        for (json, field) in [
+            (r#"{"algorithm_type": "dpmsolver+++"}"#, "algorithm_type"),
+            (r#"{"solver_type": "rk4"}"#, "solver_type"),
+            (r#"{"solver_order": 0}"#, "solver_order"),
+            (
+                r#"{"thresholding": true, "dynamic_thresholding_ratio": 2}"#,
+                "dynamic_thresholding_ratio",
+            ),
+            (r#"{"variance_type": "learned_range"}"#, "variance_type"),
+            (r#"{"use_flow_sigmas": true}"#, "use_flow_sigmas"),
+            (r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
+            (r#"{"algorithm_type": "dpmsolver"}"#, "final_sigmas_type"),
+            (
+                r#"{"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3}"#,
+                "solver_order",
+            ),
+        ] {
+            let e = config_error(build, json);
+            assert!(e.contains(&format!("`{field}`")), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn aliases_diffusers_remaps_are_accepted() {
+        for json in [r#"{"algorithm_type": "deis"}"#, r#"{"solver_type": "bh2"}"#] {
+            let c = SchedulerConfig::from_json(std::path::Path::new("s.json"), json).unwrap();
+            build(&c).unwrap();
+        }
     }
 }

@@ -56,7 +56,9 @@ impl EulerDiscrete {
             other => {
                 return Err(config.error(
                     "timestep_type",
-                    format!("unsupported value \"{other}\"; accepted: \"discrete\", \"continuous\""),
+                    format!(
+                        "unsupported value \"{other}\"; accepted: \"discrete\", \"continuous\""
+                    ),
                 ))
             }
         };
@@ -194,5 +196,44 @@ impl Scheduler for EulerDiscrete {
         let dt = self.sigmas[step_index + 1] - sigma_hat;
         let prev = (&sample + sigmas::mul(&derivative, dt)?)?;
         Ok(prev.to_dtype(out_dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::sigmas::config_error;
+
+    fn build(c: &SchedulerConfig) -> Result<EulerDiscrete> {
+        EulerDiscrete::new(c, 10)
+    }
+
+    #[test]
+    fn unsupported_values_name_their_field() {
+        for (json, field) in [
+            (r#"{"interpolation_type": "cubic"}"#, "interpolation_type"),
+            (r#"{"timestep_type": "edm"}"#, "timestep_type"),
+            (r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
+            (r#"{"final_sigmas_type": "min"}"#, "final_sigmas_type"),
+            (r#"{"timestep_spacing": "even"}"#, "timestep_spacing"),
+            (
+                r#"{"prediction_type": "flow_prediction"}"#,
+                "prediction_type",
+            ),
+        ] {
+            let e = config_error(build, json);
+            assert!(e.contains(&format!("`{field}`")), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn sd21_schedule_starts_at_the_top_sigma() {
+        let json =
+            r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}"#;
+        let c = SchedulerConfig::from_json(std::path::Path::new("s.json"), json).unwrap();
+        let s = build(&c).unwrap();
+        assert_eq!(s.timesteps()[0], 999.0);
+        assert_eq!(*s.timesteps().last().unwrap(), 0.0);
+        assert!((s.init_noise_sigma() - 14.6146).abs() < 1e-3);
     }
 }

@@ -15,7 +15,9 @@
 use candle_core::Tensor;
 
 use super::sigmas;
-use super::{linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::{
+    linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
+};
 use crate::error::{Error, Result};
 
 pub(super) struct EulerAncestralDiscrete {
@@ -142,5 +144,21 @@ impl Scheduler for EulerAncestralDiscrete {
         let noise = sigmas::f32(&noise()?)?;
         let prev = (prev + sigmas::mul(&noise, sigma_up)?)?;
         Ok(prev.to_dtype(out_dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::sigmas::config_error;
+
+    #[test]
+    fn sample_prediction_is_refused_as_in_diffusers() {
+        let build = |c: &SchedulerConfig| EulerAncestralDiscrete::new(c, 10);
+        let e = config_error(build, r#"{"prediction_type": "sample"}"#);
+        assert!(
+            e.contains("`prediction_type`") && e.contains("v_prediction"),
+            "{e}"
+        );
     }
 }

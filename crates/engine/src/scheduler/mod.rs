@@ -200,7 +200,9 @@ impl SchedulerConfig {
                 Some("trailing") => Ok(TimestepSpacing::Trailing),
                 _ => Err(self.error(
                     "timestep_spacing",
-                    format!("unsupported value {v}; accepted: \"linspace\", \"leading\", \"trailing\""),
+                    format!(
+                        "unsupported value {v}; accepted: \"linspace\", \"leading\", \"trailing\""
+                    ),
                 )),
             },
         }
@@ -274,7 +276,11 @@ pub fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
 
 /// diffusers' `betas_for_alpha_bar` with the cosine transform, capped at 0.999.
 fn squaredcos_cap_v2(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -318,10 +324,7 @@ pub fn build(
     eta: f64,
 ) -> Result<Box<dyn Scheduler>> {
     if num_inference_steps == 0 {
-        return Err(Error::invalid(
-            "num_inference_steps",
-            "must be at least 1",
-        ));
+        return Err(Error::invalid("num_inference_steps", "must be at least 1"));
     }
     match kind {
         SchedulerKind::Ddim => Ok(Box::new(ddim::Ddim::new(config, num_inference_steps, eta)?)),

@@ -29,6 +29,21 @@ pub(super) fn training_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
 /// diffusers does, so that the first sigma is large but finite.
 pub(super) fn alphas_cumprod(config: &SchedulerConfig, rescale_zero_snr: bool) -> Result<Vec<f32>> {
     let mut ac = config.alphas_cumprod()?;
+    if ac.len() < 2 {
+        // Interpolation and `_sigma_to_t` need two training points to work between.
+        let field = if config.get("trained_betas").is_some() {
+            "trained_betas"
+        } else {
+            "num_train_timesteps"
+        };
+        return Err(config.error(
+            field,
+            format!(
+                "gives {} training timesteps; accepted: at least 2",
+                ac.len()
+            ),
+        ));
+    }
     if rescale_zero_snr {
         ac = rescale_zero_terminal_snr(&ac);
         if let Some(last) = ac.last_mut() {
@@ -218,9 +233,12 @@ pub(super) fn mul(t: &Tensor, s: f32) -> candle_core::Result<Tensor> {
     t.affine(s as f64, 0.0)
 }
 
-/// `tensor / s` with a float32 scalar.
+/// `tensor / s` with a float32 scalar. A true division, not a multiplication
+/// by the reciprocal: at sigma in the thousands (zero-terminal-SNR schedules)
+/// the Euler step cancels large terms and the last-bit difference shows.
 pub(super) fn div(t: &Tensor, s: f32) -> candle_core::Result<Tensor> {
-    t.affine(1.0 / s as f64, 0.0)
+    let s = Tensor::new(s, t.device())?.to_dtype(t.dtype())?;
+    t.broadcast_div(&s)
 }
 
 /// The tensor in float32: diffusers upcasts the latents before every update.
@@ -238,4 +256,67 @@ pub(super) fn alpha_sigma(sigma: f32) -> (f32, f32) {
 /// `log(alpha_t) - log(sigma_t)`: half the log-SNR; `+inf` at sigma 0.
 pub(super) fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
+}
+
+/// Builds a scheduler from JSON text and returns its error message, for the
+/// tests of refused configurations.
+#[cfg(test)]
+pub(super) fn config_error<T>(build: impl Fn(&SchedulerConfig) -> Result<T>, json: &str) -> String {
+    let config = SchedulerConfig::from_json(std::path::Path::new("scheduler_config.json"), json)
+        .expect("valid test JSON");
+    match build(&config) {
+        Ok(_) => panic!("{json} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arange_matches_numpy_sizing() {
+        // np.arange(1000, 0, -1000 / 7).round() - 1
+        let t: Vec<f64> = arange_f64(1000.0, 0.0, -1000.0 / 7.0)
+            .into_iter()
+            .map(|t| t.round_ties_even() - 1.0)
+            .collect();
+        assert_eq!(t, [999.0, 856.0, 713.0, 570.0, 428.0, 285.0, 142.0]);
+    }
+
+    #[test]
+    fn interp_clamps_and_hits_grid_points() {
+        let fp = [1.0f32, 3.0, 7.0];
+        assert_eq!(interp_table(-1.0, &fp), 1.0);
+        assert_eq!(interp_table(1.0, &fp), 3.0);
+        assert_eq!(interp_table(1.5, &fp), 5.0);
+        assert_eq!(interp_table(9.0, &fp), 7.0);
+    }
+
+    #[test]
+    fn sigma_to_t_inverts_the_table() {
+        let log_sigmas: Vec<f32> = [0.1f32, 0.2, 0.4, 0.8].iter().map(|s| s.ln()).collect();
+        assert!((sigma_to_t(0.4, &log_sigmas) - 2.0).abs() < 1e-6);
+        assert!((sigma_to_t(0.2f64 * 2f64.sqrt(), &log_sigmas) - 1.5).abs() < 1e-6);
+        // Outside the table it clamps to the ends.
+        assert_eq!(sigma_to_t(0.01, &log_sigmas), 0.0);
+        assert_eq!(sigma_to_t(5.0, &log_sigmas), 3.0);
+    }
+
+    #[test]
+    fn beta_sigmas_and_two_ramps_are_refused() {
+        let read = |c: &SchedulerConfig| SigmaRamp::read(c);
+        let e = config_error(read, r#"{"use_beta_sigmas": true}"#);
+        assert!(e.contains("use_beta_sigmas"), "{e}");
+        let e = config_error(
+            read,
+            r#"{"use_karras_sigmas": true, "use_exponential_sigmas": true}"#,
+        );
+        assert!(e.contains("only one of"), "{e}");
+        let e = config_error(final_sigma_is_zero, r#"{"final_sigmas_type": "one"}"#);
+        assert!(
+            e.contains("final_sigmas_type") && e.contains("sigma_min"),
+            "{e}"
+        );
+    }
 }

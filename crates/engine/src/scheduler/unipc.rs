@@ -10,14 +10,22 @@
 //! B(h), lower orders at the end, corrector everywhere. `bh1` and the noise
 //! prediction form are implemented too, as are orders above 2 (they need a
 //! small linear solve, done here in float32 with partial pivoting as LAPACK's
-//! `sgesv` does for `torch.linalg.solve`). Timesteps are integers (int64 in
-//! diffusers); sigmas and every solver coefficient are float32, as diffusers
-//! computes them on 0-dim float32 tensors.
+//! `sgesv` does for `torch.linalg.solve`), and dynamic thresholding (shared
+//! with DDIM). `bh1` and the noise-prediction form are refused when the
+//! schedule ends at sigma 0 (the default), because diffusers returns NaN
+//! latents there.
+//!
+//! Timesteps are integers (int64 in diffusers); sigmas and every solver
+//! coefficient are float32, as diffusers computes them on 0-dim float32 tensors.
 
 use candle_core::Tensor;
 
+use super::ddim::PredictedSample;
+use super::dpm_solver_multistep::read_threshold;
 use super::sigmas::{self, alpha_sigma, lambda, mul, SigmaRamp};
-use super::{linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::{
+    linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
+};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +41,9 @@ pub(super) struct UniPcMultistep {
     /// One more entry than the steps: the last is the sigma we end at.
     sigmas: Vec<f32>,
     prediction: PredictionType,
+    /// Dynamic thresholding of the predicted x0 (`thresholding`); diffusers
+    /// applies it only in the data-prediction form.
+    threshold: Option<PredictedSample>,
     predict_x0: bool,
     solver_type: SolverType,
     solver_order: usize,
@@ -70,15 +81,7 @@ impl UniPcMultistep {
             return Err(config.error("solver_order", "must be at least 1; accepted: 1, 2, 3, ..."));
         }
         let prediction = config.prediction_type(PredictionType::Epsilon)?;
-        if config.bool_or("thresholding", false)? {
-            return Err(config.error(
-                "thresholding",
-                "dynamic thresholding is not supported (it is meant for pixel-space models); accepted: false",
-            ));
-        }
-        // Only read by thresholding, which is refused above; still type-checked.
-        config.f64_or("dynamic_thresholding_ratio", 0.995)?;
-        config.f64_or("sample_max_value", 1.0)?;
+        let threshold = read_threshold(config)?;
         let predict_x0 = config.bool_or("predict_x0", true)?;
         let solver_type = match config.str_or("solver_type", "bh2")?.as_str() {
             "bh1" => SolverType::Bh1,
@@ -133,7 +136,11 @@ impl UniPcMultistep {
             // The step onto sigma 0 has an infinite h; with B(h) = h, or in the
             // noise-prediction form, diffusers multiplies that infinity by zero
             // and returns NaN latents. Refuse rather than render black images.
-            let field = if solver_type == SolverType::Bh1 { "solver_type" } else { "predict_x0" };
+            let field = if solver_type == SolverType::Bh1 {
+                "solver_type"
+            } else {
+                "predict_x0"
+            };
             return Err(config.error(
                 field,
                 "solver_type \"bh1\" and predict_x0 = false end in NaN latents when the schedule \
@@ -172,7 +179,11 @@ impl UniPcMultistep {
 
         let train_sigmas = sigmas::training_sigmas(&alphas_cumprod);
         let sigmas: Vec<f32> = if ramp == SigmaRamp::Interpolated {
-            let sigma_last = if final_sigma_zero { 0.0 } else { train_sigmas[0] };
+            let sigma_last = if final_sigma_zero {
+                0.0
+            } else {
+                train_sigmas[0]
+            };
             timesteps
                 .iter()
                 .map(|&t| sigmas::interp_table(t as f64, &train_sigmas) as f32)
@@ -188,11 +199,19 @@ impl UniPcMultistep {
                 .map(|&s| {
                     let t = sigmas::sigma_to_t(s, &log_sigmas);
                     // Karras timesteps are rounded; the int64 cast truncates the rest.
-                    (if ramp == SigmaRamp::Karras { t.round_ties_even() } else { t }) as i64
+                    (if ramp == SigmaRamp::Karras {
+                        t.round_ties_even()
+                    } else {
+                        t
+                    }) as i64
                 })
                 .collect();
             // Here "sigma_min" means the ramp's own last sigma, not the table's.
-            let sigma_last = if final_sigma_zero { 0.0 } else { *s.last().expect("n >= 1") };
+            let sigma_last = if final_sigma_zero {
+                0.0
+            } else {
+                *s.last().expect("n >= 1")
+            };
             s.into_iter()
                 .chain(std::iter::once(sigma_last))
                 .map(|s| s as f32)
@@ -203,6 +222,7 @@ impl UniPcMultistep {
             timesteps: timesteps.into_iter().map(|t| t as f64).collect(),
             sigmas,
             prediction,
+            threshold,
             predict_x0,
             solver_type,
             solver_order,
@@ -216,10 +236,15 @@ impl UniPcMultistep {
     }
 
     /// diffusers' `convert_model_output`: x0 when `predict_x0`, else the noise.
-    fn convert_model_output(&self, model_output: &Tensor, sample: &Tensor, i: usize) -> Result<Tensor> {
+    fn convert_model_output(
+        &self,
+        model_output: &Tensor,
+        sample: &Tensor,
+        i: usize,
+    ) -> Result<Tensor> {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
         let out = if self.predict_x0 {
-            match self.prediction {
+            let x0 = match self.prediction {
                 PredictionType::Epsilon => {
                     sigmas::div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?
                 }
@@ -227,6 +252,10 @@ impl UniPcMultistep {
                 PredictionType::VPrediction => {
                     (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
                 }
+            };
+            match self.threshold {
+                Some(threshold) => threshold.apply(x0)?,
+                None => x0,
             }
         } else {
             match self.prediction {
@@ -256,7 +285,9 @@ impl UniPcMultistep {
         let mut rks = Vec::with_capacity(order);
         let mut d1s = Vec::with_capacity(order.saturating_sub(1));
         for i in 1..order {
-            let mi = self.model_outputs[k - 1 - i].as_ref().expect("older output");
+            let mi = self.model_outputs[k - 1 - i]
+                .as_ref()
+                .expect("older output");
             let (alpha_si, sigma_si) = alpha_sigma(self.sigmas[s0 - i]);
             let rk = (lambda(alpha_si, sigma_si) - lambda_s0) / h;
             rks.push(rk);
@@ -320,9 +351,19 @@ impl UniPcMultistep {
 
     /// UniC: redoes the previous step from `last_sample`, now also using
     /// `model_t`, the converted model output at the point that step reached.
-    fn corrector(&self, i: usize, model_t: &Tensor, last_sample: &Tensor, order: usize) -> Result<Tensor> {
+    fn corrector(
+        &self,
+        i: usize,
+        model_t: &Tensor,
+        last_sample: &Tensor,
+        order: usize,
+    ) -> Result<Tensor> {
         let t = self.bh_terms(i - 1, last_sample, order)?;
-        let m0 = self.model_outputs.last().and_then(Option::as_ref).expect("newest output");
+        let m0 = self
+            .model_outputs
+            .last()
+            .and_then(Option::as_ref)
+            .expect("newest output");
         let rhos: Vec<f32> = if order == 1 {
             vec![0.5]
         } else {
@@ -349,7 +390,10 @@ fn read_disable_corrector(config: &SchedulerConfig) -> Result<Vec<usize>> {
             .iter()
             .map(|v| {
                 v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                    config.error(key, format!("expected step indices (non-negative integers), found {v}"))
+                    config.error(
+                        key,
+                        format!("expected step indices (non-negative integers), found {v}"),
+                    )
                 })
             })
             .collect(),
@@ -377,8 +421,9 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
         b.swap(col, pivot);
         for row in col + 1..n {
             let f = a[row][col] / a[col][col];
-            for c in col..n {
-                a[row][c] -= f * a[col][c];
+            let (upper, lower) = a.split_at_mut(row);
+            for (x, p) in lower[0][col..].iter_mut().zip(&upper[col][col..]) {
+                *x -= f * p;
             }
             b[row] -= f * b[col];
         }
@@ -446,5 +491,50 @@ impl Scheduler for UniPcMultistep {
             self.lower_order_nums += 1;
         }
         Ok(prev.to_dtype(out_dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::sigmas::config_error;
+
+    fn build(c: &SchedulerConfig) -> Result<UniPcMultistep> {
+        UniPcMultistep::new(c, 10)
+    }
+
+    #[test]
+    fn unsupported_values_name_their_field() {
+        for (json, field) in [
+            (r#"{"solver_type": "bh3"}"#, "solver_type"),
+            (r#"{"solver_order": 0}"#, "solver_order"),
+            (
+                r#"{"thresholding": true, "dynamic_thresholding_ratio": -1}"#,
+                "dynamic_thresholding_ratio",
+            ),
+            (r#"{"solver_type": "bh1"}"#, "solver_type"),
+            (r#"{"predict_x0": false}"#, "predict_x0"),
+            (
+                r#"{"solver_p": {"_class_name": "DDIMScheduler"}}"#,
+                "solver_p",
+            ),
+            (r#"{"use_dynamic_shifting": true}"#, "use_dynamic_shifting"),
+            (r#"{"shift_terminal": 0.1}"#, "shift_terminal"),
+            (r#"{"use_flow_sigmas": true}"#, "use_flow_sigmas"),
+            (r#"{"disable_corrector": [1, -2]}"#, "disable_corrector"),
+        ] {
+            let e = config_error(build, json);
+            assert!(e.contains(&format!("`{field}`")), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn solve_matches_a_hand_solved_system() {
+        // 2x + y = 5, x + 3y = 10  ->  x = 1, y = 3
+        let x = solve(vec![vec![2.0, 1.0], vec![1.0, 3.0]], vec![5.0, 10.0]);
+        assert!(
+            (x[0] - 1.0).abs() < 1e-6 && (x[1] - 3.0).abs() < 1e-6,
+            "{x:?}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use sie_engine::candle_core::{DType, Device, Tensor};
 use sie_engine::candle_nn::{VarBuilder, VarMap};
 use sie_engine::json_config::JsonConfig;
 use sie_engine::model::config::UNetConfig;
-use sie_engine::model::new_unet;
+use sie_engine::model::unet::UNet;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -61,7 +61,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         steps,
         json,
     } = command;
-    anyhow::ensure!(size % 8 == 0 && size > 0, "--size {size} is not a positive multiple of 8");
+    anyhow::ensure!(
+        size % 8 == 0 && size > 0,
+        "--size {size} is not a positive multiple of 8"
+    );
     anyhow::ensure!(steps > 0, "--steps must be at least 1");
     let config = UNetConfig::from_config(&JsonConfig::from_json(
         "unet/config.json".as_ref(),
@@ -70,11 +73,16 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let unet = new_unet(vb, &config).context("building the UNet")?;
+    let unet = UNet::new(vb, &config).context("building the UNet")?;
     let parameters: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
 
     let latent = size / 8;
-    let xs = Tensor::randn(0f32, 1f32, (batch, config.in_channels, latent, latent), &device)?;
+    let xs = Tensor::randn(
+        0f32,
+        1f32,
+        (batch, config.in_channels, latent, latent),
+        &device,
+    )?;
     let context = Tensor::randn(0f32, 1f32, (batch, 77, config.cross_attention_dim), &device)?;
     let mut times = Vec::with_capacity(steps);
     for i in 0..=steps {
