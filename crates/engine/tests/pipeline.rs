@@ -8,47 +8,27 @@
 //! fixtures remember the hashes of the weights diffusers ran, so a change to
 //! the writer cannot silently compare against another model.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
+mod common;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use common::{load_tensors, read_json, rel_diff, tiny_model_dir};
 use sha2::{Digest, Sha256};
-use sie_engine::candle_core::{Device, Tensor};
+use sie_engine::candle_core::Tensor;
 use sie_engine::model::{LoadOptions, StableDiffusion};
 use sie_engine::pipeline::{Observer, TextToImage};
-use sie_engine::scheduler::{PredictionType, SchedulerKind};
-use sie_engine::tiny::{write_tiny_model, TinyOptions};
+use sie_engine::scheduler::SchedulerKind;
 
 const TOLERANCE: f64 = 1e-4;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline")
-}
-
-/// The two tiny models, written once per test binary.
-fn model_dir(prediction: &str) -> &'static Path {
-    static DIRS: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let root = DIRS.get_or_init(|| {
-        let root = tempfile::tempdir().unwrap();
-        for (name, prediction_type) in [
-            ("epsilon", PredictionType::Epsilon),
-            ("v_prediction", PredictionType::VPrediction),
-        ] {
-            let options = TinyOptions {
-                prediction_type,
-                seed: 0,
-            };
-            write_tiny_model(&root.path().join(name), options).unwrap();
-        }
-        root
-    });
-    let dir = root.path().join(prediction);
-    Box::leak(dir.into_boxed_path())
+    common::fixtures("pipeline")
 }
 
 fn load(prediction: &str) -> StableDiffusion {
-    let dir = model_dir(prediction);
+    let dir = tiny_model_dir(prediction);
     let meta: serde_json::Value = read_json(&fixtures().join(format!("{prediction}-model.json")));
     for (file, want) in meta["sha256"].as_object().unwrap() {
         let got = format!(
@@ -63,26 +43,6 @@ fn load(prediction: &str) -> StableDiffusion {
         );
     }
     StableDiffusion::load(dir, &LoadOptions::default()).unwrap()
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn rel_diff(ours: &Tensor, reference: &Tensor) -> f64 {
-    let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(ours.dims(), reference.dims(), "shape mismatch");
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| {
-        let d = (*x as f64 - *y as f64).abs();
-        if d.is_nan() {
-            f64::INFINITY
-        } else {
-            m.max(d)
-        }
-    });
-    diff / scale.max(1e-12)
 }
 
 #[derive(Default)]
@@ -105,7 +65,7 @@ fn check_text(prediction: &str) {
     let model = load(prediction);
     let meta = read_json(&fixtures().join(format!("{prediction}-model.json")));
     let want: HashMap<String, Tensor> =
-        candle_core_load(&fixtures().join(format!("{prediction}-text.safetensors")));
+        load_tensors(&fixtures().join(format!("{prediction}-text.safetensors")));
     for (key, text) in [
         ("prompt", &meta["prompt"]),
         ("negative_prompt", &meta["negative_prompt"]),
@@ -123,13 +83,9 @@ fn check_text(prediction: &str) {
     }
 }
 
-fn candle_core_load(path: &Path) -> HashMap<String, Tensor> {
-    sie_engine::candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
 fn check_case(name: &str) {
     let meta = read_json(&fixtures().join(format!("{name}.json")));
-    let want = candle_core_load(&fixtures().join(format!("{name}.safetensors")));
+    let want = load_tensors(&fixtures().join(format!("{name}.safetensors")));
     let prediction = name.split('-').next().unwrap();
     let model = load(prediction);
     let r = &meta["request"];

@@ -7,33 +7,19 @@
 //! side carries its own latents forward (it is never reset to diffusers'), so
 //! any drift would accumulate and show.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
+use common::rel_diff;
 use sie_engine::scheduler::{self, SchedulerConfig, SchedulerKind};
 
 const TOLERANCE: f64 = 1e-4;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schedulers")
-}
-
-/// max |a - b| / max |b|: the error relative to the scale of the reference.
-fn rel_diff(ours: &Tensor, reference: &Tensor) -> f64 {
-    let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(a.len(), b.len(), "shape mismatch");
-    // f64::max drops NaN, so without this a NaN on either side would pass.
-    if a.iter().chain(&b).any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-12);
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
-    diff / scale
 }
 
 fn check(name: &str) {

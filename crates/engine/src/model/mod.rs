@@ -159,7 +159,9 @@ impl ModelFiles {
         let unet = UNetConfig::load(&root.join("unet/config.json"))?;
         let vae = VaeConfig::load(&root.join("vae/config.json"))?;
         let scheduler = SchedulerConfig::load(&root.join("scheduler/scheduler_config.json"))?;
-        scheduler.default_kind()?;
+        // Building the model's own scheduler once checks every value it reads now, at load,
+        // instead of at the first request.
+        crate::scheduler::build(scheduler.default_kind()?, &scheduler, 1, 0.0)?;
         scheduler.prediction_type(PredictionType::Epsilon)?;
         let unet_path = root.join("unet/config.json");
         if unet.cross_attention_dim != text_encoder.hidden_size {
