@@ -8,6 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
+use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -31,10 +34,18 @@ impl JsonConfig {
 
     /// Parses JSON text; `path` is only used in error messages.
     pub fn from_json(path: &Path, text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).map_err(|e| Error::File {
-            path: path.to_owned(),
-            message: format!("not valid JSON: {e}"),
-        })?;
+        // Python's json module writes infinities and NaN as bare `-Infinity`, `Infinity`,
+        // `NaN` (diffusers saves DPMSolverMultistep's `lambda_min_clipped` as `-Infinity`);
+        // strict JSON has no such tokens, so they are read as strings that `f64_or` accepts.
+        let value: Value = serde_json::from_str(text)
+            .or_else(|first| {
+                let quoted = non_finite_tokens().replace_all(text, "$1\"$2\"");
+                serde_json::from_str(&quoted).map_err(|_| first)
+            })
+            .map_err(|e| Error::File {
+                path: path.to_owned(),
+                message: format!("not valid JSON: {e}"),
+            })?;
         match value {
             Value::Object(values) => Ok(JsonConfig {
                 path: path.to_owned(),
@@ -64,6 +75,9 @@ impl JsonConfig {
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
+            Some(Value::String(s)) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
+            Some(Value::String(s)) if s == "Infinity" => Ok(f64::INFINITY),
+            Some(Value::String(s)) if s == "NaN" => Ok(f64::NAN),
             Some(v) => v
                 .as_f64()
                 .ok_or_else(|| self.error(key, format!("expected a number, found {v}"))),
@@ -161,5 +175,42 @@ impl JsonConfig {
                 format!("value {v} is not supported; accepted: {expected} ({what})"),
             )),
         }
+    }
+}
+
+/// A bare `-Infinity`, `Infinity` or `NaN` in value position (after `:`, `[` or `,`).
+fn non_finite_tokens() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"([:\[,]\s*)(-Infinity|Infinity|NaN)\b").expect("a valid pattern")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_non_finite_numbers_are_read() {
+        let c = JsonConfig::from_json(
+            Path::new("scheduler_config.json"),
+            r#"{"lambda_min_clipped": -Infinity, "x": [1, NaN], "name": "Infinity stays a string"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.f64_or("lambda_min_clipped", 0.0).unwrap(),
+            f64::NEG_INFINITY
+        );
+        assert_eq!(c.str_or("name", "").unwrap(), "Infinity stays a string");
+    }
+
+    #[test]
+    fn invalid_json_names_the_file() {
+        let e = JsonConfig::from_json(Path::new("unet/config.json"), "{\"a\": }").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("unet/config.json: not valid JSON"),
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Noise-level helpers shared by the schedulers that work with sigmas
-//! (Euler, Euler ancestral, DPM-Solver++, UniPC).
+//! Noise-level helpers shared by the schedulers: sigma tables, interpolation,
+//! Karras/exponential ramps and the zero-terminal-SNR rescale (used by all the
+//! sigma-based schedulers, and by DDIM, DDPM, LMS and Heun for the rescale and ramps).
 //!
 //! diffusers builds these tables partly in torch float32 and partly in numpy
 //! float64, and the mix matters for bit-level agreement: the training sigma
