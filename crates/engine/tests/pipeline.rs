@@ -111,8 +111,10 @@ fn check_case(name: &str) {
 
     let steps = meta["steps_recorded"].as_u64().unwrap() as usize;
     assert_eq!(recorder.steps.len(), steps, "{name}: number of steps");
+    let mut worst = 0f64;
     for (i, latents) in recorder.steps.iter().enumerate() {
         let d = rel_diff(latents, &want[&format!("latents_{}", i + 1)]);
+        worst = worst.max(d);
         assert!(
             d <= TOLERANCE,
             "{name}: latents after step {} differ by {d:e}",
@@ -134,6 +136,10 @@ fn check_case(name: &str) {
         .filter(|(a, b)| a.abs_diff(**b) <= 1)
         .count();
     let fraction = close as f64 / reference.len() as f64;
+    eprintln!(
+        "{name}: worst step {worst:.1e}, {:.3}% of pixel values within 1/255",
+        fraction * 100.0
+    );
     assert!(
         fraction >= 0.999,
         "{name}: only {:.4}% of pixel values within 1/255 of diffusers",

@@ -79,6 +79,13 @@ impl SchedulerKind {
     }
 
     /// Parses a class name or one of the short aliases `LMS`, `DDIM`, `PNDM`.
+    ///
+    /// ```
+    /// use sie_engine::scheduler::SchedulerKind;
+    /// assert_eq!(SchedulerKind::parse("LMS").unwrap(), SchedulerKind::LmsDiscrete);
+    /// let err = SchedulerKind::parse("Karras").unwrap_err().to_string();
+    /// assert!(err.contains("accepted: LMSDiscreteScheduler"));
+    /// ```
     pub fn parse(name: &str) -> Result<Self> {
         let alias = match name {
             "LMS" => Some(SchedulerKind::LmsDiscrete),

@@ -5,6 +5,7 @@
 //! with `tools/parity/bench_diffusers.py`, which times diffusers' UNet with the
 //! same settings. Timings belong in docs/benchmarks.md, never in tests.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -71,10 +72,21 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         published_unet(variant),
     )?)?;
     let device = Device::Cpu;
+    // Random weights from candle's initialisers. They come as trainable `Var`s, and candle
+    // keeps the whole autograd graph of a forward pass alive for those (11 GB at 512x512),
+    // so the UNet that is timed is rebuilt on detached copies, as a loaded checkpoint is.
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let unet = UNet::new(vb, &config).context("building the UNet")?;
-    let parameters: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    new_unet_on(VarBuilder::from_varmap(&varmap, DType::F32, &device), &config)?;
+    let weights: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the weight map's lock is poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    drop(varmap);
+    let parameters: usize = weights.values().map(|t| t.elem_count()).sum();
+    let unet = new_unet_on(VarBuilder::from_tensors(weights, DType::F32, &device), &config)?;
 
     let latent = size / 8;
     let xs = Tensor::randn(
@@ -119,6 +131,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         println!("peak RSS: {:.2} GB", peak as f64 / 1e9);
     }
     Ok(())
+}
+
+fn new_unet_on(vb: VarBuilder, config: &UNetConfig) -> anyhow::Result<UNet> {
+    UNet::new(vb, config).context("building the UNet")
 }
 
 /// VmHWM from /proc/self/status (Linux): the peak resident set of this process.
