@@ -1,27 +1,162 @@
 //! Encoding generated images into the bytes a client receives.
 //!
 //! The pipeline hands out raw RGB; the format is chosen per request, so
-//! encoding is a separate step the CLI and the worker call.
+//! encoding is a separate step the CLI and the worker call. Three formats,
+//! each with one fixed setting so a request names only the format: PNG
+//! (lossless, the default), JPEG at quality 95 (what image services commonly
+//! default to for photographs), and lossless WebP (the `image` crate's WebP
+//! encoder writes only the lossless variant). Base64 for transport is the
+//! service's job, not the engine's.
 
+use std::fmt;
 use std::io::Cursor;
+
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::codecs::webp::WebPEncoder;
+use image::{ExtendedColorType, ImageEncoder};
 
 use crate::error::{Error, Result};
 
+/// The JPEG quality every request gets.
+pub const JPEG_QUALITY: u8 = 95;
+
+/// An output encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageFormat {
+    #[default]
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl ImageFormat {
+    /// The names `parse` accepts (in any case).
+    pub const NAMES: [&'static str; 3] = ["PNG", "JPEG", "WEBP"];
+
+    /// Parses `"PNG"`, `"JPEG"` or `"WEBP"`, in any case; an error lists the accepted values.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            "PNG" => Ok(ImageFormat::Png),
+            "JPEG" => Ok(ImageFormat::Jpeg),
+            "WEBP" => Ok(ImageFormat::Webp),
+            _ => Err(Error::invalid(
+                "image_format",
+                format!(
+                    "\"{name}\" is not supported; accepted: {}",
+                    Self::NAMES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The file extension (without the dot).
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Webp => "webp",
+        }
+    }
+
+    /// The MIME type of the encoded bytes.
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "image/png",
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Webp => "image/webp",
+        }
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ImageFormat::Png => "PNG",
+            ImageFormat::Jpeg => "JPEG",
+            ImageFormat::Webp => "WEBP",
+        })
+    }
+}
+
+/// Encodes `width * height * 3` RGB bytes in `format`.
+pub fn encode(rgb: &[u8], width: usize, height: usize, format: ImageFormat) -> Result<Vec<u8>> {
+    if rgb.len() != width * height * 3 || width == 0 || height == 0 {
+        return Err(Error::invalid(
+            "image",
+            format!(
+                "{} bytes do not make a {width}x{height} RGB image",
+                rgb.len()
+            ),
+        ));
+    }
+    let (w, h) = (width as u32, height as u32);
+    let mut bytes = Vec::new();
+    let sink = Cursor::new(&mut bytes);
+    let encoded = match format {
+        ImageFormat::Png => PngEncoder::new(sink).write_image(rgb, w, h, ExtendedColorType::Rgb8),
+        ImageFormat::Jpeg => JpegEncoder::new_with_quality(sink, JPEG_QUALITY).write_image(
+            rgb,
+            w,
+            h,
+            ExtendedColorType::Rgb8,
+        ),
+        ImageFormat::Webp => {
+            WebPEncoder::new_lossless(sink).write_image(rgb, w, h, ExtendedColorType::Rgb8)
+        }
+    };
+    encoded.map_err(|e| Error::invalid("image", format!("{format} encoding failed: {e}")))?;
+    Ok(bytes)
+}
+
 /// Encodes `width * height * 3` RGB bytes as PNG.
 pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
-    let image =
-        image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec()).ok_or_else(|| {
-            Error::invalid(
-                "image",
-                format!(
-                    "{} bytes do not make a {width}x{height} RGB image",
-                    rgb.len()
-                ),
-            )
-        })?;
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::invalid("image", format!("PNG encoding failed: {e}")))?;
-    Ok(bytes)
+    encode(rgb, width, height, ImageFormat::Png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(width: usize, height: usize) -> Vec<u8> {
+        (0..height)
+            .flat_map(|y| (0..width).flat_map(move |x| [(x * 7) as u8, (y * 5) as u8, 128]))
+            .collect()
+    }
+
+    #[test]
+    fn every_format_decodes_to_the_right_size() {
+        let (w, h) = (37, 21);
+        let rgb = gradient(w, h);
+        for (format, expected) in [
+            (ImageFormat::Png, image::ImageFormat::Png),
+            (ImageFormat::Jpeg, image::ImageFormat::Jpeg),
+            (ImageFormat::Webp, image::ImageFormat::WebP),
+        ] {
+            let bytes = encode(&rgb, w, h, format).unwrap();
+            assert_eq!(image::guess_format(&bytes).unwrap(), expected, "{format}");
+            let decoded = image::load_from_memory_with_format(&bytes, expected)
+                .unwrap()
+                .to_rgb8();
+            assert_eq!((decoded.width(), decoded.height()), (w as u32, h as u32));
+            if format != ImageFormat::Jpeg {
+                // PNG and WebP are lossless.
+                assert_eq!(decoded.into_raw(), rgb, "{format}");
+            }
+        }
+    }
+
+    #[test]
+    fn parse_is_case_insensitive_and_lists_the_accepted_values() {
+        assert_eq!(ImageFormat::parse("jpeg").unwrap(), ImageFormat::Jpeg);
+        assert_eq!(ImageFormat::parse("WebP").unwrap(), ImageFormat::Webp);
+        assert_eq!(ImageFormat::parse("PNG").unwrap(), ImageFormat::Png);
+        let e = ImageFormat::parse("gif").unwrap_err().to_string();
+        assert!(e.contains("PNG, JPEG, WEBP"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_buffer_size_is_refused() {
+        assert!(encode(&[0; 10], 2, 2, ImageFormat::Png).is_err());
+    }
 }

@@ -6,7 +6,8 @@
 //! (all images of the request at once), stochastic schedulers draw from that
 //! same generator afterwards, classifier-free guidance runs the unconditional
 //! and conditional halves as one batch, and the decoded image is rounded to
-//! bytes half-to-even as numpy does.
+//! bytes half-to-even as numpy does. When the request asks for it, the safety
+//! checker then sees those bytes and blacks out what it flags.
 //!
 //! The caller sees every stage through an [`Observer`] (progress for the
 //! queue, tensors for `--dump`) and can stop the run between steps with a
@@ -36,6 +37,8 @@ pub struct TextToImage {
     pub scheduler: Option<SchedulerKind>,
     pub eta: f64,
     pub guidance_rescale: f64,
+    /// Run the model's safety checker on the images (refused when none is loaded).
+    pub safety_checker: bool,
 }
 
 impl TextToImage {
@@ -54,6 +57,7 @@ impl TextToImage {
             scheduler: None,
             eta: 0.0,
             guidance_rescale: 0.0,
+            safety_checker: model.safety_checker.is_some(),
         }
     }
 }
@@ -70,6 +74,9 @@ pub struct Generated {
     /// The prompt was longer than the text encoder's 77 tokens and was cut, as diffusers cuts it.
     pub prompt_truncated: bool,
     pub negative_prompt_truncated: bool,
+    /// Per image, whether the safety checker flagged it (and it was blacked out); `None` when no
+    /// checker ran.
+    pub nsfw_content_detected: Option<Vec<bool>>,
 }
 
 /// Sees each stage of a run. Every method has a do-nothing default.
@@ -105,6 +112,13 @@ impl StableDiffusion {
                     format!("{value} is not a positive multiple of {scale}"),
                 ));
             }
+        }
+        if request.safety_checker && self.safety_checker.is_none() {
+            return Err(Error::invalid(
+                "safety_checker",
+                "requested, but this model has no safety checker installed \
+                 (a safety_checker/ directory, or one named when loading)",
+            ));
         }
         if request.num_images_per_prompt == 0 {
             return Err(Error::invalid(
@@ -192,7 +206,16 @@ impl StableDiffusion {
         let decoded = self
             .vae
             .decode(&(latents / self.files.vae.scaling_factor)?)?;
-        let images = to_rgb_bytes(&decoded)?;
+        let mut images = to_rgb_bytes(&decoded)?;
+
+        // 5. diffusers' `run_safety_checker`: the checker sees the uint8 images; a flagged one is
+        //    returned black (diffusers zeroes it and skips the denormalisation, so all zeros).
+        let nsfw_content_detected = match (&self.safety_checker, request.safety_checker) {
+            (Some(checker), true) => {
+                Some(checker.apply(&mut images, request.width, request.height)?)
+            }
+            _ => None,
+        };
         Ok(Generated {
             images,
             width: request.width,
@@ -201,6 +224,7 @@ impl StableDiffusion {
             scheduler: kind,
             prompt_truncated: prompt.truncated,
             negative_prompt_truncated: negative.truncated,
+            nsfw_content_detected,
         })
     }
 

@@ -195,6 +195,127 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
     Ok(())
 }
 
+/// What the tiny safety checker looks like.
+#[derive(Debug, Clone, Copy)]
+pub struct TinyCheckerOptions {
+    /// Every concept and special-care threshold. Cosine similarities lie in [-1, 1], so -1 flags
+    /// every image and 1 none.
+    pub threshold: f32,
+    pub seed: u64,
+}
+
+impl Default for TinyCheckerOptions {
+    fn default() -> Self {
+        TinyCheckerOptions {
+            threshold: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// The tiny checker's vision tower: ViT-L/14's structure (patch 14, QuickGELU) at width 32 on
+/// 56-pixel images (4x4 patches), so a check costs nothing and its fixtures stay small.
+const CHECKER_WIDTH: usize = 32;
+const CHECKER_IMAGE_SIZE: usize = 56;
+
+/// Adds a tiny `StableDiffusionSafetyChecker` to the model directory `out` (written by
+/// [`write_tiny_model`]): `safety_checker/` (a CLIPConfig and random weights of the real
+/// checker's architecture), `feature_extractor/preprocessor_config.json` (CLIPImageProcessor
+/// at the tiny image size), and both named in `model_index.json` as a diffusers pipeline
+/// directory names them. diffusers loads it (`tools/parity/check_tiny_model.py`).
+pub fn write_tiny_safety_checker(out: &Path, options: TinyCheckerOptions) -> Result<()> {
+    let index_path = out.join("model_index.json");
+    let text = std::fs::read_to_string(&index_path).map_err(|e| io_error(&index_path, e))?;
+    let mut index: Value = serde_json::from_str(&text).map_err(|e| Error::File {
+        path: index_path.clone(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    let Some(map) = index.as_object_mut() else {
+        return Err(Error::File {
+            path: index_path,
+            message: "expected a JSON object".into(),
+        });
+    };
+    map.insert(
+        "safety_checker".into(),
+        json!(["stable_diffusion", "StableDiffusionSafetyChecker"]),
+    );
+    map.insert(
+        "feature_extractor".into(),
+        json!(["transformers", "CLIPImageProcessor"]),
+    );
+    map.insert("requires_safety_checker".into(), json!(true));
+    write_json(&index_path, &index)?;
+
+    write_json(
+        &out.join("feature_extractor/preprocessor_config.json"),
+        &json!({
+            "crop_size": {"height": CHECKER_IMAGE_SIZE, "width": CHECKER_IMAGE_SIZE},
+            "do_center_crop": true,
+            "do_convert_rgb": true,
+            "do_normalize": true,
+            "do_rescale": true,
+            "do_resize": true,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_processor_type": "CLIPImageProcessor",
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "resample": 3,
+            "rescale_factor": 0.00392156862745098,
+            "size": {"shortest_edge": CHECKER_IMAGE_SIZE},
+        }),
+    )?;
+    let config_path = out.join("safety_checker/config.json");
+    write_json(
+        &config_path,
+        &json!({
+            "architectures": ["StableDiffusionSafetyChecker"],
+            "model_type": "clip",
+            "initializer_factor": 1.0,
+            "logit_scale_init_value": 2.6592,
+            "projection_dim": CHECKER_WIDTH,
+            "torch_dtype": "float32",
+            // The checker has no text tower; CLIPConfig still wants a text_config.
+            "text_config": {
+                "model_type": "clip_text_model",
+                "hidden_act": "quick_gelu",
+                "hidden_size": CHECKER_WIDTH,
+                "intermediate_size": 2 * CHECKER_WIDTH,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 1,
+                "max_position_embeddings": 77,
+                "vocab_size": 49408,
+                "bos_token_id": 49406,
+                "eos_token_id": 49407,
+                "pad_token_id": 1,
+            },
+            "vision_config": {
+                "model_type": "clip_vision_model",
+                "hidden_act": "quick_gelu",
+                "hidden_size": CHECKER_WIDTH,
+                "image_size": CHECKER_IMAGE_SIZE,
+                "intermediate_size": 2 * CHECKER_WIDTH,
+                "layer_norm_eps": 1e-05,
+                "num_attention_heads": 4,
+                "num_channels": 3,
+                "num_hidden_layers": 2,
+                "patch_size": 14,
+                "projection_dim": CHECKER_WIDTH,
+            },
+        }),
+    )?;
+    let config = crate::safety::SafetyCheckerConfig::load(&config_path)?;
+    let t = options.threshold;
+    save_weights_filled(
+        &out.join("safety_checker/model.safetensors"),
+        options.seed,
+        |vb| crate::safety::build(vb, &config).map(drop),
+        &[
+            ("concept_embeds_weights", t),
+            ("special_care_embeds_weights", t),
+        ],
+    )
+}
+
 fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::File {
         path: path.to_owned(),
@@ -221,16 +342,31 @@ fn save_weights(
     seed: u64,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
 ) -> Result<()> {
+    save_weights_filled(path, seed, build, &[])
+}
+
+/// [`save_weights`], with the tensors named in `fill` set to one value each instead of random ones.
+fn save_weights_filled(
+    path: &Path,
+    seed: u64,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+    fill: &[(&str, f32)],
+) -> Result<()> {
     let recorder = Recorder {
         seed,
         tensors: Mutex::new(HashMap::new()),
     };
     let backend: Box<dyn SimpleBackend + '_> = Box::new(&recorder);
     build(VarBuilder::from_backend(backend, DType::F32, Device::Cpu))?;
-    let tensors = recorder
+    let mut tensors = recorder
         .tensors
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
+    for &(name, value) in fill {
+        if let Some(t) = tensors.get_mut(name) {
+            *t = Tensor::full(value, t.shape(), &Device::Cpu)?;
+        }
+    }
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = names

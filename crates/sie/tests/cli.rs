@@ -206,3 +206,143 @@ fn bad_input_is_refused_with_what_is_accepted() {
         "{err}"
     );
 }
+
+/// `sie model run` on a tiny model with a tiny checker, in every output format.
+fn run_tiny(model: &str, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "model",
+        "run",
+        "--model",
+        model,
+        "--prompt",
+        "An oil painting of a salad",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--images",
+        "2",
+        "--seed",
+        "9",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+fn rgb(path: &Path) -> Vec<u8> {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8()
+        .into_raw()
+}
+
+#[test]
+fn the_safety_checker_blacks_out_what_it_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flag_all = tmp.path().join("all");
+    let flag_none = tmp.path().join("none");
+    let (flag_all, flag_none) = (flag_all.to_str().unwrap(), flag_none.to_str().unwrap());
+    ok(&[
+        "model",
+        "tiny",
+        "--out",
+        flag_all,
+        "--safety-checker",
+        "--checker-threshold",
+        "-1",
+    ]);
+    ok(&[
+        "model",
+        "tiny",
+        "--out",
+        flag_none,
+        "--safety-checker",
+        "--checker-threshold",
+        "1",
+    ]);
+    let summary = ok(&["model", "check", flag_all]);
+    assert!(summary.contains("safety_checker: "), "{summary}");
+
+    // The model directory's own checker is the default.
+    let stdout = run_tiny(flag_all, &tmp.path().join("a.png"), &[]);
+    assert!(
+        stdout.contains("nsfw_content_detected: [true, true]"),
+        "{stdout}"
+    );
+    for name in ["a-1.png", "a-2.png"] {
+        let pixels = rgb(&tmp.path().join(name));
+        assert_eq!(pixels.len(), 64 * 48 * 3);
+        assert!(pixels.iter().all(|&b| b == 0), "{name} is not black");
+    }
+
+    // Nothing flagged: the same images as without a checker.
+    let stdout = run_tiny(flag_none, &tmp.path().join("n.png"), &[]);
+    assert!(
+        stdout.contains("nsfw_content_detected: [false, false]"),
+        "{stdout}"
+    );
+    let stdout = run_tiny(
+        flag_none,
+        &tmp.path().join("u.png"),
+        &["--no-safety-checker"],
+    );
+    assert!(!stdout.contains("nsfw_content_detected"), "{stdout}");
+    for i in 1..=2 {
+        let checked = rgb(&tmp.path().join(format!("n-{i}.png")));
+        assert_eq!(checked, rgb(&tmp.path().join(format!("u-{i}.png"))));
+        assert!(checked.iter().any(|&b| b != 0));
+    }
+
+    // --safety-checker DIR names another checker: the flagging one, on the passing model.
+    let other = format!("{flag_all}/safety_checker");
+    let stdout = run_tiny(
+        flag_none,
+        &tmp.path().join("o.png"),
+        &["--safety-checker", &other],
+    );
+    assert!(
+        stdout.contains("nsfw_content_detected: [true, true]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn jpeg_and_webp_outputs_decode_to_the_right_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    let model = model.to_str().unwrap();
+    ok(&["model", "tiny", "--out", model]);
+    let png_out = tmp.path().join("p.png");
+    run_tiny(model, &png_out, &[]);
+    let png = rgb(&tmp.path().join("p-1.png"));
+    for (format, file, expected) in [
+        ("jpeg", "j.jpg", image::ImageFormat::Jpeg),
+        ("WEBP", "w.webp", image::ImageFormat::WebP),
+    ] {
+        run_tiny(model, &tmp.path().join(file), &["--format", format]);
+        let stem = file.split('.').next().unwrap();
+        let ext = file.split('.').nth(1).unwrap();
+        let path = tmp.path().join(format!("{stem}-1.{ext}"));
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(image::guess_format(&bytes).unwrap(), expected, "{format}");
+        let decoded = image::load_from_memory_with_format(&bytes, expected).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (64, 48), "{format}");
+        if expected == image::ImageFormat::WebP {
+            // Lossless: the same pixels as the PNG.
+            assert_eq!(decoded.to_rgb8().into_raw(), png);
+        }
+    }
+    let run = sie(&[
+        "model", "run", "--model", model, "--prompt", "x", "--format", "gif", "--out", "x.gif",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("gif") && err.contains("PNG, JPEG, WEBP"),
+        "{err}"
+    );
+}

@@ -14,6 +14,17 @@ use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Var
 
 use super::config::{ClipActivation, ClipTextConfig};
 
+/// The shape of one CLIP transformer layer; the text and the vision towers differ only here
+/// and in their masks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerShape {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub heads: usize,
+    pub layer_norm_eps: f64,
+    pub activation: ClipActivation,
+}
+
 #[derive(Debug)]
 struct Attention {
     q: Linear,
@@ -25,19 +36,19 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
-        let h = c.hidden_size;
+    fn new(vb: VarBuilder, s: &LayerShape) -> candle_core::Result<Self> {
+        let h = s.hidden_size;
         Ok(Attention {
             q: linear(h, h, vb.pp("q_proj"))?,
             k: linear(h, h, vb.pp("k_proj"))?,
             v: linear(h, h, vb.pp("v_proj"))?,
             out: linear(h, h, vb.pp("out_proj"))?,
-            heads: c.num_attention_heads,
-            head_dim: h / c.num_attention_heads,
+            heads: s.heads,
+            head_dim: h / s.heads,
         })
     }
 
-    fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, n, h) = xs.dims3()?;
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, n, self.heads, self.head_dim))?
@@ -48,15 +59,25 @@ impl Attention {
         let q = split((self.q.forward(xs)? * scale)?)?;
         let k = split(self.k.forward(xs)?)?;
         let v = split(self.v.forward(xs)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(causal_mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // Scores and softmax in f32 whatever the weights' dtype: softmax in half precision
+        // loses mass.
+        let dtype = q.dtype();
+        let scores = q
+            .to_dtype(DType::F32)?
+            .matmul(&k.to_dtype(DType::F32)?.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(&mask.to_dtype(DType::F32)?)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
         self.out.forward(&out)
     }
 }
 
+/// transformers' `CLIPEncoderLayer`: pre-norm self-attention and MLP, each added back.
 #[derive(Debug)]
-struct Layer {
+pub(crate) struct EncoderLayer {
     norm1: LayerNorm,
     attn: Attention,
     norm2: LayerNorm,
@@ -65,20 +86,25 @@ struct Layer {
     activation: ClipActivation,
 }
 
-impl Layer {
-    fn new(vb: VarBuilder, c: &ClipTextConfig) -> candle_core::Result<Self> {
-        Ok(Layer {
-            norm1: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
-            attn: Attention::new(vb.pp("self_attn"), c)?,
-            norm2: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: linear(c.hidden_size, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
-            fc2: linear(c.intermediate_size, c.hidden_size, vb.pp("mlp").pp("fc2"))?,
-            activation: c.activation,
+impl EncoderLayer {
+    pub(crate) fn new(vb: VarBuilder, s: &LayerShape) -> candle_core::Result<Self> {
+        Ok(EncoderLayer {
+            norm1: layer_norm(s.hidden_size, s.layer_norm_eps, vb.pp("layer_norm1"))?,
+            attn: Attention::new(vb.pp("self_attn"), s)?,
+            norm2: layer_norm(s.hidden_size, s.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: linear(s.hidden_size, s.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+            fc2: linear(s.intermediate_size, s.hidden_size, vb.pp("mlp").pp("fc2"))?,
+            activation: s.activation,
         })
     }
 
-    fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?, causal_mask)?)?;
+    /// `mask` is added to the attention scores: the text tower's causal mask, none for vision.
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?, mask)?)?;
         let hidden = self.fc1.forward(&self.norm2.forward(&xs)?)?;
         let hidden = match self.activation {
             // transformers' "gelu" is the exact erf form.
@@ -94,7 +120,7 @@ impl Layer {
 pub struct ClipTextEncoder {
     token_embedding: Embedding,
     position_embedding: Embedding,
-    layers: Vec<Layer>,
+    layers: Vec<EncoderLayer>,
     final_norm: LayerNorm,
     config: ClipTextConfig,
 }
@@ -119,8 +145,15 @@ impl ClipTextEncoder {
             config.hidden_size,
             emb.pp("position_embedding"),
         )?;
+        let shape = LayerShape {
+            hidden_size: config.hidden_size,
+            intermediate_size: config.intermediate_size,
+            heads: config.num_attention_heads,
+            layer_norm_eps: config.layer_norm_eps,
+            activation: config.activation,
+        };
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::new(vb.pp("encoder").pp("layers").pp(i), config))
+            .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), &shape))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let final_norm = layer_norm(
             config.hidden_size,
@@ -151,7 +184,7 @@ impl ClipTextEncoder {
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(seq, xs.dtype(), device)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &mask)?;
+            xs = layer.forward(&xs, Some(&mask))?;
         }
         self.final_norm.forward(&xs)
     }

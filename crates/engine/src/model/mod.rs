@@ -5,7 +5,9 @@
 //! `*.safetensors` or its `*.fp16.safetensors` variant. [`ModelFiles`] finds and
 //! parses everything without touching tensors (what `sie model check` shows);
 //! [`StableDiffusion`] then builds the networks on a device. Every failure names
-//! the file, and the field or tensor, at fault.
+//! the file, and the field or tensor, at fault. A `safety_checker/` (with
+//! `feature_extractor/`), when present, is loaded too unless the caller says
+//! otherwise ([`SafetyCheckerSource`]).
 
 pub mod blocks;
 pub mod clip;
@@ -21,6 +23,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 use crate::json_config::JsonConfig;
+use crate::safety::SafetyChecker;
 use crate::scheduler::{PredictionType, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 use clip::ClipTextEncoder;
@@ -45,7 +48,7 @@ pub struct WeightsFile {
 
 impl WeightsFile {
     /// Finds `{stem}.safetensors`, else `{stem}.fp16.safetensors`, in `dir`, and reads its header.
-    fn find(dir: &Path, stem: &str) -> Result<Self> {
+    pub(crate) fn find(dir: &Path, stem: &str) -> Result<Self> {
         let full = dir.join(format!("{stem}.safetensors"));
         let half = dir.join(format!("{stem}.fp16.safetensors"));
         let path = if full.is_file() {
@@ -95,7 +98,7 @@ impl WeightsFile {
     }
 
     /// A VarBuilder over this file converting to `dtype` on `device`.
-    fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    pub(crate) fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         // SAFETY: as in `find`; the mapping lives as long as the VarBuilder that reads it.
         unsafe { VarBuilder::from_mmaped_safetensors(&[&self.path], dtype, device) }.map_err(|e| {
             Error::File {
@@ -107,7 +110,7 @@ impl WeightsFile {
 
     /// Wraps a failure while building a network from this file (a missing tensor or a wrong
     /// shape: candle's message names the tensor).
-    fn build_error(&self, e: candle_core::Error) -> Error {
+    pub(crate) fn build_error(&self, e: candle_core::Error) -> Error {
         Error::File {
             path: self.path.clone(),
             message: format!("does not match its config: {e}"),
@@ -260,12 +263,25 @@ impl ModelFiles {
     }
 }
 
+/// Which safety checker a model loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SafetyCheckerSource {
+    /// The model directory's own `safety_checker/`, when it has one; else none.
+    #[default]
+    ModelDefault,
+    /// No checker, even if the directory has one.
+    Disabled,
+    /// This directory's (a checker directory, or a pipeline directory with `safety_checker/`).
+    Dir(PathBuf),
+}
+
 /// Options for building the networks.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
     /// Compute dtype; f32 on CPU (candle's CPU kernels lack f16/bf16 convolutions).
     pub dtype: DType,
+    pub safety_checker: SafetyCheckerSource,
 }
 
 impl Default for LoadOptions {
@@ -273,6 +289,7 @@ impl Default for LoadOptions {
         LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
+            safety_checker: SafetyCheckerSource::ModelDefault,
         }
     }
 }
@@ -284,6 +301,8 @@ pub struct StableDiffusion {
     pub text_encoder: ClipTextEncoder,
     pub unet: UNet,
     pub vae: Vae,
+    /// Applied after decoding when a request asks for it.
+    pub safety_checker: Option<SafetyChecker>,
     pub device: Device,
     pub dtype: DType,
 }
@@ -306,12 +325,25 @@ impl StableDiffusion {
         let vae =
             Vae::new(w.var_builder(dtype, device)?, &files.vae).map_err(|e| w.build_error(e))?;
 
+        let checker_dir = match &options.safety_checker {
+            SafetyCheckerSource::ModelDefault => root
+                .join("safety_checker")
+                .is_dir()
+                .then(|| root.to_owned()),
+            SafetyCheckerSource::Disabled => None,
+            SafetyCheckerSource::Dir(dir) => Some(dir.clone()),
+        };
+        let safety_checker = checker_dir
+            .map(|dir| SafetyChecker::load(&dir, device, dtype))
+            .transpose()?;
+
         Ok(StableDiffusion {
             files,
             tokenizer,
             text_encoder,
             unet,
             vae,
+            safety_checker,
             device: device.clone(),
             dtype,
         })

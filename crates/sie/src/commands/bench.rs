@@ -76,7 +76,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     // keeps the whole autograd graph of a forward pass alive for those (11 GB at 512x512),
     // so the UNet that is timed is rebuilt on detached copies, as a loaded checkpoint is.
     let varmap = VarMap::new();
-    new_unet_on(VarBuilder::from_varmap(&varmap, DType::F32, &device), &config)?;
+    new_unet_on(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        &config,
+    )?;
     let weights: HashMap<String, Tensor> = varmap
         .data()
         .lock()
@@ -86,7 +89,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         .collect();
     drop(varmap);
     let parameters: usize = weights.values().map(|t| t.elem_count()).sum();
-    let unet = new_unet_on(VarBuilder::from_tensors(weights, DType::F32, &device), &config)?;
+    let unet = new_unet_on(
+        VarBuilder::from_tensors(weights, DType::F32, &device),
+        &config,
+    )?;
 
     let latent = size / 8;
     let xs = Tensor::randn(

@@ -7,10 +7,13 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use sie_engine::candle_core::{Device, Tensor};
-use sie_engine::model::{LoadOptions, ModelFiles, StableDiffusion};
+use sie_engine::model::{LoadOptions, ModelFiles, SafetyCheckerSource, StableDiffusion};
+use sie_engine::output::{encode, ImageFormat};
 use sie_engine::pipeline::{Observer, TextToImage};
 use sie_engine::scheduler::{PredictionType, SchedulerKind};
-use sie_engine::tiny::{write_tiny_model, TinyOptions};
+use sie_engine::tiny::{
+    write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
+};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -22,7 +25,7 @@ pub enum ModelCommand {
         dir: PathBuf,
     },
     /// Generate images from a prompt, offline.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -42,6 +45,17 @@ pub struct TinyArgs {
     /// Seed of the random weights: the same seed writes the same bytes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also write a tiny safety checker (safety_checker/, feature_extractor/).
+    #[arg(long)]
+    safety_checker: bool,
+    /// The tiny checker's concept and special-care thresholds: -1 flags every image, 1 none.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        requires = "safety_checker",
+        allow_hyphen_values = true
+    )]
+    checker_threshold: f32,
 }
 
 #[derive(Args)]
@@ -74,9 +88,19 @@ pub struct RunArgs {
     eta: f64,
     #[arg(long, default_value_t = 0.0)]
     guidance_rescale: f64,
-    /// Output PNG; with several images, FILE-1.png, FILE-2.png, ...
+    /// Output file; with several images, FILE-1.EXT, FILE-2.EXT, ...
     #[arg(long)]
     out: PathBuf,
+    /// Output encoding: png, jpeg (quality 95) or webp (lossless).
+    #[arg(long, default_value = "png")]
+    format: String,
+    /// Use this safety checker (a checker directory, or a model directory with safety_checker/);
+    /// by default the model directory's own safety_checker/ is used when it has one.
+    #[arg(long, conflicts_with = "no_safety_checker")]
+    safety_checker: Option<PathBuf>,
+    /// Do not run a safety checker, even the model directory's own.
+    #[arg(long)]
+    no_safety_checker: bool,
     /// Also write token ids, text embeddings and the latents of every step to DIR/dump.safetensors.
     #[arg(long)]
     dump: Option<PathBuf>,
@@ -94,6 +118,18 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
             };
             write_tiny_model(&args.out, options)?;
             println!("wrote the tiny model to {}", args.out.display());
+            if args.safety_checker {
+                let checker = TinyCheckerOptions {
+                    threshold: args.checker_threshold,
+                    seed: args.seed,
+                };
+                write_tiny_safety_checker(&args.out, checker)?;
+                println!(
+                    "wrote a tiny safety checker (thresholds {}) to {}",
+                    args.checker_threshold,
+                    args.out.join("safety_checker").display()
+                );
+            }
             Ok(())
         }
         ModelCommand::Check { dir } => {
@@ -102,11 +138,25 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
                 println!("{key}: {value}");
             }
             // Building the networks checks every tensor's presence and shape.
-            StableDiffusion::load(&dir, &LoadOptions::default())?;
+            let model = StableDiffusion::load(&dir, &LoadOptions::default())?;
+            if let Some(checker) = &model.safety_checker {
+                let f = &checker.files;
+                println!(
+                    "safety_checker: {} ({} parameters, {}x{} images, preprocessor {})",
+                    f.dir.display(),
+                    f.weights.parameters,
+                    f.config.vision.image_size,
+                    f.config.vision.image_size,
+                    f.preprocessor_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "defaults".into())
+                );
+            }
             println!("ok: every tensor is present with the shape its config asks for");
             Ok(())
         }
-        ModelCommand::Run(args) => generate(args),
+        ModelCommand::Run(args) => generate(*args),
     }
 }
 
@@ -122,7 +172,16 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(SchedulerKind::parse)
         .transpose()?;
-    let model = StableDiffusion::load(&args.model, &LoadOptions::default())
+    let format = ImageFormat::parse(&args.format).context("--format")?;
+    let options = LoadOptions {
+        safety_checker: match (&args.safety_checker, args.no_safety_checker) {
+            (_, true) => SafetyCheckerSource::Disabled,
+            (Some(dir), false) => SafetyCheckerSource::Dir(dir.clone()),
+            (None, false) => SafetyCheckerSource::ModelDefault,
+        },
+        ..LoadOptions::default()
+    };
+    let model = StableDiffusion::load(&args.model, &options)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let mut request = TextToImage::new(&model, args.prompt, seed);
     request.negative_prompt = args.negative_prompt;
@@ -144,10 +203,10 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
     if generated.prompt_truncated {
         eprintln!("note: the prompt is longer than the text encoder's 77 tokens and was truncated");
     }
-    let paths = output_paths(&args.out, generated.images.len());
+    let paths = output_paths(&args.out, generated.images.len(), format);
     for (image, path) in generated.images.iter().zip(&paths) {
-        let png = sie_engine::output::encode_png(image, generated.width, generated.height)?;
-        std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?;
+        let bytes = encode(image, generated.width, generated.height, format)?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     if let (Some(dir), Some(tensors)) = (&args.dump, observer.dump) {
@@ -157,12 +216,15 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    if let Some(flags) = &generated.nsfw_content_detected {
+        println!("nsfw_content_detected: {flags:?}");
+    }
     println!("scheduler: {}", generated.scheduler);
     println!("seed: {}", generated.seed);
     Ok(())
 }
 
-fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+fn output_paths(out: &Path, n: usize, format: ImageFormat) -> Vec<PathBuf> {
     if n == 1 {
         return vec![out.to_owned()];
     }
@@ -170,7 +232,7 @@ fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     let ext = out
         .extension()
         .map(|e| e.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "png".into());
+        .unwrap_or_else(|| format.extension().into());
     (1..=n)
         .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
         .collect()
