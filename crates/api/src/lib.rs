@@ -1,0 +1,16 @@
+//! The SIE wire protocol, shared by the API server and the workers.
+//!
+//! # Layout
+//! - [`request`]: a create-task body parsed once, at the edge, into types that
+//!   cannot hold an invalid value; the worker runs exactly that type (it
+//!   round-trips through the queue as JSON and is re-validated on the way in).
+//! - [`problem`]: RFC 7807 problem documents with a stable machine `code`.
+//!
+//! This crate knows nothing of HTTP servers, storage or tensors, so the API,
+//! the store and the engine can all depend on it without depending on each other.
+
+pub mod problem;
+pub mod request;
+
+pub use problem::Problem;
+pub use request::{CreateTask, RequestError};

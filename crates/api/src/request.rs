@@ -1,0 +1,675 @@
+//! A create-task body (`{"modelInputs": {...}, "callInputs": {...}}`), parsed once.
+//!
+//! Every field of SPEC 1.1 has a type here that can only hold an accepted
+//! value (`Steps` is 1..=150, `Dimension` a multiple of 8 in 64..=1024, ...),
+//! so nothing past this module re-checks a request. Parsing walks the JSON by
+//! hand rather than through serde's derive because every refusal must name the
+//! field and say what is accepted, and unknown keys must be refused, which
+//! derive's messages do not do well. The parsed request is stored in the queue
+//! as JSON and read back by the worker through the same constructors, so a
+//! stored request is validated again on the way out.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::problem::Problem;
+
+/// Why a body was refused. Always a 400: the client can fix it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// Stable machine code: `invalid_json`, `invalid_body`, `unknown_field`, `missing_field`,
+    /// `wrong_type`, `out_of_range`, `invalid_value`, `invalid_image`.
+    pub code: &'static str,
+    /// The field at fault, spelled as in the body (`modelInputs.width`), if any.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(code: &'static str, field: &str, message: impl Into<String>) -> Self {
+        RequestError {
+            code,
+            field: Some(field.to_owned()),
+            message: format!("{field}: {}", message.into()),
+        }
+    }
+
+    /// The problem document the API answers with.
+    pub fn to_problem(&self) -> Problem {
+        let p = Problem::new(400, self.code, "Invalid request", self.message.clone());
+        match &self.field {
+            Some(f) => p.with_field(f.clone()),
+            None => p,
+        }
+    }
+}
+
+/// A value in an inclusive range, for the numeric fields; the range is in the type.
+macro_rules! bounded {
+    ($(#[$doc:meta])* $name:ident, $t:ty, $min:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+        pub struct $name($t);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+
+        // Deserialising goes through the same range check as parsing.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = <$t>::deserialize(d)?;
+                Self::try_from(v).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl $name {
+            pub const MIN: $t = $min;
+            pub const MAX: $t = $max;
+
+            pub fn get(self) -> $t {
+                self.0
+            }
+        }
+
+        impl TryFrom<$t> for $name {
+            type Error = String;
+            fn try_from(v: $t) -> Result<Self, String> {
+                if (Self::MIN..=Self::MAX).contains(&v) {
+                    Ok($name(v))
+                } else {
+                    Err(format!("{v} is out of range; accepted: {}..={}", Self::MIN, Self::MAX))
+                }
+            }
+        }
+
+        impl From<$name> for $t {
+            fn from(v: $name) -> $t {
+                v.0
+            }
+        }
+    };
+}
+
+bounded!(
+    /// `num_inference_steps`.
+    Steps, u32, 1, 150
+);
+bounded!(
+    /// `num_images_per_prompt`.
+    ImageCount, u32, 1, 8
+);
+bounded!(
+    /// `guidance_scale`.
+    GuidanceScale, f64, 0.0, 50.0
+);
+bounded!(
+    /// `eta`, `guidance_rescale`, `strength`.
+    UnitInterval, f64, 0.0, 1.0
+);
+bounded!(
+    /// `seed`: what `torch.Generator.manual_seed` accepts from a non-negative int64.
+    Seed, u64, 0, (1 << 63) - 1
+);
+
+/// `width` or `height`: a multiple of 8 (the VAE's scale) in 64..=1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Dimension(u32);
+
+impl Dimension {
+    pub const MIN: u32 = 64;
+    pub const MAX: u32 = 1024;
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for Dimension {
+    type Error = String;
+    fn try_from(v: u32) -> Result<Self, String> {
+        if !(Self::MIN..=Self::MAX).contains(&v) {
+            return Err(format!(
+                "{v} is out of range; accepted: multiples of 8 from {} to {}",
+                Self::MIN,
+                Self::MAX
+            ));
+        }
+        if v % 8 != 0 {
+            let below = v / 8 * 8;
+            return Err(format!(
+                "{v} is not a multiple of 8; use {below} or {}",
+                below + 8
+            ));
+        }
+        Ok(Dimension(v))
+    }
+}
+
+impl From<Dimension> for u32 {
+    fn from(v: Dimension) -> u32 {
+        v.0
+    }
+}
+
+/// A non-empty prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Prompt(String);
+
+impl Prompt {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Prompt {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(Prompt(s))
+        }
+    }
+}
+
+impl From<Prompt> for String {
+    fn from(p: Prompt) -> String {
+        p.0
+    }
+}
+
+/// Generates one variant of this enum per accepted spelling, with `parse` listing them all.
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal $(| $alias:literal)*,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub enum $name {
+            $($variant,)*
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The canonical spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            fn accepted() -> String {
+                let mut names: Vec<&str> = vec![$($text, $($alias,)*)*];
+                names.dedup();
+                names.join(", ")
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                match s.as_str() {
+                    $($text $(| $alias)* => Ok($name::$variant),)*
+                    other => Err(format!("\"{other}\" is not supported; accepted: {}", Self::accepted())),
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.as_str().to_owned()
+            }
+        }
+    };
+}
+
+choice!(
+    /// `callInputs.PIPELINE`.
+    Pipeline {
+        Text2Image => "StableDiffusionPipeline",
+        Image2Image => "StableDiffusionImg2ImgPipeline",
+        Inpaint => "StableDiffusionInpaintPipeline",
+    }
+);
+
+choice!(
+    /// `callInputs.SCHEDULER`: diffusers class names, and the seed's short aliases.
+    Scheduler {
+        Lms => "LMSDiscreteScheduler" | "LMS",
+        Ddim => "DDIMScheduler" | "DDIM",
+        Pndm => "PNDMScheduler" | "PNDM",
+        Euler => "EulerDiscreteScheduler",
+        EulerAncestral => "EulerAncestralDiscreteScheduler",
+        DpmSolverMultistep => "DPMSolverMultistepScheduler",
+        UniPc => "UniPCMultistepScheduler",
+        Ddpm => "DDPMScheduler",
+        Heun => "HeunDiscreteScheduler",
+    }
+);
+
+/// `callInputs.image_format`, case-insensitive on input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ImageFormat {
+    #[serde(rename = "PNG")]
+    Png,
+    #[serde(rename = "JPEG")]
+    Jpeg,
+    #[serde(rename = "WEBP")]
+    Webp,
+}
+
+impl ImageFormat {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "PNG" => Ok(ImageFormat::Png),
+            "JPEG" | "JPG" => Ok(ImageFormat::Jpeg),
+            "WEBP" => Ok(ImageFormat::Webp),
+            _ => Err(format!(
+                "\"{s}\" is not supported; accepted: PNG, JPEG, WEBP"
+            )),
+        }
+    }
+}
+
+/// A decoded input image for img2img or inpainting: the original bytes (PNG, JPEG or WebP)
+/// and its size, checked to decode when the request arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InputImage {
+    bytes: Vec<u8>,
+    width: u32,
+    height: u32,
+}
+
+impl InputImage {
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Base64, optionally behind a `data:image/...;base64,` prefix.
+    fn parse(text: &str) -> Result<Self, String> {
+        let b64 = match text.strip_prefix("data:") {
+            Some(rest) => rest
+                .split_once(";base64,")
+                .map(|(_, data)| data)
+                .ok_or("a data: URL must be base64 (data:image/png;base64,...)")?,
+            None => text,
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| format!("is not valid base64 ({e})"))?;
+        let format = image::guess_format(&bytes)
+            .map_err(|_| "is not a PNG, JPEG or WebP image".to_owned())?;
+        if !matches!(
+            format,
+            image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP
+        ) {
+            return Err(format!("is a {format:?} image; accepted: PNG, JPEG, WebP"));
+        }
+        let decoded = image::load_from_memory_with_format(&bytes, format)
+            .map_err(|e| format!("does not decode as {format:?}: {e}"))?;
+        Ok(InputImage {
+            width: decoded.width(),
+            height: decoded.height(),
+            bytes,
+        })
+    }
+}
+
+impl TryFrom<String> for InputImage {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        InputImage::parse(&s)
+    }
+}
+
+impl From<InputImage> for String {
+    fn from(i: InputImage) -> String {
+        base64::engine::general_purpose::STANDARD.encode(i.bytes)
+    }
+}
+
+/// `modelInputs`, every field in its accepted range. `width`/`height` left out mean the
+/// model's native size, which only the worker knows; `seed` left out means a random one,
+/// drawn by the API so the task is reproducible from what is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInputs {
+    pub prompt: Prompt,
+    pub negative_prompt: String,
+    pub num_inference_steps: Steps,
+    pub guidance_scale: GuidanceScale,
+    pub width: Option<Dimension>,
+    pub height: Option<Dimension>,
+    pub num_images_per_prompt: ImageCount,
+    pub seed: Option<Seed>,
+    pub eta: UnitInterval,
+    pub guidance_rescale: UnitInterval,
+    pub image: Option<InputImage>,
+    pub mask_image: Option<InputImage>,
+    pub strength: UnitInterval,
+}
+
+/// `callInputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallInputs {
+    pub pipeline: Pipeline,
+    /// `None`: the model's own scheduler.
+    pub scheduler: Option<Scheduler>,
+    /// `None`: the endpoint's default (on where a checker is installed).
+    pub safety_checker: Option<bool>,
+    pub image_format: ImageFormat,
+}
+
+/// A whole create-task body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateTask {
+    #[serde(rename = "modelInputs")]
+    pub model_inputs: ModelInputs,
+    #[serde(rename = "callInputs")]
+    pub call_inputs: CallInputs,
+}
+
+impl CreateTask {
+    /// Parses a request body. Bad JSON names the line and column; every other refusal names
+    /// the field and what is accepted.
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| RequestError {
+            code: "invalid_json",
+            field: None,
+            message: format!(
+                "the body is not valid JSON: {e} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        })?;
+        let Value::Object(top) = value else {
+            return Err(RequestError {
+                code: "invalid_body",
+                field: None,
+                message: "the body must be a JSON object with \"modelInputs\" and optionally \"callInputs\"".into(),
+            });
+        };
+        let mut top = Fields::new("", top);
+        let model = top.object("modelInputs")?.ok_or_else(|| {
+            RequestError::new(
+                "missing_field",
+                "modelInputs",
+                "is required (an object with at least \"prompt\")",
+            )
+        })?;
+        let call = top.object("callInputs")?;
+        top.finish(&["modelInputs", "callInputs"])?;
+        let model_inputs = parse_model_inputs(Fields::new("modelInputs.", model))?;
+        let call_inputs = parse_call_inputs(Fields::new("callInputs.", call.unwrap_or_default()))?;
+
+        let field = |name: &str| format!("modelInputs.{name}");
+        match call_inputs.pipeline {
+            Pipeline::Text2Image => {
+                for (name, present) in [
+                    ("image", model_inputs.image.is_some()),
+                    ("mask_image", model_inputs.mask_image.is_some()),
+                ] {
+                    if present {
+                        return Err(RequestError::new(
+                            "invalid_value",
+                            &field(name),
+                            "is only used by StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline; set callInputs.PIPELINE",
+                        ));
+                    }
+                }
+            }
+            Pipeline::Image2Image | Pipeline::Inpaint => {
+                if model_inputs.image.is_none() {
+                    return Err(RequestError::new(
+                        "missing_field",
+                        &field("image"),
+                        format!("is required by {}", call_inputs.pipeline.as_str()),
+                    ));
+                }
+                if call_inputs.pipeline == Pipeline::Inpaint && model_inputs.mask_image.is_none() {
+                    return Err(RequestError::new(
+                        "missing_field",
+                        &field("mask_image"),
+                        "is required by StableDiffusionInpaintPipeline (white = repaint)",
+                    ));
+                }
+                if call_inputs.pipeline == Pipeline::Image2Image
+                    && model_inputs.mask_image.is_some()
+                {
+                    return Err(RequestError::new(
+                        "invalid_value",
+                        &field("mask_image"),
+                        "is only used by StableDiffusionInpaintPipeline",
+                    ));
+                }
+            }
+        }
+        Ok(CreateTask {
+            model_inputs,
+            call_inputs,
+        })
+    }
+}
+
+fn parse_model_inputs(mut f: Fields) -> Result<ModelInputs, RequestError> {
+    let prompt = f.string("prompt")?.ok_or_else(|| {
+        RequestError::new(
+            "missing_field",
+            "modelInputs.prompt",
+            "is required (a non-empty string)",
+        )
+    })?;
+    let prompt = Prompt::try_from(prompt).map_err(|m| f.invalid("prompt", m))?;
+    let inputs = ModelInputs {
+        prompt,
+        negative_prompt: f.string("negative_prompt")?.unwrap_or_default(),
+        num_inference_steps: f.bounded_int("num_inference_steps", 50)?,
+        guidance_scale: f.bounded_number("guidance_scale", 7.5)?,
+        width: f.dimension("width")?,
+        height: f.dimension("height")?,
+        num_images_per_prompt: f.bounded_int("num_images_per_prompt", 1)?,
+        seed: f.seed("seed")?,
+        eta: f.bounded_number("eta", 0.0)?,
+        guidance_rescale: f.bounded_number("guidance_rescale", 0.0)?,
+        image: f.image("image")?,
+        mask_image: f.image("mask_image")?,
+        strength: f.bounded_number("strength", 0.8)?,
+    };
+    f.finish(&[
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "guidance_scale",
+        "width",
+        "height",
+        "num_images_per_prompt",
+        "seed",
+        "eta",
+        "guidance_rescale",
+        "image",
+        "mask_image",
+        "strength",
+    ])?;
+    Ok(inputs)
+}
+
+fn parse_call_inputs(mut f: Fields) -> Result<CallInputs, RequestError> {
+    let pipeline = match f.string("PIPELINE")? {
+        None => Pipeline::Text2Image,
+        Some(s) => Pipeline::try_from(s).map_err(|m| f.invalid("PIPELINE", m))?,
+    };
+    let scheduler = f
+        .string("SCHEDULER")?
+        .map(|s| Scheduler::try_from(s).map_err(|m| f.invalid("SCHEDULER", m)))
+        .transpose()?;
+    let safety_checker = match f.take("safety_checker") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(b),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Some(true),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Some(false),
+        Some(other) => return Err(RequestError::new(
+            "wrong_type",
+            "callInputs.safety_checker",
+            format!(
+                "{other} is not accepted; use true or false, or the strings \"true\" or \"false\""
+            ),
+        )),
+    };
+    let image_format = match f.string("image_format")? {
+        None => ImageFormat::Png,
+        Some(s) => ImageFormat::parse(&s).map_err(|m| f.invalid("image_format", m))?,
+    };
+    f.finish(&["PIPELINE", "SCHEDULER", "safety_checker", "image_format"])?;
+    Ok(CallInputs {
+        pipeline,
+        scheduler,
+        safety_checker,
+        image_format,
+    })
+}
+
+/// The keys of one JSON object, consumed one by one so that what is left over is unknown.
+struct Fields {
+    prefix: &'static str,
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    fn new(prefix: &'static str, map: Map<String, Value>) -> Self {
+        Fields { prefix, map }
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn invalid(&self, key: &str, message: String) -> RequestError {
+        let code = if message.contains("out of range") {
+            "out_of_range"
+        } else {
+            "invalid_value"
+        };
+        RequestError::new(code, &self.name(key), message)
+    }
+
+    fn wrong_type(&self, key: &str, expected: &str, found: &Value) -> RequestError {
+        RequestError::new(
+            "wrong_type",
+            &self.name(key),
+            format!("expected {expected}, found {}", describe(found)),
+        )
+    }
+
+    /// Removes `key`; JSON `null` counts as absent.
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key).filter(|v| !v.is_null())
+    }
+
+    fn object(&mut self, key: &str) -> Result<Option<Map<String, Value>>, RequestError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m)),
+            Some(other) => Err(self.wrong_type(key, "an object", &other)),
+        }
+    }
+
+    fn string(&mut self, key: &str) -> Result<Option<String>, RequestError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.wrong_type(key, "a string", &other)),
+        }
+    }
+
+    fn integer(&mut self, key: &str) -> Result<Option<u64>, RequestError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+                (Some(v), _) => Ok(Some(v)),
+                (None, Some(v)) => {
+                    Err(self.invalid(key, format!("{v} is out of range; it must not be negative")))
+                }
+                (None, None) => Err(self.wrong_type(key, "an integer", &Value::Number(n))),
+            },
+            Some(other) => Err(self.wrong_type(key, "an integer", &other)),
+        }
+    }
+
+    fn bounded_int<T>(&mut self, key: &str, default: u32) -> Result<T, RequestError>
+    where
+        T: TryFrom<u32, Error = String>,
+    {
+        let v = self.integer(key)?.unwrap_or(default as u64);
+        let v = u32::try_from(v).unwrap_or(u32::MAX);
+        T::try_from(v).map_err(|m| self.invalid(key, m))
+    }
+
+    fn bounded_number<T>(&mut self, key: &str, default: f64) -> Result<T, RequestError>
+    where
+        T: TryFrom<f64, Error = String>,
+    {
+        let v = match self.take(key) {
+            None => default,
+            Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+            Some(other) => return Err(self.wrong_type(key, "a number", &other)),
+        };
+        T::try_from(v).map_err(|m| self.invalid(key, m))
+    }
+
+    fn dimension(&mut self, key: &str) -> Result<Option<Dimension>, RequestError> {
+        self.integer(key)?
+            .map(|v| {
+                let v = u32::try_from(v).unwrap_or(u32::MAX);
+                Dimension::try_from(v).map_err(|m| self.invalid(key, m))
+            })
+            .transpose()
+    }
+
+    fn seed(&mut self, key: &str) -> Result<Option<Seed>, RequestError> {
+        self.integer(key)?
+            .map(|v| Seed::try_from(v).map_err(|m| self.invalid(key, m)))
+            .transpose()
+    }
+
+    fn image(&mut self, key: &str) -> Result<Option<InputImage>, RequestError> {
+        self.string(key)?
+            .map(|s| {
+                InputImage::parse(&s)
+                    .map_err(|m| RequestError::new("invalid_image", &self.name(key), m))
+            })
+            .transpose()
+    }
+
+    /// Refuses whatever keys were not consumed, listing the accepted ones.
+    fn finish(self, accepted: &[&str]) -> Result<(), RequestError> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(RequestError::new(
+                "unknown_field",
+                &self.name(key),
+                format!("is not a known field; accepted: {}", accepted.join(", ")),
+            )),
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}

@@ -1,0 +1,348 @@
+//! The create-task body as clients send it: the seed document's example, defaults,
+//! every kind of refusal, and the queue round trip.
+
+use base64::Engine as _;
+use serde_json::json;
+use sie_api::request::{CreateTask, ImageFormat, Pipeline, Scheduler};
+
+/// The seed document's example request, its trailing comma removed.
+const SEED_EXAMPLE: &str = r#"{
+  "modelInputs": {
+    "prompt": "An oil painting of a salad",
+    "num_inference_steps": 50,
+    "guidance_scale": 20,
+    "width": 512,
+    "height": 512
+  },
+  "callInputs": {
+    "PIPELINE": "StableDiffusionPipeline",
+    "SCHEDULER": "LMSDiscreteScheduler",
+    "safety_checker": "true"
+  }
+}"#;
+
+fn refuse(body: serde_json::Value) -> sie_api::RequestError {
+    CreateTask::parse(body.to_string().as_bytes()).expect_err("should be refused")
+}
+
+fn png_base64(w: u32, h: u32) -> String {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]));
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn the_seed_example_parses() {
+    let t = CreateTask::parse(SEED_EXAMPLE.as_bytes()).unwrap();
+    let m = &t.model_inputs;
+    assert_eq!(m.prompt.as_str(), "An oil painting of a salad");
+    assert_eq!(m.num_inference_steps.get(), 50);
+    assert_eq!(m.guidance_scale.get(), 20.0);
+    assert_eq!(m.width.map(|d| d.get()), Some(512));
+    assert_eq!(m.height.map(|d| d.get()), Some(512));
+    assert_eq!(t.call_inputs.pipeline, Pipeline::Text2Image);
+    assert_eq!(t.call_inputs.scheduler, Some(Scheduler::Lms));
+    assert_eq!(t.call_inputs.safety_checker, Some(true));
+    assert_eq!(t.call_inputs.image_format, ImageFormat::Png);
+}
+
+#[test]
+fn defaults_follow_the_spec() {
+    let t = CreateTask::parse(br#"{"modelInputs": {"prompt": "x"}}"#).unwrap();
+    let m = &t.model_inputs;
+    assert_eq!(m.negative_prompt, "");
+    assert_eq!(m.num_inference_steps.get(), 50);
+    assert_eq!(m.guidance_scale.get(), 7.5);
+    assert_eq!((m.width, m.height), (None, None));
+    assert_eq!(m.num_images_per_prompt.get(), 1);
+    assert_eq!(m.seed, None);
+    assert_eq!(
+        (m.eta.get(), m.guidance_rescale.get(), m.strength.get()),
+        (0.0, 0.0, 0.8)
+    );
+    assert_eq!(t.call_inputs.scheduler, None);
+    assert_eq!(t.call_inputs.safety_checker, None);
+}
+
+#[test]
+fn aliases_and_spellings() {
+    for (name, want) in [
+        ("LMS", Scheduler::Lms),
+        ("DDIM", Scheduler::Ddim),
+        ("PNDM", Scheduler::Pndm),
+    ] {
+        let t = CreateTask::parse(
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"SCHEDULER": name}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(t.call_inputs.scheduler, Some(want));
+    }
+    for (value, want) in [
+        (json!(true), true),
+        (json!("FALSE"), false),
+        (json!("True"), true),
+    ] {
+        let t = CreateTask::parse(
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"safety_checker": value}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(t.call_inputs.safety_checker, Some(want));
+    }
+    let t = CreateTask::parse(
+        json!({"modelInputs": {"prompt": "x"}, "callInputs": {"image_format": "webp"}})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(t.call_inputs.image_format, ImageFormat::Webp);
+}
+
+#[test]
+fn bad_json_names_line_and_column() {
+    let e = CreateTask::parse(b"{\n  \"modelInputs\": {\"prompt\": \"x\",}\n}").unwrap_err();
+    assert_eq!(e.code, "invalid_json");
+    assert!(e.message.contains("line 2"), "{}", e.message);
+    assert!(e.message.contains("column"), "{}", e.message);
+    let e = CreateTask::parse(b"[1, 2]").unwrap_err();
+    assert_eq!(e.code, "invalid_body");
+}
+
+#[test]
+fn every_refusal_names_the_field_and_what_is_accepted() {
+    let cases = [
+        (
+            json!({"modelInputs": {"prompt": "x", "stepz": 3}}),
+            "unknown_field",
+            "modelInputs.stepz",
+            "accepted: prompt",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "extra": 1}),
+            "unknown_field",
+            "extra",
+            "accepted: modelInputs, callInputs",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"scheduler": "DDIM"}}),
+            "unknown_field",
+            "callInputs.scheduler",
+            "SCHEDULER",
+        ),
+        (
+            json!({"callInputs": {}}),
+            "missing_field",
+            "modelInputs",
+            "required",
+        ),
+        (
+            json!({"modelInputs": {}}),
+            "missing_field",
+            "modelInputs.prompt",
+            "required",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "  "}}),
+            "invalid_value",
+            "modelInputs.prompt",
+            "empty",
+        ),
+        (
+            json!({"modelInputs": {"prompt": 5}}),
+            "wrong_type",
+            "modelInputs.prompt",
+            "a string",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "num_inference_steps": "50"}}),
+            "wrong_type",
+            "modelInputs.num_inference_steps",
+            "an integer",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "num_inference_steps": 2.5}}),
+            "wrong_type",
+            "modelInputs.num_inference_steps",
+            "an integer",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "num_inference_steps": 151}}),
+            "out_of_range",
+            "modelInputs.num_inference_steps",
+            "1..=150",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "num_inference_steps": 0}}),
+            "out_of_range",
+            "modelInputs.num_inference_steps",
+            "1..=150",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "guidance_scale": 50.5}}),
+            "out_of_range",
+            "modelInputs.guidance_scale",
+            "0..=50",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "width": 500}}),
+            "invalid_value",
+            "modelInputs.width",
+            "use 496 or 504",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "height": 2048}}),
+            "out_of_range",
+            "modelInputs.height",
+            "64 to 1024",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "num_images_per_prompt": 9}}),
+            "out_of_range",
+            "modelInputs.num_images_per_prompt",
+            "1..=8",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "seed": -1}}),
+            "out_of_range",
+            "modelInputs.seed",
+            "negative",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "seed": 9223372036854775808u64}}),
+            "out_of_range",
+            "modelInputs.seed",
+            "9223372036854775807",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "eta": 1.5}}),
+            "out_of_range",
+            "modelInputs.eta",
+            "0..=1",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "guidance_rescale": -0.1}}),
+            "out_of_range",
+            "modelInputs.guidance_rescale",
+            "0..=1",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"SCHEDULER": "KarrasVe"}}),
+            "invalid_value",
+            "callInputs.SCHEDULER",
+            "UniPCMultistepScheduler",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"PIPELINE": "StableDiffusionXLPipeline"}}),
+            "invalid_value",
+            "callInputs.PIPELINE",
+            "StableDiffusionInpaintPipeline",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"safety_checker": "yes"}}),
+            "wrong_type",
+            "callInputs.safety_checker",
+            "\"true\" or \"false\"",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"image_format": "GIF"}}),
+            "invalid_value",
+            "callInputs.image_format",
+            "PNG, JPEG, WEBP",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": "fast"}),
+            "wrong_type",
+            "callInputs",
+            "an object",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "image": "!!!"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}),
+            "invalid_image",
+            "modelInputs.image",
+            "base64",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "image": "aGVsbG8="}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}),
+            "invalid_image",
+            "modelInputs.image",
+            "PNG, JPEG or WebP",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}),
+            "missing_field",
+            "modelInputs.image",
+            "required",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "image": png_base64(8, 8)}}),
+            "invalid_value",
+            "modelInputs.image",
+            "PIPELINE",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "image": png_base64(8, 8)}, "callInputs": {"PIPELINE": "StableDiffusionInpaintPipeline"}}),
+            "missing_field",
+            "modelInputs.mask_image",
+            "required",
+        ),
+    ];
+    for (body, code, field, hint) in cases {
+        let e = refuse(body.clone());
+        assert_eq!(e.code, code, "{body}: {}", e.message);
+        assert_eq!(e.field.as_deref(), Some(field), "{body}: {}", e.message);
+        assert!(
+            e.message.contains(hint),
+            "{body}: {:?} lacks {hint:?}",
+            e.message
+        );
+        let problem = e.to_problem();
+        assert_eq!(problem.status, 400);
+        assert_eq!(problem.code, code);
+    }
+}
+
+#[test]
+fn images_decode_and_data_urls_are_accepted() {
+    let png = png_base64(16, 24);
+    let t = CreateTask::parse(
+        json!({
+            "modelInputs": {"prompt": "x", "image": format!("data:image/png;base64,{png}"), "mask_image": png, "strength": 0.5},
+            "callInputs": {"PIPELINE": "StableDiffusionInpaintPipeline"}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(t.model_inputs.image.as_ref().unwrap().size(), (16, 24));
+    assert_eq!(t.model_inputs.strength.get(), 0.5);
+}
+
+#[test]
+fn the_stored_form_round_trips_and_is_validated_again() {
+    let png = png_base64(8, 8);
+    let t = CreateTask::parse(
+        json!({
+            "modelInputs": {"prompt": "x", "seed": 42, "width": 64, "image": png},
+            "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline", "SCHEDULER": "DDIM", "image_format": "jpeg"}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let stored = serde_json::to_string(&t).unwrap();
+    let back: CreateTask = serde_json::from_str(&stored).unwrap();
+    assert_eq!(back, t);
+    // A stored request edited into an invalid one does not load.
+    let tampered = stored.replace("\"num_inference_steps\":50", "\"num_inference_steps\":500");
+    assert_ne!(tampered, stored);
+    let e = serde_json::from_str::<CreateTask>(&tampered).unwrap_err();
+    assert!(e.to_string().contains("1..=150"), "{e}");
+}
