@@ -517,13 +517,15 @@ fn parse_call_inputs(mut f: Fields) -> Result<CallInputs, RequestError> {
         Some(Value::Bool(b)) => Some(b),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Some(true),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Some(false),
-        Some(other) => return Err(RequestError::new(
-            "wrong_type",
-            "callInputs.safety_checker",
-            format!(
+        Some(other) => {
+            return Err(RequestError::new(
+                "wrong_type",
+                "callInputs.safety_checker",
+                format!(
                 "{other} is not accepted; use true or false, or the strings \"true\" or \"false\""
             ),
-        )),
+            ))
+        }
     };
     let image_format = match f.string("image_format")? {
         None => ImageFormat::Png,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `commands/model.rs`: `sie model tiny|check|run`, the engine offline.
+//! - `commands/serve.rs`: `sie serve`, the API with in-process workers on SQLite.
 //! - `commands/bench.rs`: `sie bench unet`, the full-size UNet timing.
 
 mod commands;
@@ -24,6 +25,8 @@ enum Command {
     /// Work with model directories offline: write the tiny model, check a directory, generate.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Serve the SIE API with in-process workers on an embedded SQLite store.
+    Serve(commands::serve::ServeArgs),
     /// Benchmarks (timings are never test assertions; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -33,7 +36,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SIE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Model(c) => commands::model::run(c),
         Command::Bench(c) => commands::bench::run(c),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,2 +1,3 @@
 pub mod bench;
 pub mod model;
+pub mod serve;

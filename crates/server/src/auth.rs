@@ -1,0 +1,69 @@
+//! Who is calling, and may they use this organization (SPEC 2).
+//!
+//! A missing or unknown key is 401; an organization that does not exist or that the key's
+//! account is not a member of is 404 (the two look alike, so names cannot be probed); an
+//! organization without billing information is 403.
+
+use axum::http::{HeaderMap, StatusCode};
+use sie_store::{OrgAccess, OrgId, OrgName};
+
+use crate::{ApiError, AppState};
+
+pub const API_KEY_HEADER: &str = "Salad-Api-Key";
+
+/// Checks the key and the organization; returns the organization to act on.
+pub async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    org: &str,
+) -> Result<OrgId, ApiError> {
+    let key = headers
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::client(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "Missing API key",
+                format!("send your API key in the {API_KEY_HEADER} header"),
+            )
+        })?
+        .to_owned();
+    let unknown_org = || {
+        ApiError::client(
+            StatusCode::NOT_FOUND,
+            "unknown_organization",
+            "Unknown organization",
+            format!("no organization named {org:?} is visible to this API key"),
+        )
+    };
+    let name = OrgName::parse(org).map_err(|_| unknown_org())?;
+    let access = state
+        .store(move |s| {
+            let Some(account) = s.authenticate(&key)? else {
+                return Ok(None);
+            };
+            s.org_access(account, &name).map(Some)
+        })
+        .await?;
+    match access {
+        None => Err(ApiError::client(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "Invalid API key",
+            "this API key is unknown or revoked; create one with `sie admin key create`",
+        )),
+        Some(OrgAccess::UnknownOrg | OrgAccess::NotMember) => Err(unknown_org()),
+        Some(OrgAccess::NotApproved) => Err(ApiError::client(
+            StatusCode::FORBIDDEN,
+            "organization_not_approved",
+            "Organization not approved",
+            format!(
+                "organization {org:?} has no billing information yet; add it (`sie admin org approve {org}`) and try again"
+            ),
+        )),
+        Some(OrgAccess::Allowed(id)) => Ok(id),
+    }
+}

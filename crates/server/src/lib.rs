@@ -1,0 +1,82 @@
+//! The SIE HTTP API (SPEC 1): routes, authentication and problem answers, in front of a
+//! [`Store`].
+//!
+//! # Layout
+//! - [`error`]: [`ApiError`], the only way a handler answers with a failure.
+//! - `auth.rs`: the `Salad-Api-Key` header and the organization in the path, checked once.
+//! - `routes/`: one file per route: `tasks/post.rs`, `tasks/get.rs`, `tasks/delete.rs`,
+//!   `tasks/list.rs`, `usage.rs`, `health.rs`.
+//!
+//! The server holds no tensors and runs no model: tasks go into the store and come out
+//! of it; workers (in this process or elsewhere) do the rest. The store is synchronous, so
+//! every call goes through `spawn_blocking` and never stalls the async runtime.
+
+mod auth;
+pub mod error;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::Router;
+use sie_store::{QueueCaps, Store};
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+/// What the routes share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub caps: QueueCaps,
+    /// Whether the workers have a safety checker: a request asking for one is refused
+    /// at once where none is installed.
+    pub safety_checker_installed: bool,
+    /// Rung after every new task so idle workers start at once instead of at their next poll.
+    pub on_enqueue: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl AppState {
+    /// Runs a store call on the blocking pool.
+    pub(crate) async fn store<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, sie_store::StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("a store call panicked: {e}")))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// The base path of the SIE routes, `{orgName}` being the organization.
+pub const BASE: &str = "/api/beta/organizations/{org}/inference-endpoints/stable-diffusion-2-1";
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes and in-flight requests
+/// have finished (the caller bounds that wait).
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub(crate) fn method_not_allowed() -> ApiError {
+    ApiError::client(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+        "this route does not accept that method; see /openapi.json for what each route accepts",
+    )
+}

@@ -1,0 +1,58 @@
+//! The route table, and the answers for routes and methods that do not exist.
+
+mod health;
+mod tasks;
+mod usage;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sie_api::Problem;
+
+use crate::error::problem_response;
+use crate::{method_not_allowed, ApiError, AppState, BASE};
+
+/// SPEC 1.1: a create-task body is at most 20 MiB.
+pub const MAX_BODY: usize = 20 * 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(BASE, get(tasks::list::list).post(tasks::post::create))
+        .route(
+            &format!("{BASE}/{{id}}"),
+            get(tasks::get::get).delete(tasks::delete::cancel),
+        )
+        .route("/api/beta/organizations/{org}/usage", get(usage::usage))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; the API lives under /api/beta/organizations/{orgName}/inference-endpoints/stable-diffusion-2-1")
+}
+
+/// A handler panicked: answer 500 with a code instead of dropping the connection.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(panic = %what, "a request handler panicked");
+    problem_response(
+        &Problem::new(
+            500,
+            "internal_error",
+            "Internal error",
+            "the server failed unexpectedly; the failure is logged",
+        ),
+        None,
+    )
+    .into_response()
+}

@@ -1,0 +1,140 @@
+//! `POST {base}`: create a task. The body is parsed once into `sie_api::CreateTask`;
+//! nothing is queued for a refused request; a 202 means the task is in the store's
+//! committed transaction, so no crash after it can lose the task.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use sie_api::request::Seed;
+use sie_api::{CreateTask, RequestError};
+use sie_store::{IdempotencyKey, Timestamp};
+
+use crate::auth::authorize;
+use crate::{ApiError, AppState};
+
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+pub async fn create(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let org = authorize(&state, &headers, &org).await?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "send the body as JSON with the header Content-Type: application/json",
+        ));
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Body too large",
+                format!(
+                    "the body is over {} MiB; send smaller images",
+                    super::super::MAX_BODY >> 20
+                ),
+            )
+        } else {
+            ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "Unreadable body",
+                e.body_text(),
+            )
+        }
+    })?;
+
+    let mut task = CreateTask::parse(&body)?;
+    if task.call_inputs.safety_checker == Some(true) && !state.safety_checker_installed {
+        return Err(ApiError::Invalid(RequestError {
+            code: "safety_checker_unavailable",
+            field: Some("callInputs.safety_checker".into()),
+            message: "callInputs.safety_checker: this endpoint has no safety checker installed \
+                      (the operator starts it with --safety-checker DIR); send \"false\" or leave it out"
+                .into(),
+        }));
+    }
+    // The seed is fixed now, so the stored task says exactly what will run and a retry after
+    // a crash draws the same image.
+    if task.model_inputs.seed.is_none() {
+        task.model_inputs.seed = Some(random_seed());
+    }
+    let idempotency = headers
+        .get(IDEMPOTENCY_HEADER)
+        .map(|v| {
+            let text = v.to_str().unwrap_or_default();
+            IdempotencyKey::parse(text).map_err(|e| {
+                ApiError::Invalid(RequestError {
+                    code: "invalid_value",
+                    field: Some(IDEMPOTENCY_HEADER.into()),
+                    message: format!("{IDEMPOTENCY_HEADER}: {e}"),
+                })
+            })
+        })
+        .transpose()?;
+    let stored = serde_json::to_string(&task)
+        .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
+    let caps = state.caps;
+    let enqueued = state
+        .store(move |s| s.enqueue(org, &stored, idempotency.as_ref(), caps, Timestamp::now()))
+        .await?;
+    if enqueued.created {
+        (state.on_enqueue)();
+        tracing::info!(request_id = %enqueued.id, "task queued");
+    }
+
+    let result_url = format!("{}/{}", absolute_url(&headers, uri.path()), enqueued.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"requestId": enqueued.id.to_string(), "resultUrl": result_url})),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&result_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The absolute URL of `path` as the client reached it (behind a proxy, its
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` win).
+fn absolute_url(headers: &HeaderMap, path: &str) -> String {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let scheme = get("x-forwarded-proto").unwrap_or("http");
+    let host = get("x-forwarded-host")
+        .or_else(|| get(header::HOST.as_str()))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}{}", path.trim_end_matches('/'))
+}
+
+/// A seed in the accepted 0..2^63 range from the OS-seeded hasher std uses for HashMaps.
+fn random_seed() -> Seed {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    Seed::try_from(h.finish() >> 1).unwrap_or_else(|_| unreachable!("shifted right, below 2^63"))
+}

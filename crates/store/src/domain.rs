@@ -1,0 +1,378 @@
+//! Domain newtypes: values parsed once at the edge and impossible to build invalid.
+//!
+//! Each type has private fields and a `parse` that returns [`InvalidValue`]
+//! naming the value and what is accepted (zero2prod's `SubscriberName`), so the
+//! store's methods can take them without re-checking, and an error a user reads
+//! says what to type instead.
+
+use std::fmt;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// A value that failed to parse into one of the domain types.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is not valid: {accepted}")]
+pub struct InvalidValue {
+    /// What kind of value it was ("organization name", "task id", ...).
+    pub what: &'static str,
+    /// The value as given (never a secret: API keys are not parsed through here).
+    pub value: String,
+    /// What would have been accepted.
+    pub accepted: &'static str,
+}
+
+impl InvalidValue {
+    fn new(what: &'static str, value: &str, accepted: &'static str) -> Self {
+        // Cap the echoed value so a megabyte of garbage does not end up in a log line.
+        let value: String = value.chars().take(80).collect();
+        Self {
+            what,
+            value,
+            accepted,
+        }
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+}
+
+const NAME_RULE: &str = "use 1 to 64 characters of a-z, 0-9, '-' and '_'";
+
+fn parse_name(what: &'static str, s: &str) -> Result<String, InvalidValue> {
+    if s.is_empty() || s.len() > 64 || !s.chars().all(is_name_char) {
+        return Err(InvalidValue::new(what, s, NAME_RULE));
+    }
+    Ok(s.to_owned())
+}
+
+/// An organization's name as it appears in the URL: 1-64 of `[a-z0-9-_]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrgName(String);
+
+impl OrgName {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        parse_name("organization name", s).map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An account's name (the portal's user): 1-64 of `[a-z0-9-_]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountName(String);
+
+impl AccountName {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        parse_name("account name", s).map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A task's id: a random (version 4) UUID, the SIE `requestId`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    /// A fresh random id from the operating system's CSPRNG.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        crate::keys::fill_random(&mut bytes);
+        Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
+    }
+
+    /// Accepts any UUID spelling the `uuid` crate does, but only version 4:
+    /// ids are never anything else, so another version is a typo or a probe.
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        const RULE: &str =
+            "a task id is a version-4 UUID such as 1b4e28ba-2fa1-41d2-883f-0016d3cca427";
+        let uuid = Uuid::try_parse(s).map_err(|_| InvalidValue::new("task id", s, RULE))?;
+        if uuid.get_version_num() != 4 {
+            return Err(InvalidValue::new("task id", s, RULE));
+        }
+        Ok(Self(uuid))
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hyphenated lowercase: the form SIE clients see and the form stored.
+        write!(f, "{}", self.0.hyphenated())
+    }
+}
+
+macro_rules! row_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(i64);
+
+        impl $name {
+            /// Parses the decimal form that [`Display`](fmt::Display) prints (a positive integer).
+            pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+                match s.parse::<i64>() {
+                    Ok(n) if n > 0 => Ok(Self(n)),
+                    _ => Err(InvalidValue::new($what, s, "use a positive integer, as `sie admin` prints it")),
+                }
+            }
+            /// Store implementations build ids from their own rows.
+            pub(crate) fn from_row(n: i64) -> Self {
+                Self(n)
+            }
+            pub fn get(&self) -> i64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+row_id!(
+    /// An account's id, assigned by the store.
+    AccountId,
+    "account id"
+);
+row_id!(
+    /// An organization's id, assigned by the store.
+    OrgId,
+    "organization id"
+);
+
+/// The alphabet of API key characters: lowercase base32 (no 0/1/8/9, so no
+/// o-vs-0 or l-vs-1 confusion when a prefix is read aloud).
+pub(crate) const KEY_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+/// Length of the visible part of an API key after `sie_`.
+pub(crate) const KEY_PREFIX_LEN: usize = 8;
+
+/// The visible, non-secret part of an API key: 8 characters of lowercase
+/// base32. Printed as `sie_xxxxxxxx`; `parse` accepts it with or without `sie_`,
+/// so an operator can paste the start of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let body = s.strip_prefix("sie_").unwrap_or(s);
+        if body.len() != KEY_PREFIX_LEN || !body.bytes().all(|b| KEY_ALPHABET.contains(&b)) {
+            return Err(InvalidValue::new(
+                "API key prefix",
+                s,
+                "use the 8 characters after `sie_` (a-z, 2-7), as `sie admin key list` prints them",
+            ));
+        }
+        Ok(Self(body.to_owned()))
+    }
+    /// The 8 characters without `sie_`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sie_{}", self.0)
+    }
+}
+
+/// A client's `Idempotency-Key`: 1-255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(InvalidValue::new(
+                "Idempotency-Key",
+                s,
+                "use 1 to 255 printable ASCII characters, e.g. a UUID",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A point in time: milliseconds since the Unix epoch, UTC.
+///
+/// Every store method takes the time as an argument instead of reading a
+/// clock, so tests can step time across lease expiry and result TTLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+    /// The system clock, for callers outside tests.
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+    pub fn as_millis(&self) -> i64 {
+        self.0
+    }
+    pub fn plus(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(duration_ms(d)))
+    }
+    pub fn minus(self, d: Duration) -> Self {
+        Self(self.0.saturating_sub(duration_ms(d)))
+    }
+    /// The UTC day this instant falls on.
+    pub fn day(&self) -> UtcDay {
+        UtcDay(self.0.div_euclid(86_400_000))
+    }
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A calendar day in UTC, printed and parsed as `YYYY-MM-DD`.
+///
+/// Stored as days since 1970-01-01, which sorts and ranges like the date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UtcDay(i64);
+
+impl UtcDay {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let bad = || InvalidValue::new("day", s, "use a date as YYYY-MM-DD, e.g. 2026-01-31");
+        let parts: Vec<&str> = s.split('-').collect();
+        let [y, m, d] = parts.as_slice() else {
+            return Err(bad());
+        };
+        if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+            return Err(bad());
+        }
+        let (y, m, d): (i64, u32, u32) = (
+            y.parse().map_err(|_| bad())?,
+            m.parse().map_err(|_| bad())?,
+            d.parse().map_err(|_| bad())?,
+        );
+        if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+            return Err(bad());
+        }
+        Ok(Self(days_from_civil(y, m, d)))
+    }
+    pub fn from_days_since_epoch(days: i64) -> Self {
+        Self(days)
+    }
+    pub fn days_since_epoch(&self) -> i64 {
+        self.0
+    }
+    /// Midnight at the start of this day.
+    pub fn start(&self) -> Timestamp {
+        Timestamp(self.0 * 86_400_000)
+    }
+}
+
+impl fmt::Display for UtcDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, m, d) = civil_from_days(self.0);
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+// Howard Hinnant's `days_from_civil` / `civil_from_days`: exact proleptic
+// Gregorian arithmetic, small enough not to need a date crate.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(OrgName::parse("acme-corp_1").is_ok());
+        assert!(OrgName::parse("").is_err());
+        assert!(OrgName::parse("Acme").is_err());
+        assert!(OrgName::parse(&"a".repeat(65)).is_err());
+        let err = OrgName::parse("a b").unwrap_err().to_string();
+        assert!(err.contains("a-z, 0-9"), "{err}");
+    }
+
+    #[test]
+    fn task_ids() {
+        let id = TaskId::random();
+        assert_eq!(TaskId::parse(&id.to_string()).unwrap(), id);
+        assert!(TaskId::parse("not-a-uuid").is_err());
+        // Version 1 UUID.
+        assert!(TaskId::parse("c232ab00-9414-11ec-b3c8-9f68deced846").is_err());
+    }
+
+    #[test]
+    fn days_round_trip() {
+        for s in ["1970-01-01", "2000-02-29", "2026-11-26", "1969-12-31"] {
+            assert_eq!(UtcDay::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(UtcDay::parse("1970-01-02").unwrap().days_since_epoch(), 1);
+        assert!(UtcDay::parse("2026-02-29").is_err());
+        assert!(UtcDay::parse("2026-1-01").is_err());
+        assert_eq!(
+            Timestamp::from_millis(86_400_000 - 1)
+                .day()
+                .days_since_epoch(),
+            0
+        );
+        assert_eq!(Timestamp::from_millis(-1).day().days_since_epoch(), -1);
+    }
+
+    #[test]
+    fn prefixes() {
+        let p = KeyPrefix::parse("sie_abcd2345").unwrap();
+        assert_eq!(p.as_str(), "abcd2345");
+        assert_eq!(p.to_string(), "sie_abcd2345");
+        assert_eq!(KeyPrefix::parse("abcd2345").unwrap(), p);
+        assert!(KeyPrefix::parse("sie_abcd0000").is_err());
+    }
+}

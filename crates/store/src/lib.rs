@@ -1,0 +1,33 @@
+//! Persistent state of `sie`: accounts, organizations, API keys, and the
+//! durable task queue with its results and usage.
+//!
+//! It knows nothing of HTTP, tensors or the engine: requests and results are
+//! opaque JSON text that the API and the worker serialize.
+//!
+//! # Layout
+//! - [`domain`]: newtypes parsed at the edge (`OrgName`, `TaskId`, `KeyPrefix`, ...).
+//! - [`store`]: the [`Store`] trait, with the fairness and queue-position rules.
+//! - [`types`]: the records that cross the trait (`TaskView`, `Leased`, ...).
+//! - [`error`]: [`StoreError`], one enum for every implementation.
+//! - [`keys`]: API key generation and hashing.
+//! - [`sqlite`]: [`SqliteStore`], the embedded implementation.
+//! - [`conformance`]: the suite every implementation must pass.
+
+#[doc(hidden)]
+pub mod conformance;
+pub mod domain;
+pub mod error;
+pub mod keys;
+pub mod sqlite;
+pub mod store;
+pub mod types;
+
+pub use domain::{
+    AccountId, AccountName, IdempotencyKey, InvalidValue, KeyPrefix, OrgId, OrgName, TaskId,
+    Timestamp, UtcDay,
+};
+pub use error::{QueueScope, Result, StoreError};
+pub use keys::NewApiKey;
+pub use sqlite::SqliteStore;
+pub use store::Store;
+pub use types::*;

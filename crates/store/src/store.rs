@@ -1,0 +1,168 @@
+//! The [`Store`] trait: everything the API, the worker and `sie admin` ask of
+//! persistent state.
+//!
+//! It is synchronous and object-safe: the async server holds an
+//! `Arc<dyn Store>` and calls it through `spawn_blocking`, and a PostgreSQL
+//! implementation can sit beside [`SqliteStore`](crate::SqliteStore) without
+//! its callers changing. Time is always an argument (`now`), never read from a
+//! clock inside, so tests drive leases and expiry deterministically. Every
+//! implementation must pass [`conformance`](crate::conformance).
+
+use std::time::Duration;
+
+use crate::domain::{AccountId, AccountName, IdempotencyKey, KeyPrefix, OrgId, OrgName, TaskId};
+use crate::domain::{Timestamp, UtcDay};
+use crate::error::Result;
+use crate::keys::NewApiKey;
+use crate::types::*;
+
+pub trait Store: Send + Sync {
+    // ---- Accounts, organizations, keys (SPEC 2) ----
+
+    /// Creates an account; [`StoreError::AccountExists`](crate::StoreError) if the name is taken.
+    fn create_account(&self, name: &AccountName, now: Timestamp) -> Result<AccountId>;
+
+    /// Looks an account up by name (for `sie admin`, which speaks in names).
+    fn find_account(&self, name: &AccountName) -> Result<Option<AccountId>>;
+
+    /// All accounts, by name.
+    fn list_accounts(&self) -> Result<Vec<AccountInfo>>;
+
+    /// Creates an organization owned by `owner`, who becomes its first member.
+    /// It starts unapproved: its tasks are refused until [`Store::approve_org`].
+    fn create_org(&self, name: &OrgName, owner: AccountId, now: Timestamp) -> Result<OrgId>;
+
+    /// Makes `account` a member; `false` if it already was.
+    fn add_member(&self, org: &OrgName, account: AccountId, now: Timestamp) -> Result<bool>;
+
+    /// Records billing information and approves the organization. Approving
+    /// again replaces the note and keeps the first approval time.
+    fn approve_org(&self, org: &OrgName, billing_note: &str, now: Timestamp) -> Result<()>;
+
+    /// All organizations, by name.
+    fn list_orgs(&self) -> Result<Vec<OrgInfo>>;
+
+    /// Makes a key for `account`. The returned value is the only place the
+    /// key's secret ever exists; the store keeps its SHA-256 and prefix.
+    fn create_api_key(&self, account: AccountId, now: Timestamp) -> Result<NewApiKey>;
+
+    /// Revokes a key; `false` if no such key or it was already revoked.
+    fn revoke_api_key(&self, prefix: &KeyPrefix, now: Timestamp) -> Result<bool>;
+
+    /// The account's keys, oldest first.
+    fn list_api_keys(&self, account: AccountId) -> Result<Vec<ApiKeyInfo>>;
+
+    /// The account a presented `Salad-Api-Key` belongs to, if it is a live key.
+    fn authenticate(&self, presented_key: &str) -> Result<Option<AccountId>>;
+
+    /// Whether `account` may use the organization named `org`.
+    fn org_access(&self, account: AccountId, org: &OrgName) -> Result<OrgAccess>;
+
+    // ---- The queue (SPEC 3) ----
+
+    /// Queues a task, durably: it is committed when this returns.
+    ///
+    /// With an idempotency key already used in this organization, returns the
+    /// first task (`created: false`) and stores nothing. Otherwise, when the
+    /// organization already has `caps.per_org` queued tasks, or the server
+    /// `caps.global`, fails with `StoreError::QueueFull`; its
+    /// `retry_after_seconds` is the time one queued task takes to start at the
+    /// rate tasks finished over the last minute, clamped to 1..=60 (30 when
+    /// nothing finished).
+    fn enqueue(
+        &self,
+        org: OrgId,
+        request_json: &str,
+        idempotency_key: Option<&IdempotencyKey>,
+        caps: QueueCaps,
+        now: Timestamp,
+    ) -> Result<Enqueued>;
+
+    /// Claims one task for `worker_id` until `now + lease`, or `None` when
+    /// nothing is waiting.
+    ///
+    /// Waiting means queued, or running with a lease that lapsed by `now`
+    /// (its worker is presumed gone; taking it is a new attempt). First, lapsed
+    /// tasks that cannot run again are finished: after [`MAX_ATTEMPTS`] with
+    /// `worker_lost`, and those whose cancel was requested with `cancelled`.
+    ///
+    /// **Fairness rule:** the organization with the fewest running tasks
+    /// (live leases) goes first; ties go to the organization served least
+    /// recently (each lease moves its organization to the back of the turn
+    /// order; never-served organizations come first), then to the one whose
+    /// oldest waiting task is oldest. Within the organization, its oldest
+    /// waiting task (FIFO, by enqueue order). With one worker this is plain
+    /// round-robin between organizations; with many, the organization using
+    /// fewest workers is served next, so one backlog never starves another.
+    fn lease(&self, worker_id: &str, lease: Duration, now: Timestamp) -> Result<Option<Leased>>;
+
+    /// Renews the lease of attempt `attempt` and records progress. Answers
+    /// `Lost` when that attempt no longer owns the task (fenced on
+    /// `state = running AND attempt = ?`).
+    fn heartbeat(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        progress: Option<Progress>,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Heartbeat>;
+
+    /// Stores the result of attempt `attempt`; `false` (and nothing written)
+    /// if that attempt no longer owns the task. The first completion wins.
+    fn complete(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        result_json: &str,
+        usage: TaskUsage,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// Fails the task from attempt `attempt`, fenced as [`Store::complete`].
+    fn fail(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        code: &str,
+        message: &str,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// Gives a running task back to the queue (graceful shutdown) without
+    /// counting the attempt. A task whose cancel was requested fails with
+    /// `cancelled` instead. Fenced as [`Store::complete`].
+    fn release(&self, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool>;
+
+    /// Cancels a task of `org`; see [`CancelOutcome`] for the cases.
+    fn cancel(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<CancelOutcome>;
+
+    /// A task of `org`; `None` for unknown, expired, or another organization's.
+    ///
+    /// A running task whose lease lapsed by `now` (and may run again) is
+    /// shown as queued, without progress: it waits for its next attempt.
+    ///
+    /// **Queue position rule** (1-based, queued tasks only): the task's place
+    /// if leasing went round-robin from now on. With `r` its place in its own
+    /// organization's queue, the tasks ahead of it are the queued tasks that
+    /// are placed before `r` in their own organization, and those placed
+    /// exactly `r` in organizations whose turn comes earlier (served less
+    /// recently, then older oldest task). It ignores running tasks, so it is
+    /// an estimate; it is exact for a single worker.
+    fn get(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<Option<TaskView>>;
+
+    /// The organization's tasks, newest first; `page` counts from 1 and
+    /// `page_size` is 1..=1000. States read as in [`Store::get`].
+    fn list(&self, org: OrgId, page: u32, page_size: u32, now: Timestamp) -> Result<TaskPage>;
+
+    /// How many tasks wait and run at `now`, across all organizations.
+    fn queue_stats(&self, now: Timestamp) -> Result<QueueStats>;
+
+    /// Deletes tasks that finished at least `result_ttl` before `now`, results
+    /// and idempotency keys with them; returns how many. Usage totals stay.
+    fn expire(&self, result_ttl: Duration, now: Timestamp) -> Result<u64>;
+
+    /// The organization's usage per UTC day, `from..=to`, days without any
+    /// finished task left out, oldest first.
+    fn usage(&self, org: OrgId, from: UtcDay, to: UtcDay) -> Result<Vec<DailyUsage>>;
+}

@@ -1,0 +1,241 @@
+//! The records that cross the [`Store`](crate::Store) boundary.
+//!
+//! Request and result bodies are opaque JSON text: the API serializes its typed
+//! request and the worker its typed result, and the store never looks inside,
+//! so the queue does not change when the request format does.
+
+use std::time::Duration;
+
+use crate::domain::{KeyPrefix, OrgId, OrgName, TaskId, Timestamp, UtcDay};
+
+/// The default number of attempts before a task whose lease keeps lapsing
+/// fails with `worker_lost` (SPEC 3).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Error codes the store itself writes into failed tasks.
+pub mod codes {
+    /// The task was cancelled before or while it ran.
+    pub const CANCELLED: &str = "cancelled";
+    /// The task's lease lapsed on its last allowed attempt.
+    pub const WORKER_LOST: &str = "worker_lost";
+}
+
+/// An account as `sie admin account list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    pub id: crate::AccountId,
+    pub name: crate::AccountName,
+    pub created_at: Timestamp,
+}
+
+/// Queue depth, for `/metrics` and `/readyz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Waiting to be leased (queued, or running with a lapsed lease).
+    pub queued: u64,
+    /// Running under a live lease.
+    pub running: u64,
+}
+
+/// An organization as `sie admin org list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgInfo {
+    pub id: OrgId,
+    pub name: OrgName,
+    pub owner: crate::AccountId,
+    pub members: u32,
+    pub billing_note: Option<String>,
+    pub approved_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+/// What an account may do with an organization; the API answers 404, 404,
+/// 403 and goes on, respectively. An unknown organization and one the caller
+/// is not a member of look alike from outside, so names cannot be probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgAccess {
+    UnknownOrg,
+    NotMember,
+    NotApproved,
+    Allowed(OrgId),
+}
+
+/// An API key as listed: never its secret, which is not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    pub prefix: KeyPrefix,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// Caps on queued (not running) tasks, checked in the enqueue transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCaps {
+    pub per_org: u32,
+    pub global: u32,
+}
+
+impl Default for QueueCaps {
+    fn default() -> Self {
+        Self {
+            per_org: 100,
+            global: 1000,
+        }
+    }
+}
+
+/// A successful enqueue: the task's id, and whether this call created it
+/// (`false` when an idempotency key matched an earlier task, which is returned
+/// whatever its state, even when the queue is now full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: TaskId,
+    pub created: bool,
+}
+
+/// A task handed to a worker. `attempt` is the fencing token: every later
+/// write for this task passes it back and is refused once another attempt
+/// has begun.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub id: TaskId,
+    pub org: OrgId,
+    pub attempt: u32,
+    pub request_json: String,
+    pub created_at: Timestamp,
+}
+
+/// Denoising progress reported by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub step: u32,
+    pub steps: u32,
+}
+
+/// What a heartbeat tells the worker to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The lease is renewed; keep going.
+    Continue,
+    /// The lease is renewed, but the client cancelled: stop and call
+    /// `fail(.., codes::CANCELLED, ..)`.
+    Cancelled,
+    /// This attempt no longer owns the task (it was leased again, finished or
+    /// expired); stop and discard the work.
+    Lost,
+}
+
+/// What the worker used, for billing and the usage endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskUsage {
+    pub images: u32,
+    pub steps: u32,
+    pub gpu_ms: u64,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No such task in this organization.
+    NotFound,
+    /// It was queued and is now failed with `cancelled`; it never runs.
+    Cancelled,
+    /// It is running; its worker is told at its next heartbeat.
+    CancelRequested,
+    /// It had already finished; nothing changed.
+    AlreadyFinished(TaskState),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One task as `GET {base}/{requestId}` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub org: OrgId,
+    pub state: TaskState,
+    /// Attempts begun so far (0 while it has never run).
+    pub attempt: u32,
+    /// For queued tasks: see [`Store::get`](crate::Store::get) for the rule.
+    pub queue_position: Option<u32>,
+    pub progress: Option<Progress>,
+    pub cancel_requested: bool,
+    pub result_json: Option<String>,
+    pub error: Option<TaskError>,
+    pub usage: Option<TaskUsage>,
+    pub created_at: Timestamp,
+    /// When the latest attempt began.
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One task in a listing: no request or result bodies, which can be megabytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSummary {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub error: Option<TaskError>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A page of an organization's tasks, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskSummary>,
+    /// All the organization's tasks (not expired), for page counts.
+    pub total: u64,
+}
+
+/// One organization's use on one UTC day (by the day a task finished).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DailyUsage {
+    pub day: UtcDay,
+    pub images: u64,
+    pub steps: u64,
+    pub gpu_seconds: f64,
+    pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+}
+
+/// How long a lease lasts unless renewed (SPEC 3's default).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How long finished tasks and their results are kept (SPEC 3's default).
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -1,0 +1,237 @@
+//! The worker: lease a task, run the engine, report progress, complete or fail.
+//!
+//! # Layout
+//! - [`task`]: the translation from the stored request to the engine and from the engine's
+//!   images to the `modelOutputs` the client reads.
+//! - This file: [`Worker::run_one`], one task from lease to completion.
+//!
+//! A worker owns a task only while its lease lasts, so a sibling thread renews the lease
+//! (and reports progress) while the engine runs; if the store answers that the client
+//! cancelled, or that the lease was lost to another attempt, the engine is stopped at its
+//! next step through the cancel flag. Every write after the lease carries the attempt
+//! number, so a worker that lost its lease cannot overwrite the winner's result. The engine
+//! runs inside `catch_unwind`: a panic fails the task with `internal_error` instead of
+//! taking the worker down.
+
+pub mod task;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sie_api::CreateTask;
+use sie_engine::candle_core::Tensor;
+use sie_engine::model::StableDiffusion;
+use sie_engine::pipeline::Observer;
+use sie_store::{codes, Heartbeat, Progress, Store, StoreError, TaskId, TaskUsage, Timestamp};
+
+/// What one call of [`Worker::run_one`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    /// Nothing was queued.
+    Idle,
+    Succeeded(TaskId),
+    /// Failed with this code (the request could not run, the engine failed, or it was cancelled).
+    Failed(TaskId, String),
+    /// The lease was lost to another attempt; this worker's work was discarded.
+    Lost(TaskId),
+}
+
+/// A worker bound to one store and one loaded model.
+pub struct Worker {
+    store: Arc<dyn Store>,
+    model: Arc<StableDiffusion>,
+    id: String,
+    lease: Duration,
+    heartbeat_every: Duration,
+}
+
+impl Worker {
+    /// `lease`: how long a task stays ours without a heartbeat (SPEC: 60 s by default);
+    /// heartbeats go every second or every third of the lease, whichever is shorter.
+    pub fn new(
+        store: Arc<dyn Store>,
+        model: Arc<StableDiffusion>,
+        id: impl Into<String>,
+        lease: Duration,
+    ) -> Self {
+        Worker {
+            store,
+            model,
+            id: id.into(),
+            heartbeat_every: (lease / 3).min(Duration::from_secs(1)),
+            lease,
+        }
+    }
+
+    /// Leases one task and runs it to the end. Errors are the store's own (the task stays
+    /// leased and will be retried when its lease lapses).
+    pub fn run_one(&self) -> Result<Ran, StoreError> {
+        let Some(leased) = self.store.lease(&self.id, self.lease, Timestamp::now())? else {
+            return Ok(Ran::Idle);
+        };
+        let (id, attempt) = (leased.id, leased.attempt);
+        let span = tracing::info_span!("task", request_id = %id, attempt);
+        let _enter = span.enter();
+        let queue_ms = (Timestamp::now().as_millis() - leased.created_at.as_millis()).max(0) as u64;
+
+        let task: CreateTask = match serde_json::from_str(&leased.request_json) {
+            Ok(t) => t,
+            Err(e) => {
+                return self.fail(
+                    id,
+                    attempt,
+                    "invalid_request",
+                    &format!("the stored request does not load: {e}"),
+                )
+            }
+        };
+        let request = match task::text_to_image(&self.model, &task, random_seed()) {
+            Ok(r) => r,
+            Err(refusal) => return self.fail(id, attempt, refusal.code, &refusal.message),
+        };
+
+        let progress = AtomicU64::new(0);
+        let cancel = AtomicBool::new(false);
+        let lost = AtomicBool::new(false);
+        let done = AtomicBool::new(false);
+        let started = Instant::now();
+        let outcome = std::thread::scope(|scope| {
+            let heartbeats =
+                scope.spawn(|| self.heartbeats(id, attempt, &progress, &cancel, &lost, &done));
+            let mut observer = ProgressObserver {
+                progress: &progress,
+            };
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                self.model.text_to_image(&request, &mut observer, &cancel)
+            }));
+            done.store(true, Ordering::SeqCst);
+            heartbeats.thread().unpark();
+            result
+        });
+        let inference_ms = started.elapsed().as_millis() as u64;
+        if lost.load(Ordering::SeqCst) {
+            tracing::warn!("lease lost; discarding this attempt's work");
+            return Ok(Ran::Lost(id));
+        }
+        let generated = match outcome {
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(panic = %what, "the engine panicked");
+                return self.fail(
+                    id,
+                    attempt,
+                    "internal_error",
+                    "the engine failed unexpectedly; the failure is logged with this request id",
+                );
+            }
+            Ok(Err(sie_engine::Error::Cancelled)) => {
+                return self.fail(id, attempt, codes::CANCELLED, "cancelled by the client");
+            }
+            Ok(Err(e)) => return self.fail(id, attempt, "engine_error", &e.to_string()),
+            Ok(Ok(g)) => g,
+        };
+        let timings = task::Timings {
+            queue_ms,
+            inference_ms,
+        };
+        let outputs = match task::model_outputs(&self.model, &task, &request, &generated, timings) {
+            Ok(o) => o,
+            Err(e) => return self.fail(id, attempt, "engine_error", &e.to_string()),
+        };
+        let usage = TaskUsage {
+            images: generated.images.len() as u32,
+            steps: request.num_inference_steps as u32,
+            gpu_ms: inference_ms,
+        };
+        if self
+            .store
+            .complete(id, attempt, &outputs.to_string(), usage, Timestamp::now())?
+        {
+            tracing::info!(inference_ms, "task succeeded");
+            Ok(Ran::Succeeded(id))
+        } else {
+            tracing::warn!("another attempt finished first; this result is discarded");
+            Ok(Ran::Lost(id))
+        }
+    }
+
+    fn fail(&self, id: TaskId, attempt: u32, code: &str, message: &str) -> Result<Ran, StoreError> {
+        if self
+            .store
+            .fail(id, attempt, code, message, Timestamp::now())?
+        {
+            tracing::info!(code, message, "task failed");
+            Ok(Ran::Failed(id, code.to_owned()))
+        } else {
+            Ok(Ran::Lost(id))
+        }
+    }
+
+    /// Renews the lease and reports progress until `done`; raises `cancel` when the client
+    /// cancelled and `lost` (with `cancel`) when the task is no longer ours.
+    fn heartbeats(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        progress: &AtomicU64,
+        cancel: &AtomicBool,
+        lost: &AtomicBool,
+        done: &AtomicBool,
+    ) {
+        while !done.load(Ordering::SeqCst) {
+            std::thread::park_timeout(self.heartbeat_every);
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
+            let packed = progress.load(Ordering::SeqCst);
+            let progress = (packed != 0).then_some(Progress {
+                step: (packed >> 32) as u32,
+                steps: packed as u32,
+            });
+            match self
+                .store
+                .heartbeat(id, attempt, progress, self.lease, Timestamp::now())
+            {
+                Ok(Heartbeat::Continue) => {}
+                Ok(Heartbeat::Cancelled) => cancel.store(true, Ordering::SeqCst),
+                Ok(Heartbeat::Lost) => {
+                    lost.store(true, Ordering::SeqCst);
+                    cancel.store(true, Ordering::SeqCst);
+                }
+                // A store hiccup is not a lost lease: keep running, the next beat may pass.
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+/// Packs (step, steps) into one atomic for the heartbeat thread.
+struct ProgressObserver<'a> {
+    progress: &'a AtomicU64,
+}
+
+impl Observer for ProgressObserver<'_> {
+    fn step(&mut self, step: usize, steps: usize, _latents: &Tensor) {
+        self.progress
+            .store(((step as u64) << 32) | steps as u64, Ordering::SeqCst);
+    }
+}
+
+/// A seed for a task stored without one, in the accepted 0..2^63 range.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() >> 1
+}

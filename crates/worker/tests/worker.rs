@@ -1,0 +1,203 @@
+//! The worker end to end on a real SQLite store and the tiny model: a task goes from the
+//! queue to `succeeded` with decodable images, seeds reproduce, refusals fail the task with
+//! a code, and a cancel reaches a running task between steps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use sie_api::CreateTask;
+use sie_engine::model::{LoadOptions, StableDiffusion};
+use sie_engine::tiny::{
+    write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
+};
+use sie_store::{
+    AccountName, OrgId, OrgName, QueueCaps, SqliteStore, Store, TaskId, TaskState, Timestamp,
+};
+use sie_worker::{Ran, Worker};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    org: OrgId,
+    worker: Worker,
+}
+
+fn setup(lease: Duration) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    write_tiny_model(&model_dir, TinyOptions::default()).unwrap();
+    let checker = TinyCheckerOptions {
+        threshold: 1.0,
+        ..Default::default()
+    };
+    write_tiny_safety_checker(&model_dir, checker).unwrap();
+    let model = Arc::new(StableDiffusion::load(&model_dir, &LoadOptions::default()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("sie.db")).unwrap());
+    let now = Timestamp::now();
+    let account = store
+        .create_account(&AccountName::parse("alice").unwrap(), now)
+        .unwrap();
+    let name = OrgName::parse("default").unwrap();
+    let org = store.create_org(&name, account, now).unwrap();
+    store.approve_org(&name, "test", now).unwrap();
+    let worker = Worker::new(store.clone(), model, "test-worker", lease);
+    Setup {
+        _dir: dir,
+        store,
+        org,
+        worker,
+    }
+}
+
+fn enqueue(s: &Setup, body: Value) -> TaskId {
+    let task = CreateTask::parse(body.to_string().as_bytes()).unwrap();
+    let stored = serde_json::to_string(&task).unwrap();
+    s.store
+        .enqueue(s.org, &stored, None, QueueCaps::default(), Timestamp::now())
+        .unwrap()
+        .id
+}
+
+fn outputs(s: &Setup, id: TaskId) -> Value {
+    let view = s.store.get(s.org, id, Timestamp::now()).unwrap().unwrap();
+    assert_eq!(view.state, TaskState::Succeeded, "{view:?}");
+    serde_json::from_str(view.result_json.as_deref().unwrap()).unwrap()
+}
+
+fn decode(b64: &Value) -> image::DynamicImage {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().unwrap())
+        .unwrap();
+    image::load_from_memory(&bytes).unwrap()
+}
+
+#[test]
+fn a_task_runs_to_success_with_images_seed_meta_and_timings() {
+    let s = setup(Duration::from_secs(60));
+    assert_eq!(s.worker.run_one().unwrap(), Ran::Idle);
+    let body = json!({
+        "modelInputs": {"prompt": "An oil painting of a salad", "num_inference_steps": 3, "guidance_scale": 20,
+                        "width": 72, "height": 64, "num_images_per_prompt": 3, "seed": 11},
+        "callInputs": {"SCHEDULER": "LMS", "safety_checker": "true"}
+    });
+    let id = enqueue(&s, body.clone());
+    assert_eq!(s.worker.run_one().unwrap(), Ran::Succeeded(id));
+    let out = outputs(&s, id);
+    let images = out["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    for img in images {
+        let img = decode(img);
+        assert_eq!((img.width(), img.height()), (72, 64));
+    }
+    assert_eq!(out["nsfw_content_detected"], json!([false, false, false]));
+    assert_eq!(out["seed"], json!(11));
+    assert_eq!(out["$meta"]["SCHEDULER"], json!("LMSDiscreteScheduler"));
+    assert_eq!(out["$meta"]["PIPELINE"], json!("StableDiffusionPipeline"));
+    assert_eq!(out["$meta"]["num_inference_steps"], json!(3));
+    let t = &out["$timings"];
+    assert_eq!(
+        t["total"].as_u64().unwrap(),
+        t["queue"].as_u64().unwrap() + t["inference"].as_u64().unwrap()
+    );
+
+    // The same seed again gives the same images, byte for byte.
+    let again = enqueue(&s, body);
+    assert_eq!(s.worker.run_one().unwrap(), Ran::Succeeded(again));
+    assert_eq!(outputs(&s, again)["images"], out["images"]);
+}
+
+#[test]
+fn formats_and_the_checker_switch() {
+    let s = setup(Duration::from_secs(60));
+    let id = enqueue(
+        &s,
+        json!({
+            "modelInputs": {"prompt": "x", "num_inference_steps": 1, "width": 64, "height": 64},
+            "callInputs": {"image_format": "JPEG", "safety_checker": false}
+        }),
+    );
+    assert_eq!(s.worker.run_one().unwrap(), Ran::Succeeded(id));
+    let out = outputs(&s, id);
+    assert_eq!(out["nsfw_content_detected"], Value::Null);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(out["images"][0].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        image::guess_format(&bytes).unwrap(),
+        image::ImageFormat::Jpeg
+    );
+}
+
+#[test]
+fn a_pipeline_this_worker_cannot_run_fails_with_a_code() {
+    let s = setup(Duration::from_secs(60));
+    let png = {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let id = enqueue(
+        &s,
+        json!({
+            "modelInputs": {"prompt": "x", "image": png},
+            "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}
+        }),
+    );
+    assert_eq!(
+        s.worker.run_one().unwrap(),
+        Ran::Failed(id, "pipeline_unavailable".into())
+    );
+    let view = s.store.get(s.org, id, Timestamp::now()).unwrap().unwrap();
+    assert_eq!(view.state, TaskState::Failed);
+    assert!(view
+        .error
+        .unwrap()
+        .message
+        .contains("StableDiffusionPipeline"));
+}
+
+#[test]
+fn a_cancel_stops_a_running_task_and_progress_is_reported() {
+    // A short lease makes heartbeats frequent (a third of it).
+    let s = setup(Duration::from_millis(300));
+    let id = enqueue(
+        &s,
+        json!({
+            "modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256}
+        }),
+    );
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.worker.run_one().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let view = s.store.get(s.org, id, Timestamp::now()).unwrap().unwrap();
+            if let Some(p) = view.progress {
+                // The model's own scheduler (PNDM) lists 151 timesteps for 150 steps.
+                assert!(p.steps >= 150, "{p:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress was reported: {view:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.store.cancel(s.org, id, Timestamp::now()).unwrap();
+        assert_eq!(run.join().unwrap(), Ran::Failed(id, "cancelled".into()));
+    });
+    let view = s.store.get(s.org, id, Timestamp::now()).unwrap().unwrap();
+    assert_eq!(view.state, TaskState::Failed);
+    assert_eq!(view.error.unwrap().code, "cancelled");
+    let p = view.progress.unwrap();
+    assert!(
+        p.step < p.steps,
+        "the task ran to the end despite the cancel: {p:?}"
+    );
+}
