@@ -1,0 +1,435 @@
+//! `sie serve` as a client meets it: the real binary on a random port with a fresh data
+//! directory and the tiny model, spoken to over real HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// The seed document's example request, its trailing comma removed.
+const SEED_EXAMPLE: &str = r#"{
+  "modelInputs": {
+    "prompt": "An oil painting of a salad",
+    "num_inference_steps": 50,
+    "guidance_scale": 20,
+    "width": 512,
+    "height": 512
+  },
+  "callInputs": {
+    "PIPELINE": "StableDiffusionPipeline",
+    "SCHEDULER": "LMSDiscreteScheduler",
+    "safety_checker": "true"
+  }
+}"#;
+
+struct Server {
+    child: Child,
+    base: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `sie serve` on `data_dir` and waits for its address (and, on a fresh
+    /// directory, its first API key).
+    fn start(data_dir: &Path, extra: &[&str], key: Option<&str>) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sie"))
+            .args([
+                "serve",
+                "--model",
+                "tiny",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("SIE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sie serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut address = None;
+        let mut found_key = key.map(str::to_owned);
+        while address.is_none() || found_key.is_none() {
+            let line = lines
+                .next()
+                .expect("sie serve printed its address")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("listening on ") {
+                address = Some(a.to_owned());
+            }
+            if let Some(k) = line.strip_prefix("api key: ") {
+                found_key = Some(k.to_owned());
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base: format!(
+                "{}/api/beta/organizations/default/inference-endpoints/stable-diffusion-2-1",
+                address.unwrap()
+            ),
+            key: found_key.unwrap(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, body: &str) -> reqwest::Response {
+        self.client
+            .post(&self.base)
+            .header("Salad-Api-Key", &self.key)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn submit(&self, body: Value) -> String {
+        let r = self.post(&body.to_string()).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        v["resultUrl"].as_str().unwrap().to_owned()
+    }
+
+    async fn get(&self, url: &str) -> Value {
+        let r = self
+            .client
+            .get(url)
+            .header("Salad-Api-Key", &self.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        r.json().await.unwrap()
+    }
+
+    /// Polls until the task is no longer pending.
+    async fn finish(&self, url: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.get(url).await;
+            if v["status"] != "pending" {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{url} still pending: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn png_size(b64: &Value) -> (u32, u32) {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        image::guess_format(&bytes).unwrap(),
+        image::ImageFormat::Png
+    );
+    let img = image::load_from_memory(&bytes).unwrap();
+    (img.width(), img.height())
+}
+
+fn small(seed: u64, images: u32, steps: u32) -> Value {
+    json!({
+        "modelInputs": {"prompt": "An oil painting of a salad", "num_inference_steps": steps,
+                        "width": 64, "height": 64, "num_images_per_prompt": images, "seed": seed},
+        "callInputs": {"SCHEDULER": "EulerAncestralDiscreteScheduler"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seed_example_succeeds_with_a_512_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], None);
+    let r = server.post(SEED_EXAMPLE).await;
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let v: Value = r.json().await.unwrap();
+    let url = v["resultUrl"].as_str().unwrap();
+    assert_eq!(url, location);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.ends_with(v["requestId"].as_str().unwrap()));
+
+    let done = server.finish(url, Duration::from_secs(900)).await;
+    assert_eq!(done["status"], "success", "{done}");
+    let out = &done["modelOutputs"];
+    assert_eq!(out["images"].as_array().unwrap().len(), 1);
+    assert_eq!(png_size(&out["images"][0]), (512, 512));
+    assert_eq!(out["nsfw_content_detected"], json!([false]));
+    assert!(out["seed"].as_u64().is_some());
+    assert_eq!(out["$meta"]["SCHEDULER"], "LMSDiscreteScheduler");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_seeds_idempotency_and_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], None);
+
+    // Three images; the same seed twice gives the same images.
+    let a = server.submit(small(5, 3, 2)).await;
+    let b = server.submit(small(5, 3, 2)).await;
+    let a = server.finish(&a, Duration::from_secs(120)).await;
+    let b = server.finish(&b, Duration::from_secs(120)).await;
+    assert_eq!(a["status"], "success", "{a}");
+    let images = a["modelOutputs"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    assert_eq!(png_size(&images[0]), (64, 64));
+    assert_eq!(a["modelOutputs"]["images"], b["modelOutputs"]["images"]);
+
+    // An Idempotency-Key makes a retried POST return the first task.
+    let post_with_key = || async {
+        let r = server
+            .client
+            .post(&server.base)
+            .header("Salad-Api-Key", &server.key)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "retry-1")
+            .body(small(9, 1, 1).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        r.json::<Value>().await.unwrap()["requestId"].clone()
+    };
+    assert_eq!(post_with_key().await, post_with_key().await);
+
+    // A long task occupies the one worker; a second one waits in the queue.
+    let long = json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256}});
+    let running = server.submit(long.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.get(&running).await.get("progress").is_none() {
+        assert!(Instant::now() < deadline, "the long task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued = server.submit(long).await;
+    let v = server.get(&queued).await;
+    assert_eq!(v["status"], "pending");
+    assert_eq!(v["queuePosition"], 1, "{v}");
+
+    // Cancel the queued one: it fails at once and never runs.
+    let r = server
+        .client
+        .delete(&queued)
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = server.get(&queued).await;
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["error"]["code"], "cancelled");
+
+    // Cancel the running one: it stops at its next step.
+    let r = server
+        .client
+        .delete(&running)
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = server.finish(&running, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["error"]["code"], "cancelled");
+
+    // The organization's list has them all, newest first.
+    let r = server
+        .client
+        .get(&server.base)
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list["total"], 5, "{list}");
+    assert_eq!(list["tasks"][0]["status"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_problems_with_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--org-queue-cap", "1"], None);
+    let c = &server.client;
+    let problem = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(ct, "application/problem+json");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["status"], status);
+        (status, v)
+    };
+
+    // 401: no key, an unknown key.
+    let (s, v) = problem(c.get(&server.base).send().await.unwrap()).await;
+    assert_eq!((s, v["code"].as_str().unwrap()), (401, "missing_api_key"));
+    let (s, v) = problem(
+        c.get(&server.base)
+            .header("Salad-Api-Key", "sie_nope")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str().unwrap()), (401, "invalid_api_key"));
+    // 404: an organization the key cannot see; an unknown task; an unknown route.
+    let other = server.base.replace("/default/", "/someone-else/");
+    let (s, v) = problem(
+        c.get(&other)
+            .header("Salad-Api-Key", &server.key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str().unwrap()),
+        (404, "unknown_organization")
+    );
+    let url = format!("{}/{}", server.base, "00000000-0000-4000-8000-000000000000");
+    let (s, _) = problem(
+        c.get(&url)
+            .header("Salad-Api-Key", &server.key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 404);
+    // 403: an organization without billing information.
+    {
+        use sie_store::{OrgName, SqliteStore, Store, Timestamp};
+        let store = SqliteStore::open(dir.path().join("sie.db")).unwrap();
+        let account = store.authenticate(&server.key).unwrap().unwrap();
+        store
+            .create_org(
+                &OrgName::parse("unpaid").unwrap(),
+                account,
+                Timestamp::now(),
+            )
+            .unwrap();
+    }
+    let unpaid = server.base.replace("/default/", "/unpaid/");
+    let (s, v) = problem(
+        c.get(&unpaid)
+            .header("Salad-Api-Key", &server.key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str().unwrap()),
+        (403, "organization_not_approved")
+    );
+
+    // 400s name the field; bad JSON names line and column; 415; 413; 405.
+    for (body, code, needle) in [
+        (
+            "{\"modelInputs\": {\"prompt\": \"x\",}}",
+            "invalid_json",
+            "column",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "width": 500}}"#,
+            "invalid_value",
+            "use 496 or 504",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "stepz": 1}}"#,
+            "unknown_field",
+            "modelInputs.stepz",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "num_inference_steps": 151}}"#,
+            "out_of_range",
+            "1..=150",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"SCHEDULER": "Karras"}}"#,
+            "invalid_value",
+            "LMSDiscreteScheduler",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"PIPELINE": "Flux"}}"#,
+            "invalid_value",
+            "StableDiffusionPipeline",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"safety_checker": "maybe"}}"#,
+            "wrong_type",
+            "\"true\" or \"false\"",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#,
+            "invalid_image",
+            "base64",
+        ),
+    ] {
+        let (s, v) = problem(server.post(body).await).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["code"], code, "{body}: {v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
+    }
+    let r = c
+        .post(&server.base)
+        .header("Salad-Api-Key", &server.key)
+        .header("Content-Type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = problem(r).await;
+    assert_eq!(
+        (s, v["code"].as_str().unwrap()),
+        (415, "unsupported_media_type")
+    );
+    let big = format!(
+        "{{\"modelInputs\": {{\"prompt\": \"{}\"}}}}",
+        "a".repeat(21 * 1024 * 1024)
+    );
+    let (s, v) = problem(server.post(&big).await).await;
+    assert_eq!((s, v["code"].as_str().unwrap()), (413, "body_too_large"));
+    let r = c
+        .put(&server.base)
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    let (s, _) = problem(r).await;
+    assert_eq!(s, 405);
+
+    // 429 with Retry-After once the organization's queue cap (1 here) is reached.
+    let long = json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256}});
+    let running = server.submit(long.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.get(&running).await.get("progress").is_none() {
+        assert!(Instant::now() < deadline, "the long task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.submit(long.clone()).await;
+    let r = server.post(&long.to_string()).await;
+    assert!(
+        r.headers().get("retry-after").is_some(),
+        "429 without Retry-After"
+    );
+    let (s, v) = problem(r).await;
+    assert_eq!((s, v["code"].as_str().unwrap()), (429, "queue_full"));
+}
