@@ -433,3 +433,96 @@ async fn refusals_are_problems_with_codes() {
     let (s, v) = problem(r).await;
     assert_eq!((s, v["code"].as_str().unwrap()), (429, "queue_full"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_server_finishes_every_accepted_task_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short lease, so the tasks the killed process held are re-leased soon after restart.
+    let args = ["--lease", "2s", "--workers", "2"];
+    let mut server = Server::start(dir.path(), &args, None);
+    let mut urls = Vec::new();
+    for i in 0..20 {
+        urls.push(server.submit(small(100 + i, 1, 4)).await);
+    }
+    // Kill it (SIGKILL) while tasks are running, some done and some still queued.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut succeeded = 0;
+        for url in &urls {
+            if server.get(url).await["status"] == "success" {
+                succeeded += 1;
+            }
+        }
+        if succeeded >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing finished before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut before = Vec::new();
+    for url in &urls {
+        before.push(server.get(url).await);
+    }
+    assert!(
+        before.iter().any(|v| v["status"] == "pending"),
+        "everything finished before the kill"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let key = server.key.clone();
+    drop(server);
+
+    let server = Server::start(dir.path(), &args, Some(&key));
+    let mut after = Vec::new();
+    for url in &urls {
+        let url = url.replace(
+            &url[..url.find("/api/").unwrap()],
+            &server.base[..server.base.find("/api/").unwrap()],
+        );
+        let v = server.finish(&url, Duration::from_secs(300)).await;
+        assert_eq!(v["status"], "success", "{url}: {v}");
+        after.push(v);
+    }
+    // Tasks that had finished before the kill answer exactly as they did.
+    for (b, a) in before.iter().zip(&after) {
+        if b["status"] == "success" {
+            assert_eq!(b["modelOutputs"]["images"], a["modelOutputs"]["images"]);
+        }
+    }
+    let r = server
+        .client
+        .get(format!("{}?page_size=100", server.base))
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list["total"], 20, "tasks were lost or duplicated: {list}");
+
+    // SIGTERM: the server stops taking requests and exits cleanly.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "sie serve exited with {status} after SIGTERM"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sie serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
