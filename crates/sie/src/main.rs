@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `commands/model.rs`: `sie model tiny|check|run`, the engine offline.
+//! - `commands/admin.rs`: `sie admin`, accounts, organizations and keys.
 //! - `commands/serve.rs`: `sie serve`, the API with in-process workers on SQLite.
 //! - `commands/bench.rs`: `sie bench unet`, the full-size UNet timing.
 
@@ -25,6 +26,8 @@ enum Command {
     /// Work with model directories offline: write the tiny model, check a directory, generate.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Accounts, organizations and API keys.
+    Admin(commands::admin::AdminArgs),
     /// Serve the SIE API with in-process workers on an embedded SQLite store.
     Serve(commands::serve::ServeArgs),
     /// Benchmarks (timings are never test assertions; see docs/benchmarks.md).
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => commands::model::run(c),
         Command::Bench(c) => commands::bench::run(c),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Admin(args) => commands::admin::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -526,3 +526,64 @@ async fn a_killed_server_finishes_every_accepted_task_after_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+fn admin(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sie"))
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sie admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sie_admin_manages_accounts_orgs_and_keys_of_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], None);
+    admin(dir.path(), &["account", "create", "bob"]);
+    admin(dir.path(), &["org", "create", "acme", "--owner", "bob"]);
+    let key = admin(dir.path(), &["key", "create", "--account", "bob"])
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("sie_"), "{key}");
+    let acme = server.base.replace("/default/", "/acme/");
+    let post = |key: String| {
+        let (client, acme) = (server.client.clone(), acme.clone());
+        async move {
+            client
+                .post(&acme)
+                .header("Salad-Api-Key", key)
+                .header("Content-Type", "application/json")
+                .body(small(1, 1, 1).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post(key.clone()).await, 403, "no billing information yet");
+    admin(dir.path(), &["org", "approve", "acme"]);
+    assert_eq!(post(key.clone()).await, 202);
+    // Bob is not a member of `default`; the first key's account is not a member of `acme`.
+    let r = server
+        .client
+        .get(&server.base)
+        .header("Salad-Api-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let list = admin(dir.path(), &["org", "list"]);
+    assert!(list.contains("acme\tyes\t1"), "{list}");
+    let prefix = &key[..12];
+    admin(dir.path(), &["key", "revoke", prefix]);
+    assert_eq!(post(key).await, 401, "a revoked key still works");
+}

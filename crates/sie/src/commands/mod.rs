@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod bench;
 pub mod model;
 pub mod serve;
