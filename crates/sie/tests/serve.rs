@@ -43,11 +43,16 @@ impl Server {
     /// Starts `sie serve` on `data_dir` and waits for its address (and, on a fresh
     /// directory, its first API key).
     fn start(data_dir: &Path, extra: &[&str], key: Option<&str>) -> Server {
+        Self::start_model("tiny", data_dir, extra, key)
+    }
+
+    /// As `start`, serving `model` (a directory, or `tiny`).
+    fn start_model(model: &str, data_dir: &Path, extra: &[&str], key: Option<&str>) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sie"))
             .args([
                 "serve",
                 "--model",
-                "tiny",
+                model,
                 "--listen",
                 "127.0.0.1:0",
                 "--data-dir",
@@ -586,4 +591,57 @@ async fn sie_admin_manages_accounts_orgs_and_keys_of_a_running_server() {
     let prefix = &key[..12];
     admin(dir.path(), &["key", "revoke", prefix]);
     assert_eq!(post(key).await, 401, "a revoked key still works");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_expire_after_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--result-ttl", "2s"], None);
+    let url = server.submit(small(3, 1, 1)).await;
+    assert_eq!(
+        server.finish(&url, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server
+            .client
+            .get(&url)
+            .header("Salad-Api-Key", &server.key)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the result outlived its 2 s TTL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_checker_asking_for_one_is_refused_and_leaving_it_out_gives_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let out = Command::new(env!("CARGO_BIN_EXE_sie"))
+        .args(["model", "tiny", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let server = Server::start_model(model.to_str().unwrap(), &dir.path().join("data"), &[], None);
+    let r = server.post(SEED_EXAMPLE).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "safety_checker_unavailable");
+    assert!(
+        v["detail"].as_str().unwrap().contains("--safety-checker"),
+        "{v}"
+    );
+    let url = server
+        .submit(json!({"modelInputs": {"prompt": "x", "num_inference_steps": 1, "width": 64, "height": 64}}))
+        .await;
+    let done = server.finish(&url, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "success");
+    assert_eq!(done["modelOutputs"]["nsfw_content_detected"], Value::Null);
 }

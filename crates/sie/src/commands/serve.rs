@@ -158,7 +158,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                             Ok(n) => tracing::info!(expired = n, "expired results deleted"),
                             Err(e) => tracing::error!(error = %e, "expiry failed"),
                         }
-                        for _ in 0..60 {
+                        // Every minute, or as often as the TTL when it is shorter.
+                        for _ in 0..ttl.as_secs().clamp(1, 60) {
                             if stop.load(Ordering::SeqCst) {
                                 break;
                             }
