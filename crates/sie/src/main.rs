@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `commands/model.rs`: `sie model tiny|check|run`, the engine offline.
+//! - `commands/generate.rs`: `sie generate`, a client with a progress bar.
 //! - `commands/admin.rs`: `sie admin`, accounts, organizations and keys.
 //! - `commands/serve.rs`: `sie serve`, the API with in-process workers on SQLite.
 //! - `commands/bench.rs`: `sie bench unet`, the full-size UNet timing.
@@ -26,6 +27,8 @@ enum Command {
     /// Work with model directories offline: write the tiny model, check a directory, generate.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Submit a prompt to an SIE endpoint, follow its progress, save the images.
+    Generate(commands::generate::GenerateArgs),
     /// Accounts, organizations and API keys.
     Admin(commands::admin::AdminArgs),
     /// Serve the SIE API with in-process workers on an embedded SQLite store.
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(c) => commands::bench::run(c),
         Command::Serve(args) => commands::serve::run(args),
         Command::Admin(args) => commands::admin::run(args),
+        Command::Generate(args) => commands::generate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -645,3 +645,58 @@ async fn without_a_checker_asking_for_one_is_refused_and_leaving_it_out_gives_nu
     assert_eq!(done["status"], "success");
     assert_eq!(done["modelOutputs"]["nsfw_content_detected"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], None);
+    let root = server.base[..server.base.find("/api/").unwrap()].to_owned();
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sie"))
+            .args([
+                "generate",
+                "An oil painting of a salad",
+                "--server",
+                &root,
+                "--key",
+                &server.key,
+            ])
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = tokio::task::block_in_place(|| {
+        run(&[
+            "--steps", "2", "--width", "64", "--height", "64", "--images", "2", "--seed", "4",
+            "--format", "webp",
+        ])
+    });
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let stdout = String::from_utf8(ok.stdout).unwrap();
+    assert!(stdout.contains("seed: 4"), "{stdout}");
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        assert_eq!(f.extension().unwrap(), "webp");
+        let img = image::open(f).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64));
+    }
+    let bad = tokio::task::block_in_place(|| run(&["--width", "500"]));
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("use 496 or 504"),
+        "{stderr}"
+    );
+}
