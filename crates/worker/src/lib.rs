@@ -102,14 +102,16 @@ impl Worker {
                 scope.spawn(|| self.heartbeats(id, attempt, &progress, &cancel, &lost, &done));
             let mut observer = ProgressObserver {
                 progress: &progress,
+                first_step: None,
             };
             let result = catch_unwind(AssertUnwindSafe(|| {
                 self.model.text_to_image(&request, &mut observer, &cancel)
             }));
             done.store(true, Ordering::SeqCst);
             heartbeats.thread().unpark();
-            result
+            (result, observer.first_step)
         });
+        let (outcome, first_step) = outcome;
         let inference_ms = started.elapsed().as_millis() as u64;
         if lost.load(Ordering::SeqCst) {
             tracing::warn!("lease lost; discarding this attempt's work");
@@ -139,6 +141,7 @@ impl Worker {
         let timings = task::Timings {
             queue_ms,
             inference_ms,
+            first_step_ms: first_step.map(|t| t.duration_since(started).as_millis() as u64),
         };
         let outputs = match task::model_outputs(&self.model, &task, &request, &generated, timings) {
             Ok(o) => o,
@@ -211,13 +214,16 @@ impl Worker {
     }
 }
 
-/// Packs (step, steps) into one atomic for the heartbeat thread.
+/// Packs (step, steps) into one atomic for the heartbeat thread, and notes when the first
+/// step ended (for `$timings`).
 struct ProgressObserver<'a> {
     progress: &'a AtomicU64,
+    first_step: Option<Instant>,
 }
 
 impl Observer for ProgressObserver<'_> {
     fn step(&mut self, step: usize, steps: usize, _latents: &Tensor) {
+        self.first_step.get_or_insert_with(Instant::now);
         self.progress
             .store(((step as u64) << 32) | steps as u64, Ordering::SeqCst);
     }

@@ -99,6 +99,9 @@ fn engine_format(f: ImageFormat) -> output::ImageFormat {
 pub struct Timings {
     pub queue_ms: u64,
     pub inference_ms: u64,
+    /// From the start of inference to the end of the first denoising step (text encoding
+    /// included): with `queue_ms`, the latency a client waits before anything happens.
+    pub first_step_ms: Option<u64>,
 }
 
 /// The `modelOutputs` object for a finished run.
@@ -138,6 +141,7 @@ pub fn model_outputs(
             "queue": timings.queue_ms,
             "inference": timings.inference_ms,
             "total": timings.queue_ms + timings.inference_ms,
+            "first_step": timings.first_step_ms,
         },
     }))
 }

@@ -37,7 +37,7 @@ pub struct ServeArgs {
     listen: String,
     #[arg(long, default_value = "./sie-data")]
     data_dir: PathBuf,
-    /// In-process worker threads.
+    /// In-process worker threads; 0 serves the API alone (tasks wait in the queue).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// How long results are kept, e.g. `24h`, `30m`, `90s`.
@@ -125,7 +125,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let doorbell = Arc::new(Doorbell::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    for i in 0..args.workers.max(1) {
+    for i in 0..args.workers {
         let worker = Worker::new(
             store.clone(),
             model.clone(),
