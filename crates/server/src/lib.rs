@@ -33,6 +33,9 @@ pub struct AppState {
     /// Whether the workers have a safety checker: a request asking for one is refused
     /// at once where none is installed.
     pub safety_checker_installed: bool,
+    /// The pipelines the workers can run; a request for another is refused at once,
+    /// listing these.
+    pub pipelines: Vec<sie_api::request::Pipeline>,
     /// Rung after every new task so idle workers start at once instead of at their next poll.
     pub on_enqueue: Arc<dyn Fn() + Send + Sync>,
 }

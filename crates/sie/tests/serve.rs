@@ -252,6 +252,29 @@ async fn images_seeds_idempotency_and_cancel() {
     assert_eq!(v["status"], "failed", "{v}");
     assert_eq!(v["error"]["code"], "cancelled");
 
+    // Usage counts today's images; health and readiness answer.
+    let root = &server.base[..server.base.find("/api/").unwrap()];
+    let usage: Value = server
+        .client
+        .get(format!("{root}/api/beta/organizations/default/usage"))
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(usage["days"][0]["images"].as_u64().unwrap() >= 7, "{usage}");
+    for route in ["healthz", "readyz"] {
+        let r = server
+            .client
+            .get(format!("{root}/{route}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{route}");
+    }
+
     // The organization's list has them all, newest first.
     let r = server
         .client
@@ -383,6 +406,11 @@ async fn refusals_are_problems_with_codes() {
             r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#,
             "invalid_image",
             "base64",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "image": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#,
+            "pipeline_unavailable",
+            "available: StableDiffusionPipeline",
         ),
     ] {
         let (s, v) = problem(server.post(body).await).await;

@@ -177,6 +177,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             global: args.global_queue_cap,
         },
         safety_checker_installed,
+        // img2img and inpainting are not in the engine yet.
+        pipelines: vec![sie_api::request::Pipeline::Text2Image],
         on_enqueue: {
             let doorbell = doorbell.clone();
             Arc::new(move || doorbell.ring())

@@ -74,6 +74,18 @@ pub async fn create(
                 .into(),
         }));
     }
+    if !state.pipelines.contains(&task.call_inputs.pipeline) {
+        let have: Vec<&str> = state.pipelines.iter().map(|p| p.as_str()).collect();
+        return Err(ApiError::Invalid(RequestError {
+            code: "pipeline_unavailable",
+            field: Some("callInputs.PIPELINE".into()),
+            message: format!(
+                "callInputs.PIPELINE: {} is not available on this endpoint; available: {}",
+                task.call_inputs.pipeline.as_str(),
+                have.join(", ")
+            ),
+        }));
+    }
     // The seed is fixed now, so the stored task says exactly what will run and a retry after
     // a crash draws the same image.
     if task.model_inputs.seed.is_none() {
