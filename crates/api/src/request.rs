@@ -116,6 +116,22 @@ bounded!(
     Seed, u64, 0, (1 << 63) - 1
 );
 
+impl Seed {
+    /// A seed for a request that gave none: from the OS-seeded hasher std uses for HashMaps
+    /// and the clock, in the accepted 0..2^63 range. Not for secrets; only for variety.
+    pub fn random() -> Seed {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        Seed(h.finish() >> 1)
+    }
+}
+
 /// `width` or `height`: a multiple of 8 (the VAE's scale) in 64..=1024.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "u32", into = "u32")]

@@ -87,10 +87,11 @@ impl Worker {
                 )
             }
         };
-        let request = match task::text_to_image(&self.model, &task, random_seed()) {
-            Ok(r) => r,
-            Err(refusal) => return self.fail(id, attempt, refusal.code, &refusal.message),
-        };
+        let request =
+            match task::text_to_image(&self.model, &task, sie_api::request::Seed::random().get()) {
+                Ok(r) => r,
+                Err(refusal) => return self.fail(id, attempt, refusal.code, &refusal.message),
+            };
 
         let progress = AtomicU64::new(0);
         let cancel = AtomicBool::new(false);
@@ -227,17 +228,4 @@ impl Observer for ProgressObserver<'_> {
         self.progress
             .store(((step as u64) << 32) | steps as u64, Ordering::SeqCst);
     }
-}
-
-/// A seed for a task stored without one, in the accepted 0..2^63 range.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish() >> 1
 }

@@ -165,7 +165,7 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
     let seed = match args.seed {
         Some(s) if s > MAX_SEED => bail!("--seed {s} is out of range; accepted: 0..={MAX_SEED}"),
         Some(s) => s,
-        None => random_seed(),
+        None => sie_api::request::Seed::random().get(),
     };
     let scheduler = args
         .scheduler
@@ -236,19 +236,6 @@ fn output_paths(out: &Path, n: usize, format: ImageFormat) -> Vec<PathBuf> {
     (1..=n)
         .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
         .collect()
-}
-
-/// A seed from the OS-seeded hasher std uses for HashMaps, in the accepted 0..2^63 range.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish() >> 1
 }
 
 /// Prints progress, and keeps tensors for `--dump`.

@@ -89,7 +89,7 @@ pub async fn create(
     // The seed is fixed now, so the stored task says exactly what will run and a retry after
     // a crash draws the same image.
     if task.model_inputs.seed.is_none() {
-        task.model_inputs.seed = Some(random_seed());
+        task.model_inputs.seed = Some(Seed::random());
     }
     let idempotency = headers
         .get(IDEMPOTENCY_HEADER)
@@ -136,17 +136,4 @@ fn absolute_url(headers: &HeaderMap, path: &str) -> String {
         .or_else(|| get(header::HOST.as_str()))
         .unwrap_or("localhost");
     format!("{scheme}://{host}{}", path.trim_end_matches('/'))
-}
-
-/// A seed in the accepted 0..2^63 range from the OS-seeded hasher std uses for HashMaps.
-fn random_seed() -> Seed {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    Seed::try_from(h.finish() >> 1).unwrap_or_else(|_| unreachable!("shifted right, below 2^63"))
 }
