@@ -184,9 +184,26 @@ impl Prompt {
     }
 }
 
+/// The longest prompt or negative prompt accepted, in bytes. The text encoder reads 77
+/// tokens (a few hundred characters); the limit is far above that, and keeps a single
+/// request from tying up the tokenizer (its merge step is quadratic in a word's length).
+pub const MAX_PROMPT_BYTES: usize = 8 * 1024;
+
+fn check_prompt_length(s: &str) -> Result<(), String> {
+    if s.len() > MAX_PROMPT_BYTES {
+        Err(format!(
+            "{} bytes is out of range; accepted: at most {MAX_PROMPT_BYTES} bytes (the model reads the first 77 tokens)",
+            s.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 impl TryFrom<String> for Prompt {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
+        check_prompt_length(&s)?;
         if s.trim().is_empty() {
             Err("must not be empty".into())
         } else {
@@ -294,6 +311,9 @@ impl ImageFormat {
     }
 }
 
+/// The largest input image side accepted, in pixels.
+pub const MAX_INPUT_SIDE: u32 = 4096;
+
 /// A decoded input image for img2img or inpainting: the original bytes (PNG, JPEG or WebP)
 /// and its size, checked to decode when the request arrived.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,8 +352,16 @@ impl InputImage {
         ) {
             return Err(format!("is a {format:?} image; accepted: PNG, JPEG, WebP"));
         }
-        let decoded = image::load_from_memory_with_format(&bytes, format)
-            .map_err(|e| format!("does not decode as {format:?}: {e}"))?;
+        // Decode under limits: a small file can declare a huge canvas.
+        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_INPUT_SIDE);
+        limits.max_image_height = Some(MAX_INPUT_SIDE);
+        limits.max_alloc = Some(256 * 1024 * 1024);
+        reader.limits(limits);
+        let decoded = reader.decode().map_err(|e| {
+            format!("does not decode as {format:?} within {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels: {e}")
+        })?;
         Ok(InputImage {
             width: decoded.width(),
             height: decoded.height(),
@@ -425,8 +453,9 @@ impl CreateTask {
         })?;
         let call = top.object("callInputs")?;
         top.finish(&["modelInputs", "callInputs"])?;
-        let model_inputs = parse_model_inputs(Fields::new("modelInputs.", model))?;
+        // callInputs first: they are cheap, and a refusal there spares decoding any images.
         let call_inputs = parse_call_inputs(Fields::new("callInputs.", call.unwrap_or_default()))?;
+        let model_inputs = parse_model_inputs(Fields::new("modelInputs.", model))?;
 
         let field = |name: &str| format!("modelInputs.{name}");
         match call_inputs.pipeline {
@@ -488,7 +517,11 @@ fn parse_model_inputs(mut f: Fields) -> Result<ModelInputs, RequestError> {
     let prompt = Prompt::try_from(prompt).map_err(|m| f.invalid("prompt", m))?;
     let inputs = ModelInputs {
         prompt,
-        negative_prompt: f.string("negative_prompt")?.unwrap_or_default(),
+        negative_prompt: {
+            let n = f.string("negative_prompt")?.unwrap_or_default();
+            check_prompt_length(&n).map_err(|m| f.invalid("negative_prompt", m))?;
+            n
+        },
         num_inference_steps: f.bounded_int("num_inference_steps", 50)?,
         guidance_scale: f.bounded_number("guidance_scale", 7.5)?,
         width: f.dimension("width")?,

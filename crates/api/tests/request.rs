@@ -162,6 +162,18 @@ fn every_refusal_names_the_field_and_what_is_accepted() {
             "a string",
         ),
         (
+            json!({"modelInputs": {"prompt": "a".repeat(8193)}}),
+            "out_of_range",
+            "modelInputs.prompt",
+            "at most 8192 bytes",
+        ),
+        (
+            json!({"modelInputs": {"prompt": "x", "negative_prompt": "b".repeat(8193)}}),
+            "out_of_range",
+            "modelInputs.negative_prompt",
+            "at most 8192 bytes",
+        ),
+        (
             json!({"modelInputs": {"prompt": "x", "num_inference_steps": "50"}}),
             "wrong_type",
             "modelInputs.num_inference_steps",

@@ -440,6 +440,25 @@ async fn refusals_are_problems_with_codes() {
     );
     let (s, v) = problem(server.post(&big).await).await;
     assert_eq!((s, v["code"].as_str().unwrap()), (413, "body_too_large"));
+    // Even axum's own rejections (a path segment that is not UTF-8, a bad query) are problems.
+    let url = format!("{}/%FF", server.base);
+    let r = c
+        .get(&url)
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    let (s, _) = problem(r).await;
+    assert_eq!(s, 400);
+    let url = format!("{}?page_size=1000", server.base);
+    let r = c
+        .get(&url)
+        .header("Salad-Api-Key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = problem(r).await;
+    assert_eq!((s, v["code"].as_str().unwrap()), (400, "out_of_range"));
     let r = c
         .put(&server.base)
         .header("Salad-Api-Key", &server.key)

@@ -16,11 +16,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .store(|s| s.list_orgs().map(|_| ()))
         .await
         .map_err(|e| {
+            tracing::error!(error = ?e, "readiness check: the store does not answer");
             ApiError::client(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
                 "Not ready",
-                format!("the store does not answer: {e:?}"),
+                "the store does not answer; see the server's log",
             )
         })?;
     Ok(Json(json!({"status": "ready"})))

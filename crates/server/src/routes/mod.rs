@@ -29,8 +29,33 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(problems_only))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// axum's own extractor rejections (a malformed query string or path segment) answer in
+/// plain text; SPEC 1.4 wants every error as a problem document, so any error response that
+/// is not one already is rewritten, its text becoming the detail.
+async fn problems_only(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == Problem::CONTENT_TYPE.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body).trim().to_owned();
+    let (code, title) = if status.is_client_error() {
+        ("invalid_request", "Invalid request")
+    } else {
+        ("internal_error", "Internal error")
+    };
+    problem_response(&Problem::new(status.as_u16(), code, title, detail), None)
 }
 
 async fn not_found() -> ApiError {

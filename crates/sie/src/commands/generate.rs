@@ -131,7 +131,15 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         .as_str()
         .context("the server's answer has no resultUrl")?
         .to_owned();
-    let id = created["requestId"].as_str().unwrap_or("task").to_owned();
+    // The id names the saved files: keep only what a request id can hold, so a hostile
+    // server cannot steer the path.
+    let id: String = created["requestId"]
+        .as_str()
+        .unwrap_or("task")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
     eprintln!("submitted {id}");
 
     let result = loop {
@@ -151,7 +159,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
                     v["progress"]["steps"].as_u64(),
                 ) {
                     let width = 30;
-                    let done = (step * width / steps.max(1)) as usize;
+                    let done = (step.min(steps) * width / steps.max(1)) as usize;
                     eprint!(
                         "\r[{}{}] step {step}/{steps}   ",
                         "#".repeat(done),

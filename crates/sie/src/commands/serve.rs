@@ -7,10 +7,11 @@
 //!
 //! Workers are OS threads (the engine is CPU- or GPU-bound, not async); the HTTP server
 //! runs on tokio. A new task rings a doorbell so an idle worker starts at once; otherwise
-//! idle workers look again every second. On SIGTERM or Ctrl-C the server stops accepting
-//! requests, in-flight requests get a few seconds, and each worker finishes the task it is
-//! running, then exits.
+//! idle workers look again every second. On SIGTERM or Ctrl-C workers stop taking tasks,
+//! the server stops accepting connections and drains the requests in flight, and each
+//! worker finishes the task it is running, then the process exits.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -120,6 +121,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("loading {}", model_dir.display()))?,
     );
     let safety_checker_installed = model.safety_checker.is_some();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Bind before creating the first key: if the port is taken, nothing is created unseen.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .with_context(|| format!("listening on {}", args.listen))?;
     let first_key = bootstrap(store.as_ref())?;
 
     let doorbell = Arc::new(Doorbell::default());
@@ -135,11 +143,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let (doorbell, stop) = (doorbell.clone(), stop.clone());
         threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                match worker.run_one() {
-                    Ok(Ran::Idle) => doorbell.wait(Duration::from_secs(1)),
-                    Ok(_) => {}
-                    Err(e) => {
+                // The engine has its own panic boundary; this one keeps the thread alive
+                // through anything else (the task's lease then lapses and it is retried).
+                match catch_unwind(AssertUnwindSafe(|| worker.run_one())) {
+                    Ok(Ok(Ran::Idle)) => doorbell.wait(Duration::from_secs(1)),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
                         tracing::error!(error = %e, "worker: store error; retrying in a second");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(_) => {
+                        tracing::error!("worker: panicked outside the engine; going on in a second");
                         std::thread::sleep(Duration::from_secs(1));
                     }
                 }
@@ -184,13 +198,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(move || doorbell.ring())
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // Stop leasing the moment shutdown begins, not after the HTTP drain.
+    let shutdown = {
+        let (stop, doorbell) = (stop.clone(), doorbell.clone());
+        async move {
+            shutdown_signal().await;
+            eprintln!("shutting down: no new tasks; workers finish their running task");
+            stop.store(true, Ordering::SeqCst);
+            doorbell.ring();
+        }
+    };
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
         let address = listener.local_addr()?;
         println!("listening on http://{address}");
         if let Some(key) = &first_key {
@@ -198,10 +216,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         use std::io::Write;
         std::io::stdout().flush()?;
-        sie_server::serve(listener, state, shutdown_signal()).await?;
+        sie_server::serve(listener, state, shutdown).await?;
         anyhow::Ok(())
     })?;
-    eprintln!("shutting down: workers finish their running task");
     stop.store(true, Ordering::SeqCst);
     doorbell.ring();
     for t in threads {
@@ -251,7 +268,7 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<Option<String>> {
 }
 
 fn print_welcome(address: &str, key: &str) {
-    println!("created organization `default` and this API key (shown once; keep it): {key}");
+    println!("created organization `default` and the API key below (shown once; keep it)");
     println!("api key: {key}");
     println!("try the seed document's example:");
     println!(

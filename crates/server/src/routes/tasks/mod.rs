@@ -13,8 +13,14 @@ use crate::ApiError;
 
 /// A `{requestId}` from the path; anything that is not one of our ids is simply not found.
 pub fn parse_id(id: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(id)
-        .map_err(|_| ApiError::not_found(format!("no task {id:?} in this organization")))
+    TaskId::parse(id).map_err(|_| {
+        ApiError::client(
+            StatusCode::NOT_FOUND,
+            "unknown_task",
+            "Unknown task",
+            format!("no task {id:?} in this organization"),
+        )
+    })
 }
 
 /// SPEC 1.2's status body: pending (with queue position or progress), success with

@@ -64,7 +64,10 @@ pub async fn create(
         }
     })?;
 
-    let mut task = CreateTask::parse(&body)?;
+    // Parsing decodes images: CPU work that must not stall the async runtime.
+    let mut task = tokio::task::spawn_blocking(move || CreateTask::parse(&body))
+        .await
+        .map_err(|e| ApiError::Internal(format!("request parsing panicked: {e}")))??;
     if task.call_inputs.safety_checker == Some(true) && !state.safety_checker_installed {
         return Err(ApiError::Invalid(RequestError {
             code: "safety_checker_unavailable",
