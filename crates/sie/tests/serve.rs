@@ -747,3 +747,48 @@ async fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_gives_a_running_task_back_and_a_restart_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[], None);
+    let long = json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256, "seed": 8}});
+    let url = server.submit(long).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.get(&url).await.get("progress").is_none() {
+        assert!(Instant::now() < deadline, "the long task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The worker stops at its next step instead of running the other ~149.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "sie serve exited with {status} after SIGTERM"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sie serve kept running its task after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let key = server.key.clone();
+    drop(server);
+
+    let server = Server::start(dir.path(), &[], Some(&key));
+    let url = format!("{}/{}", server.base, url.rsplit('/').next().unwrap());
+    let v = server.get(&url).await;
+    assert_eq!(v["status"], "pending", "{v}");
+    let v = server.finish(&url, Duration::from_secs(600)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(v["modelOutputs"]["seed"], 8);
+}

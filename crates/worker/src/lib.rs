@@ -36,6 +36,8 @@ pub enum Ran {
     Failed(TaskId, String),
     /// The lease was lost to another attempt; this worker's work was discarded.
     Lost(TaskId),
+    /// The worker was told to stop mid-run and gave the task back to the queue.
+    Released(TaskId),
 }
 
 /// A worker bound to one store and one loaded model.
@@ -45,6 +47,7 @@ pub struct Worker {
     id: String,
     lease: Duration,
     heartbeat_every: Duration,
+    stop: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -62,7 +65,16 @@ impl Worker {
             id: id.into(),
             heartbeat_every: (lease / 3).min(Duration::from_secs(1)),
             lease,
+            stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Shares a stop flag: once raised, a running task is stopped at its next step and given
+    /// back to the queue (`Store::release`, not counted as a lost attempt), so a shutdown
+    /// never waits for a long generation and never loses it.
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Leases one task and runs it to the end. Errors are the store's own (the task stays
@@ -93,28 +105,25 @@ impl Worker {
                 Err(refusal) => return self.fail(id, attempt, refusal.code, &refusal.message),
             };
 
-        let progress = AtomicU64::new(0);
-        let cancel = AtomicBool::new(false);
-        let lost = AtomicBool::new(false);
-        let done = AtomicBool::new(false);
+        let signals = Signals::default();
         let started = Instant::now();
         let outcome = std::thread::scope(|scope| {
-            let heartbeats =
-                scope.spawn(|| self.heartbeats(id, attempt, &progress, &cancel, &lost, &done));
+            let heartbeats = scope.spawn(|| self.heartbeats(id, attempt, &signals));
             let mut observer = ProgressObserver {
-                progress: &progress,
+                progress: &signals.progress,
                 first_step: None,
             };
             let result = catch_unwind(AssertUnwindSafe(|| {
-                self.model.text_to_image(&request, &mut observer, &cancel)
+                self.model
+                    .text_to_image(&request, &mut observer, &signals.cancel)
             }));
-            done.store(true, Ordering::SeqCst);
+            signals.done.store(true, Ordering::SeqCst);
             heartbeats.thread().unpark();
             (result, observer.first_step)
         });
         let (outcome, first_step) = outcome;
         let inference_ms = started.elapsed().as_millis() as u64;
-        if lost.load(Ordering::SeqCst) {
+        if signals.lost.load(Ordering::SeqCst) {
             tracing::warn!("lease lost; discarding this attempt's work");
             return Ok(Ran::Lost(id));
         }
@@ -134,6 +143,16 @@ impl Worker {
                 );
             }
             Ok(Err(sie_engine::Error::Cancelled)) => {
+                if !signals.client_cancelled.load(Ordering::SeqCst)
+                    && self.stop.load(Ordering::SeqCst)
+                {
+                    return if self.store.release(id, attempt, Timestamp::now())? {
+                        tracing::info!("stopping: task given back to the queue");
+                        Ok(Ran::Released(id))
+                    } else {
+                        Ok(Ran::Lost(id))
+                    };
+                }
                 return self.fail(id, attempt, codes::CANCELLED, "cancelled by the client");
             }
             Ok(Err(e)) => return self.fail(id, attempt, "engine_error", &e.to_string()),
@@ -178,20 +197,23 @@ impl Worker {
     }
 
     /// Renews the lease and reports progress until `done`; raises `cancel` when the client
-    /// cancelled and `lost` (with `cancel`) when the task is no longer ours.
-    fn heartbeats(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        progress: &AtomicU64,
-        cancel: &AtomicBool,
-        lost: &AtomicBool,
-        done: &AtomicBool,
-    ) {
+    /// cancelled (and `client_cancelled`), when the worker is stopping, and when the task is
+    /// no longer ours (and `lost`).
+    fn heartbeats(&self, id: TaskId, attempt: u32, signals: &Signals) {
+        let Signals {
+            progress,
+            cancel,
+            client_cancelled,
+            lost,
+            done,
+        } = signals;
         while !done.load(Ordering::SeqCst) {
             std::thread::park_timeout(self.heartbeat_every);
             if done.load(Ordering::SeqCst) {
                 break;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                cancel.store(true, Ordering::SeqCst);
             }
             let packed = progress.load(Ordering::SeqCst);
             let progress = (packed != 0).then_some(Progress {
@@ -203,7 +225,10 @@ impl Worker {
                 .heartbeat(id, attempt, progress, self.lease, Timestamp::now())
             {
                 Ok(Heartbeat::Continue) => {}
-                Ok(Heartbeat::Cancelled) => cancel.store(true, Ordering::SeqCst),
+                Ok(Heartbeat::Cancelled) => {
+                    client_cancelled.store(true, Ordering::SeqCst);
+                    cancel.store(true, Ordering::SeqCst);
+                }
                 Ok(Heartbeat::Lost) => {
                     lost.store(true, Ordering::SeqCst);
                     cancel.store(true, Ordering::SeqCst);
@@ -213,6 +238,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// What the engine thread and the heartbeat thread tell each other during one task.
+#[derive(Default)]
+struct Signals {
+    /// (step << 32) | steps of the latest step; 0 before the first.
+    progress: AtomicU64,
+    /// Read by the engine before every step.
+    cancel: AtomicBool,
+    /// The store said the client cancelled (as opposed to the worker stopping).
+    client_cancelled: AtomicBool,
+    /// The store said this attempt no longer owns the task.
+    lost: AtomicBool,
+    /// The engine returned; the heartbeat thread exits.
+    done: AtomicBool,
 }
 
 /// Packs (step, steps) into one atomic for the heartbeat thread, and notes when the first

@@ -9,7 +9,8 @@
 //! runs on tokio. A new task rings a doorbell so an idle worker starts at once; otherwise
 //! idle workers look again every second. On SIGTERM or Ctrl-C workers stop taking tasks,
 //! the server stops accepting connections and drains the requests in flight, and each
-//! worker finishes the task it is running, then the process exits.
+//! worker stops its running task at the next step and gives it back to the queue (another
+//! start, or another worker, runs it from the beginning with the same seed).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -139,7 +140,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             model.clone(),
             format!("local-{i}"),
             args.lease,
-        );
+        )
+        .with_stop(stop.clone());
         let (doorbell, stop) = (doorbell.clone(), stop.clone());
         threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -203,7 +205,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let (stop, doorbell) = (stop.clone(), doorbell.clone());
         async move {
             shutdown_signal().await;
-            eprintln!("shutting down: no new tasks; workers finish their running task");
+            eprintln!("shutting down: no new tasks; running tasks go back to the queue");
             stop.store(true, Ordering::SeqCst);
             doorbell.ring();
         }
