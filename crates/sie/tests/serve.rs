@@ -123,6 +123,31 @@ impl Server {
         r.json().await.unwrap()
     }
 
+    /// Polls until the task reports progress (a worker is running it).
+    async fn wait_until_running(&self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.get(url).await.get("progress").is_none() {
+            assert!(Instant::now() < deadline, "{url} never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit, which it must do cleanly and `within` the limit.
+    fn expect_clean_exit(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "sie serve exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sie serve did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Polls until the task is no longer pending.
     async fn finish(&self, url: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
@@ -216,11 +241,7 @@ async fn images_seeds_idempotency_and_cancel() {
     // A long task occupies the one worker; a second one waits in the queue.
     let long = json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256}});
     let running = server.submit(long.clone()).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while server.get(&running).await.get("progress").is_none() {
-        assert!(Instant::now() < deadline, "the long task never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_until_running(&running).await;
     let queued = server.submit(long).await;
     let v = server.get(&queued).await;
     assert_eq!(v["status"], "pending");
@@ -471,11 +492,7 @@ async fn refusals_are_problems_with_codes() {
     // 429 with Retry-After once the organization's queue cap (1 here) is reached.
     let long = json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256}});
     let running = server.submit(long.clone()).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while server.get(&running).await.get("progress").is_none() {
-        assert!(Instant::now() < deadline, "the long task never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_until_running(&running).await;
     server.submit(long.clone()).await;
     let r = server.post(&long.to_string()).await;
     assert!(
@@ -562,21 +579,7 @@ async fn a_killed_server_finishes_every_accepted_task_after_restart() {
         .status()
         .unwrap()
         .success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "sie serve exited with {status} after SIGTERM"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sie serve did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.expect_clean_exit(Duration::from_secs(60));
 }
 
 fn admin(data_dir: &Path, args: &[&str]) -> String {
@@ -754,11 +757,7 @@ async fn sigterm_gives_a_running_task_back_and_a_restart_finishes_it() {
     let mut server = Server::start(dir.path(), &[], None);
     let long = json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256, "seed": 8}});
     let url = server.submit(long).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while server.get(&url).await.get("progress").is_none() {
-        assert!(Instant::now() < deadline, "the long task never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_until_running(&url).await;
     let pid = server.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -766,21 +765,7 @@ async fn sigterm_gives_a_running_task_back_and_a_restart_finishes_it() {
         .unwrap()
         .success());
     // The worker stops at its next step instead of running the other ~149.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "sie serve exited with {status} after SIGTERM"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sie serve kept running its task after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.expect_clean_exit(Duration::from_secs(30));
     let key = server.key.clone();
     drop(server);
 

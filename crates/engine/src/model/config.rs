@@ -32,6 +32,20 @@ pub enum ClipActivation {
     QuickGelu,
 }
 
+impl ClipActivation {
+    /// `hidden_act` of a CLIP text or vision config; transformers' default is QuickGELU.
+    pub fn from_config(c: &JsonConfig) -> Result<Self> {
+        match c.str_or("hidden_act", "quick_gelu")?.as_str() {
+            "gelu" => Ok(ClipActivation::Gelu),
+            "quick_gelu" => Ok(ClipActivation::QuickGelu),
+            other => Err(c.error(
+                "hidden_act",
+                format!("\"{other}\" is not supported; accepted: \"gelu\", \"quick_gelu\""),
+            )),
+        }
+    }
+}
+
 impl ClipTextConfig {
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_config(&JsonConfig::load(path)?)
@@ -39,16 +53,7 @@ impl ClipTextConfig {
 
     /// Parses an already-read config (the file name in `c` is used in errors).
     pub fn from_config(c: &JsonConfig) -> Result<Self> {
-        let activation = match c.str_or("hidden_act", "quick_gelu")?.as_str() {
-            "gelu" => ClipActivation::Gelu,
-            "quick_gelu" => ClipActivation::QuickGelu,
-            other => {
-                return Err(c.error(
-                    "hidden_act",
-                    format!("\"{other}\" is not supported; accepted: \"gelu\", \"quick_gelu\""),
-                ))
-            }
-        };
+        let activation = ClipActivation::from_config(c)?;
         let config = ClipTextConfig {
             vocab_size: c.usize("vocab_size")?,
             hidden_size: c.usize("hidden_size")?,

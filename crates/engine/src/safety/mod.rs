@@ -57,16 +57,7 @@ impl ClipVisionConfig {
 
     /// Parses a `vision_config` object; absent keys take `CLIPVisionConfig`'s defaults.
     pub fn from_config(c: &JsonConfig) -> Result<Self> {
-        let activation = match c.str_or("hidden_act", "quick_gelu")?.as_str() {
-            "gelu" => ClipActivation::Gelu,
-            "quick_gelu" => ClipActivation::QuickGelu,
-            other => {
-                return Err(c.error(
-                    "hidden_act",
-                    format!("\"{other}\" is not supported; accepted: \"gelu\", \"quick_gelu\""),
-                ))
-            }
-        };
+        let activation = ClipActivation::from_config(c)?;
         let config = ClipVisionConfig {
             hidden_size: c.usize_or("hidden_size", 768)?,
             intermediate_size: c.usize_or("intermediate_size", 3072)?,
