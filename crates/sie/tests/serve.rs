@@ -111,14 +111,18 @@ impl Server {
         v["resultUrl"].as_str().unwrap().to_owned()
     }
 
-    async fn get(&self, url: &str) -> Value {
-        let r = self
-            .client
+    /// An authenticated GET, the raw response.
+    async fn get_raw(&self, url: &str) -> reqwest::Response {
+        self.client
             .get(url)
             .header("Salad-Api-Key", &self.key)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn get(&self, url: &str) -> Value {
+        let r = self.get_raw(url).await;
         assert_eq!(r.status(), 200, "{url}");
         r.json().await.unwrap()
     }
@@ -337,27 +341,13 @@ async fn refusals_are_problems_with_codes() {
     assert_eq!((s, v["code"].as_str().unwrap()), (401, "invalid_api_key"));
     // 404: an organization the key cannot see; an unknown task; an unknown route.
     let other = server.base.replace("/default/", "/someone-else/");
-    let (s, v) = problem(
-        c.get(&other)
-            .header("Salad-Api-Key", &server.key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = problem(server.get_raw(&other).await).await;
     assert_eq!(
         (s, v["code"].as_str().unwrap()),
         (404, "unknown_organization")
     );
     let url = format!("{}/{}", server.base, "00000000-0000-4000-8000-000000000000");
-    let (s, _) = problem(
-        c.get(&url)
-            .header("Salad-Api-Key", &server.key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = problem(server.get_raw(&url).await).await;
     assert_eq!(s, 404);
     // 403: an organization without billing information.
     {
@@ -373,14 +363,7 @@ async fn refusals_are_problems_with_codes() {
             .unwrap();
     }
     let unpaid = server.base.replace("/default/", "/unpaid/");
-    let (s, v) = problem(
-        c.get(&unpaid)
-            .header("Salad-Api-Key", &server.key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = problem(server.get_raw(&unpaid).await).await;
     assert_eq!(
         (s, v["code"].as_str().unwrap()),
         (403, "organization_not_approved")
@@ -463,21 +446,11 @@ async fn refusals_are_problems_with_codes() {
     assert_eq!((s, v["code"].as_str().unwrap()), (413, "body_too_large"));
     // Even axum's own rejections (a path segment that is not UTF-8, a bad query) are problems.
     let url = format!("{}/%FF", server.base);
-    let r = c
-        .get(&url)
-        .header("Salad-Api-Key", &server.key)
-        .send()
-        .await
-        .unwrap();
+    let r = server.get_raw(&url).await;
     let (s, _) = problem(r).await;
     assert_eq!(s, 400);
     let url = format!("{}?page_size=1000", server.base);
-    let r = c
-        .get(&url)
-        .header("Salad-Api-Key", &server.key)
-        .send()
-        .await
-        .unwrap();
+    let r = server.get_raw(&url).await;
     let (s, v) = problem(r).await;
     assert_eq!((s, v["code"].as_str().unwrap()), (400, "out_of_range"));
     let r = c

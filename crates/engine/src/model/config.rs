@@ -12,6 +12,17 @@ use serde_json::{json, Value};
 use crate::error::Result;
 use crate::json_config::JsonConfig;
 
+/// A CLIP transformer's `num_attention_heads` must split `hidden_size` evenly.
+pub fn check_heads(c: &JsonConfig, heads: usize, hidden: usize) -> Result<()> {
+    if heads == 0 || hidden % heads != 0 {
+        return Err(c.error(
+            "num_attention_heads",
+            format!("{heads} does not divide hidden_size {hidden}"),
+        ));
+    }
+    Ok(())
+}
+
 /// `text_encoder/config.json` (transformers' `CLIPTextConfig`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipTextConfig {
@@ -64,15 +75,7 @@ impl ClipTextConfig {
             activation,
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
         };
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
-            return Err(c.error(
-                "num_attention_heads",
-                format!(
-                    "{} does not divide hidden_size {}",
-                    config.num_attention_heads, config.hidden_size
-                ),
-            ));
-        }
+        check_heads(c, config.num_attention_heads, config.hidden_size)?;
         Ok(config)
     }
 }

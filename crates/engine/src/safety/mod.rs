@@ -23,7 +23,7 @@ use candle_nn::{linear_no_bias, Linear, VarBuilder};
 
 use crate::error::{Error, Result};
 use crate::json_config::JsonConfig;
-use crate::model::config::ClipActivation;
+use crate::model::config::{check_heads, ClipActivation};
 use crate::model::WeightsFile;
 use preprocess::PreprocessorConfig;
 use vision::ClipVisionModel;
@@ -69,15 +69,7 @@ impl ClipVisionConfig {
             activation,
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
         };
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
-            return Err(c.error(
-                "num_attention_heads",
-                format!(
-                    "{} does not divide hidden_size {}",
-                    config.num_attention_heads, config.hidden_size
-                ),
-            ));
-        }
+        check_heads(c, config.num_attention_heads, config.hidden_size)?;
         if config.patch_size == 0 || config.image_size % config.patch_size != 0 {
             return Err(c.error(
                 "patch_size",
