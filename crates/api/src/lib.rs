@@ -5,12 +5,14 @@
 //!   cannot hold an invalid value; the worker runs exactly that type (it
 //!   round-trips through the queue as JSON and is re-validated on the way in).
 //! - [`problem`]: RFC 7807 problem documents with a stable machine `code`.
+//! - [`worker`]: the bodies of the worker protocol (`/worker/v1`).
 //!
 //! This crate knows nothing of HTTP servers, storage or tensors, so the API,
 //! the store and the engine can all depend on it without depending on each other.
 
 pub mod problem;
 pub mod request;
+pub mod worker;
 
 pub use problem::Problem;
 pub use request::{CreateTask, RequestError};

@@ -5,7 +5,8 @@
 //! - [`error`]: [`ApiError`], the only way a handler answers with a failure.
 //! - `auth.rs`: the `Salad-Api-Key` header and the organization in the path, checked once.
 //! - `routes/`: one file per route: `tasks/post.rs`, `tasks/get.rs`, `tasks/delete.rs`,
-//!   `tasks/list.rs`, `usage.rs`, `health.rs`.
+//!   `tasks/list.rs`, `usage.rs`, `health.rs`; `worker.rs` is the worker protocol
+//!   (`/worker/v1`) that remote GPU nodes speak with a worker token.
 //!
 //! The server holds no tensors and runs no model: tasks go into the store and come out
 //! of it; workers (in this process or elsewhere) do the rest. The store is synchronous, so
@@ -17,6 +18,7 @@ mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::Router;
@@ -24,20 +26,32 @@ use sie_store::{QueueCaps, Store};
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use routes::tasks::post::task_needs;
 
 /// What the routes share.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub caps: QueueCaps,
-    /// Whether the workers have a safety checker: a request asking for one is refused
-    /// at once where none is installed.
-    pub safety_checker_installed: bool,
+    /// Whether a request may ask for the safety checker.
+    pub safety_checker: SafetyChecker,
     /// The pipelines the workers can run; a request for another is refused at once,
     /// listing these.
     pub pipelines: Vec<sie_api::request::Pipeline>,
-    /// Rung after every new task so idle workers start at once instead of at their next poll.
-    pub on_enqueue: Arc<dyn Fn() + Send + Sync>,
+    /// How long a remote worker's lease lasts without a heartbeat.
+    pub lease: Duration,
+}
+
+/// What the API knows of the workers' safety checkers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SafetyChecker {
+    /// `sie serve`: this process's workers have one; requests may ask for it.
+    Installed,
+    /// `sie serve` without one: a request asking for it is refused at once (400).
+    NotInstalled,
+    /// `sie api`: workers come and go and announce their own; a task that asks for the
+    /// checker waits for a worker that has one.
+    PerWorker,
 }
 
 impl AppState {

@@ -5,6 +5,9 @@
 //! - `commands/generate.rs`: `sie generate`, a client with a progress bar.
 //! - `commands/admin.rs`: `sie admin`, accounts, organizations and keys.
 //! - `commands/serve.rs`: `sie serve`, the API with in-process workers on SQLite.
+//! - `commands/api.rs`: `sie api`, the API alone on PostgreSQL (scale-out).
+//! - `commands/worker.rs`: `sie worker`, a GPU node pulling tasks over HTTP.
+//! - `commands/common.rs`: store arguments, model loading, worker threads, signals.
 //! - `commands/bench.rs`: `sie bench unet`, the full-size UNet timing.
 
 mod commands;
@@ -33,6 +36,10 @@ enum Command {
     Admin(commands::admin::AdminArgs),
     /// Serve the SIE API with in-process workers on an embedded SQLite store.
     Serve(commands::serve::ServeArgs),
+    /// Serve the SIE API alone on PostgreSQL; run any number behind a load balancer.
+    Api(commands::api::ApiArgs),
+    /// A GPU node: pull tasks from an API node over HTTP and run them.
+    Worker(commands::worker::WorkerArgs),
     /// Benchmarks (timings are never test assertions; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -52,6 +59,8 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => commands::model::run(c),
         Command::Bench(c) => commands::bench::run(c),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Api(args) => commands::api::run(args),
+        Command::Worker(args) => commands::worker::run(args),
         Command::Admin(args) => commands::admin::run(args),
         Command::Generate(args) => commands::generate::run(args),
     };

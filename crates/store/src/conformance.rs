@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::domain::{
-    AccountName, IdempotencyKey, KeyPrefix, OrgId, OrgName, TaskId, Timestamp, UtcDay,
+    AccountName, IdempotencyKey, KeyPrefix, OrgId, OrgName, TaskId, Timestamp, UtcDay, WorkerName,
 };
 use crate::error::{QueueScope, StoreError};
 use crate::store::Store;
@@ -49,7 +49,11 @@ macro_rules! conformance_tests {
             expiry,
             usage_totals,
             persistence_across_reopen,
-            concurrent_leasing_never_double_leases
+            concurrent_leasing_never_double_leases,
+            lease_matches_worker_offer,
+            retryable_failure_requeues_then_fails,
+            worker_tokens,
+            work_signal_rings_on_enqueue_and_requeue
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -94,7 +98,7 @@ fn approved_org(s: &dyn Store, name: &str) -> OrgId {
 }
 
 fn enqueue(s: &dyn Store, org: OrgId, body: &str, now: Timestamp) -> TaskId {
-    let e = s.enqueue(org, body, None, CAPS, now).unwrap();
+    let e = s.enqueue(org, body, &txt2img(), None, CAPS, now).unwrap();
     assert!(e.created);
     e.id
 }
@@ -104,7 +108,29 @@ fn view(s: &dyn Store, org: OrgId, id: TaskId) -> TaskView {
 }
 
 fn lease(s: &dyn Store, now: Timestamp) -> Option<Leased> {
-    s.lease("worker-a", LEASE, now).unwrap()
+    s.lease(&offer(W), LEASE, now).unwrap()
+}
+
+/// The worker most checks lease as; every later write names it.
+const W: &str = "worker-a";
+
+/// A plain text-to-image task with the model's defaults: any worker runs it.
+fn txt2img() -> TaskNeeds {
+    TaskNeeds {
+        pipeline: "StableDiffusionPipeline".into(),
+        scheduler: None,
+        safety_checker: false,
+    }
+}
+
+/// A worker that runs text-to-image with two schedulers and no safety checker.
+fn offer(worker_id: &str) -> WorkerOffer {
+    WorkerOffer {
+        worker_id: worker_id.into(),
+        pipelines: vec!["StableDiffusionPipeline".into()],
+        schedulers: vec!["DDIMScheduler".into(), "LMSDiscreteScheduler".into()],
+        safety_checker: false,
+    }
 }
 
 pub fn accounts_and_orgs(h: &dyn Harness) {
@@ -256,9 +282,13 @@ pub fn idempotency(h: &dyn Harness) {
     let a = approved_org(s, "a");
     let b = approved_org(s, "b");
     let key = IdempotencyKey::parse("req-1").unwrap();
-    let first = s.enqueue(a, "{\"n\":1}", Some(&key), CAPS, at(0)).unwrap();
+    let first = s
+        .enqueue(a, "{\"n\":1}", &txt2img(), Some(&key), CAPS, at(0))
+        .unwrap();
     assert!(first.created);
-    let again = s.enqueue(a, "{\"n\":2}", Some(&key), CAPS, at(1)).unwrap();
+    let again = s
+        .enqueue(a, "{\"n\":2}", &txt2img(), Some(&key), CAPS, at(1))
+        .unwrap();
     assert_eq!(
         again,
         Enqueued {
@@ -267,7 +297,9 @@ pub fn idempotency(h: &dyn Harness) {
         }
     );
     // The key belongs to the organization: another may use the same one.
-    let other = s.enqueue(b, "{\"n\":1}", Some(&key), CAPS, at(2)).unwrap();
+    let other = s
+        .enqueue(b, "{\"n\":1}", &txt2img(), Some(&key), CAPS, at(2))
+        .unwrap();
     assert!(other.created);
     assert_ne!(other.id, first.id);
     // Without a key every call is a new task.
@@ -278,7 +310,9 @@ pub fn idempotency(h: &dyn Harness) {
         global: 1,
     };
     assert_eq!(
-        s.enqueue(a, "{}", Some(&key), full, at(4)).unwrap().id,
+        s.enqueue(a, "{}", &txt2img(), Some(&key), full, at(4))
+            .unwrap()
+            .id,
         first.id
     );
     // The first request body is what runs.
@@ -295,17 +329,17 @@ pub fn queue_caps_and_retry_after(h: &dyn Harness) {
         per_org: 2,
         global: 3,
     };
-    s.enqueue(a, "{}", None, caps, at(0)).unwrap();
-    s.enqueue(a, "{}", None, caps, at(0)).unwrap();
-    match s.enqueue(a, "{}", None, caps, at(0)) {
+    s.enqueue(a, "{}", &txt2img(), None, caps, at(0)).unwrap();
+    s.enqueue(a, "{}", &txt2img(), None, caps, at(0)).unwrap();
+    match s.enqueue(a, "{}", &txt2img(), None, caps, at(0)) {
         Err(StoreError::QueueFull {
             scope: QueueScope::Org,
             retry_after_seconds,
         }) => assert_eq!(retry_after_seconds, 30, "nothing finished yet: the default"),
         other => panic!("expected the organization's queue to be full, got {other:?}"),
     }
-    s.enqueue(b, "{}", None, caps, at(0)).unwrap();
-    match s.enqueue(b, "{}", None, caps, at(0)) {
+    s.enqueue(b, "{}", &txt2img(), None, caps, at(0)).unwrap();
+    match s.enqueue(b, "{}", &txt2img(), None, caps, at(0)) {
         Err(StoreError::QueueFull {
             scope: QueueScope::Global,
             ..
@@ -315,7 +349,7 @@ pub fn queue_caps_and_retry_after(h: &dyn Harness) {
     // Running tasks do not count: leasing one makes room.
     let l = lease(s, secs(1)).unwrap();
     assert_eq!(l.org, a);
-    s.enqueue(a, "{}", None, caps, secs(1)).unwrap();
+    s.enqueue(a, "{}", &txt2img(), None, caps, secs(1)).unwrap();
 
     // With 6 tasks finished in the last minute, one slot frees every 10 s.
     let big = QueueCaps {
@@ -323,27 +357,27 @@ pub fn queue_caps_and_retry_after(h: &dyn Harness) {
         global: 100,
     };
     assert!(s
-        .complete(l.id, l.attempt, "{}", TaskUsage::default(), secs(2))
+        .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), secs(2))
         .unwrap());
     for i in 0..5 {
         enqueue(s, b, "{}", secs(3));
         let l = lease(s, secs(3)).unwrap();
         assert!(s
-            .complete(l.id, l.attempt, "{}", TaskUsage::default(), secs(4 + i))
+            .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), secs(4 + i))
             .unwrap());
     }
     let tight = QueueCaps {
         per_org: 100,
         global: 0,
     };
-    match s.enqueue(a, "{}", None, tight, secs(10)) {
+    match s.enqueue(a, "{}", &txt2img(), None, tight, secs(10)) {
         Err(StoreError::QueueFull {
             scope: QueueScope::Global,
             retry_after_seconds,
         }) => assert_eq!(retry_after_seconds, 10),
         other => panic!("expected a full queue, got {other:?}"),
     }
-    assert!(s.enqueue(a, "{}", None, big, secs(10)).is_ok());
+    assert!(s.enqueue(a, "{}", &txt2img(), None, big, secs(10)).is_ok());
 }
 
 pub fn fifo_within_org(h: &dyn Harness) {
@@ -397,7 +431,7 @@ pub fn round_robin_with_one_worker(h: &dyn Harness) {
     let mut order = Vec::new();
     while let Some(l) = lease(s, at(2)) {
         assert!(s
-            .complete(l.id, l.attempt, "{}", TaskUsage::default(), at(2))
+            .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), at(2))
             .unwrap());
         order.push(l.id);
     }
@@ -421,6 +455,7 @@ pub fn lease_expiry_requeues(h: &dyn Harness) {
     // A heartbeat pushes expiry out.
     assert_eq!(
         s.heartbeat(
+            W,
             id,
             1,
             Some(Progress { step: 3, steps: 10 }),
@@ -456,7 +491,10 @@ pub fn lease_expiry_requeues(h: &dyn Harness) {
         }
     );
     // Lapsed: the next lease is attempt 2 of the same task.
-    let second = s.lease("worker-b", LEASE, secs(110)).unwrap().unwrap();
+    let second = s
+        .lease(&offer("worker-b"), LEASE, secs(110))
+        .unwrap()
+        .unwrap();
     assert_eq!((second.id, second.attempt), (id, 2));
     let v = view(s, a, id);
     assert_eq!(v.attempt, 2);
@@ -483,7 +521,7 @@ pub fn worker_lost_after_three_attempts(h: &dyn Harness) {
     assert_eq!(v.finished_at, Some(secs(400)));
     // The lost worker cannot resurrect it.
     assert!(!s
-        .complete(id, 3, "{}", TaskUsage::default(), secs(401))
+        .complete(W, id, 3, "{}", TaskUsage::default(), secs(401))
         .unwrap());
     let u = s.usage(a, secs(0).day(), secs(0).day()).unwrap();
     assert_eq!(u[0].tasks_failed, 1);
@@ -494,15 +532,40 @@ pub fn fencing_refuses_stale_attempts(h: &dyn Harness) {
     let a = approved_org(s, "a");
     let id = enqueue(s, a, "{}", secs(0));
     let stale = lease(s, secs(0)).unwrap();
-    let fresh = lease(s, secs(61)).unwrap();
+    let fresh = s
+        .lease(&offer("worker-b"), LEASE, secs(61))
+        .unwrap()
+        .unwrap();
     assert_eq!((fresh.id, fresh.attempt), (id, 2));
-    let p = Some(Progress { step: 9, steps: 9 });
+    // The stale worker presenting the live attempt's number is still not its owner.
     assert_eq!(
-        s.heartbeat(id, stale.attempt, p, LEASE, secs(62)).unwrap(),
+        s.heartbeat(W, id, fresh.attempt, None, LEASE, secs(62))
+            .unwrap(),
         Heartbeat::Lost
     );
     assert!(!s
         .complete(
+            W,
+            id,
+            fresh.attempt,
+            "\"thief\"",
+            TaskUsage::default(),
+            secs(62)
+        )
+        .unwrap());
+    assert!(!s
+        .fail(W, id, fresh.attempt, "boom", "thief", false, secs(62))
+        .unwrap());
+    assert!(!s.release(W, id, fresh.attempt, secs(62)).unwrap());
+    let p = Some(Progress { step: 9, steps: 9 });
+    assert_eq!(
+        s.heartbeat(W, id, stale.attempt, p, LEASE, secs(62))
+            .unwrap(),
+        Heartbeat::Lost
+    );
+    assert!(!s
+        .complete(
+            W,
             id,
             stale.attempt,
             "\"stale\"",
@@ -511,20 +574,21 @@ pub fn fencing_refuses_stale_attempts(h: &dyn Harness) {
         )
         .unwrap());
     assert!(!s
-        .fail(id, stale.attempt, "boom", "stale", secs(62))
+        .fail(W, id, stale.attempt, "boom", "stale", false, secs(62))
         .unwrap());
-    assert!(!s.release(id, stale.attempt, secs(62)).unwrap());
+    assert!(!s.release(W, id, stale.attempt, secs(62)).unwrap());
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Running);
     assert_eq!(v.progress, None, "the stale heartbeat wrote nothing");
     // A fence on a task that does not exist is just as refused.
     assert_eq!(
-        s.heartbeat(TaskId::random(), 1, None, LEASE, secs(62))
+        s.heartbeat(W, TaskId::random(), 1, None, LEASE, secs(62))
             .unwrap(),
         Heartbeat::Lost
     );
     assert!(s
         .complete(
+            "worker-b",
             id,
             fresh.attempt,
             "\"fresh\"",
@@ -548,14 +612,16 @@ pub fn first_completion_wins(h: &dyn Harness) {
         gpu_ms: 1500,
     };
     assert!(s
-        .complete(id, l.attempt, "\"one\"", usage, secs(1))
+        .complete(W, id, l.attempt, "\"one\"", usage, secs(1))
         .unwrap());
     assert!(!s
-        .complete(id, l.attempt, "\"two\"", usage, secs(2))
+        .complete(W, id, l.attempt, "\"two\"", usage, secs(2))
         .unwrap());
-    assert!(!s.fail(id, l.attempt, "boom", "late", secs(2)).unwrap());
+    assert!(!s
+        .fail(W, id, l.attempt, "boom", "late", false, secs(2))
+        .unwrap());
     assert_eq!(
-        s.heartbeat(id, l.attempt, None, LEASE, secs(2)).unwrap(),
+        s.heartbeat(W, id, l.attempt, None, LEASE, secs(2)).unwrap(),
         Heartbeat::Lost
     );
     let v = view(s, a, id);
@@ -572,14 +638,18 @@ pub fn first_completion_wins(h: &dyn Harness) {
     let l2 = lease(s, secs(3)).unwrap();
     assert!(s
         .fail(
+            W,
             id2,
             l2.attempt,
             "inference_failed",
             "out of memory",
+            false,
             secs(4)
         )
         .unwrap());
-    assert!(!s.complete(id2, l2.attempt, "{}", usage, secs(5)).unwrap());
+    assert!(!s
+        .complete(W, id2, l2.attempt, "{}", usage, secs(5))
+        .unwrap());
     let v = view(s, a, id2);
     assert_eq!(v.state, TaskState::Failed);
     assert_eq!(
@@ -600,7 +670,7 @@ pub fn release_returns_task(h: &dyn Harness) {
     enqueue(s, a, "{}", secs(0));
     let l = lease(s, secs(0)).unwrap();
     assert_eq!(l.id, id);
-    assert!(s.release(id, l.attempt, secs(1)).unwrap());
+    assert!(s.release(W, id, l.attempt, secs(1)).unwrap());
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Queued);
     assert_eq!(v.queue_position, Some(1), "a released task keeps its place");
@@ -611,9 +681,9 @@ pub fn release_returns_task(h: &dyn Harness) {
     assert!(l.attempt > attempt, "the fencing token still grows");
     attempt = l.attempt;
     assert!(!s
-        .complete(id, attempt - 1, "{}", TaskUsage::default(), secs(2))
+        .complete(W, id, attempt - 1, "{}", TaskUsage::default(), secs(2))
         .unwrap());
-    assert!(s.release(id, attempt, secs(3)).unwrap());
+    assert!(s.release(W, id, attempt, secs(3)).unwrap());
     for round in 0..3 {
         let l = lease(s, secs(10 + 100 * round)).unwrap();
         assert_eq!(l.id, id, "round {round}");
@@ -654,16 +724,18 @@ pub fn cancel_cases(h: &dyn Harness) {
     assert_eq!(v.state, TaskState::Running);
     assert!(v.cancel_requested);
     assert_eq!(
-        s.heartbeat(running, l.attempt, None, LEASE, secs(5))
+        s.heartbeat(W, running, l.attempt, None, LEASE, secs(5))
             .unwrap(),
         Heartbeat::Cancelled
     );
     assert!(s
         .fail(
+            W,
             running,
             l.attempt,
             codes::CANCELLED,
             "stopped at step 3",
+            false,
             secs(6)
         )
         .unwrap());
@@ -677,7 +749,7 @@ pub fn cancel_cases(h: &dyn Harness) {
     let done = enqueue(s, a, "{}", secs(8));
     let l = lease(s, secs(8)).unwrap();
     assert!(s
-        .complete(done, l.attempt, "\"ok\"", TaskUsage::default(), secs(9))
+        .complete(W, done, l.attempt, "\"ok\"", TaskUsage::default(), secs(9))
         .unwrap());
     assert_eq!(
         s.cancel(a, done, secs(10)).unwrap(),
@@ -702,7 +774,7 @@ pub fn cancel_cases(h: &dyn Harness) {
     let released = enqueue(s, a, "{}", secs(200));
     let l = lease(s, secs(200)).unwrap();
     s.cancel(a, released, secs(201)).unwrap();
-    assert!(s.release(released, l.attempt, secs(202)).unwrap());
+    assert!(s.release(W, released, l.attempt, secs(202)).unwrap());
     assert_eq!(view(s, a, released).state, TaskState::Failed);
 }
 
@@ -729,6 +801,7 @@ pub fn get_and_list(h: &dyn Harness) {
     let l = lease(s, secs(10)).unwrap();
     assert_eq!(
         s.heartbeat(
+            W,
             l.id,
             l.attempt,
             Some(Progress { step: 2, steps: 25 }),
@@ -739,7 +812,8 @@ pub fn get_and_list(h: &dyn Harness) {
         Heartbeat::Continue
     );
     // A heartbeat without progress keeps the last progress.
-    s.heartbeat(l.id, l.attempt, None, LEASE, secs(12)).unwrap();
+    s.heartbeat(W, l.id, l.attempt, None, LEASE, secs(12))
+        .unwrap();
     let v = view(s, a, ids[0]);
     assert_eq!(
         v.queue_position, None,
@@ -802,7 +876,7 @@ pub fn queue_position_follows_lease_order(h: &dyn Harness) {
         let l = lease(s, secs(100)).unwrap();
         assert_eq!(l.id, expected, "position {pos}");
         assert!(s
-            .complete(l.id, l.attempt, "{}", TaskUsage::default(), secs(100))
+            .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), secs(100))
             .unwrap());
     }
 }
@@ -812,7 +886,10 @@ pub fn expiry(h: &dyn Harness) {
     let a = approved_org(s, "a");
     let ttl = Duration::from_secs(3600);
     let key = IdempotencyKey::parse("once").unwrap();
-    let old = s.enqueue(a, "{}", Some(&key), CAPS, secs(0)).unwrap().id;
+    let old = s
+        .enqueue(a, "{}", &txt2img(), Some(&key), CAPS, secs(0))
+        .unwrap()
+        .id;
     let l = lease(s, secs(0)).unwrap();
     let usage = TaskUsage {
         images: 1,
@@ -820,14 +897,14 @@ pub fn expiry(h: &dyn Harness) {
         gpu_ms: 100,
     };
     assert!(s
-        .complete(old, l.attempt, "\"old\"", usage, secs(10))
+        .complete(W, old, l.attempt, "\"old\"", usage, secs(10))
         .unwrap());
     let cancelled = enqueue(s, a, "{}", secs(20));
     s.cancel(a, cancelled, secs(20)).unwrap();
     let recent = enqueue(s, a, "{}", secs(30));
     let l = lease(s, secs(30)).unwrap();
     assert!(s
-        .complete(recent, l.attempt, "\"recent\"", usage, secs(2000))
+        .complete(W, recent, l.attempt, "\"recent\"", usage, secs(2000))
         .unwrap());
     let will_run = enqueue(s, a, "{}", secs(40));
     let still_queued = enqueue(s, a, "{}", secs(41));
@@ -849,7 +926,7 @@ pub fn expiry(h: &dyn Harness) {
     assert_eq!(s.list(a, 1, 10, secs(0)).unwrap().total, 2);
     // The expired task's idempotency key is free again.
     assert!(
-        s.enqueue(a, "{}", Some(&key), CAPS, secs(1_000_001))
+        s.enqueue(a, "{}", &txt2img(), Some(&key), CAPS, secs(1_000_001))
             .unwrap()
             .created
     );
@@ -866,12 +943,12 @@ pub fn usage_totals(h: &dyn Harness) {
     let day = 86_400;
     let run = |org: OrgId, finish: Timestamp, usage: Option<TaskUsage>| {
         let id = enqueue(s, org, "{}", finish);
-        let l = s.lease("w", LEASE, finish).unwrap().unwrap();
+        let l = s.lease(&offer(W), LEASE, finish).unwrap().unwrap();
         assert_eq!(l.id, id);
         match usage {
-            Some(u) => assert!(s.complete(id, l.attempt, "{}", u, finish).unwrap()),
+            Some(u) => assert!(s.complete(W, id, l.attempt, "{}", u, finish).unwrap()),
             None => assert!(s
-                .fail(id, l.attempt, "inference_failed", "x", finish)
+                .fail(W, id, l.attempt, "inference_failed", "x", false, finish)
                 .unwrap()),
         }
     };
@@ -935,7 +1012,14 @@ pub fn persistence_across_reopen(h: &dyn Harness) {
         let queued = enqueue(s, org, "{\"second\":true}", secs(1));
         let l = lease(s, secs(2)).unwrap();
         assert!(s
-            .complete(done, l.attempt, "\"result\"", TaskUsage::default(), secs(3))
+            .complete(
+                W,
+                done,
+                l.attempt,
+                "\"result\"",
+                TaskUsage::default(),
+                secs(3)
+            )
             .unwrap());
         (key.expose_key().to_owned(), org, queued, done)
     };
@@ -993,10 +1077,17 @@ pub fn concurrent_leasing_never_double_leases(h: &dyn Harness) {
                     let worker = format!("worker-{t}");
                     start.wait();
                     let mut mine = Vec::new();
-                    while let Some(l) = s.lease(&worker, LEASE, secs(1)).unwrap() {
+                    while let Some(l) = s.lease(&offer(&worker), LEASE, secs(1)).unwrap() {
                         assert_eq!(l.attempt, 1, "{} was leased twice", l.id);
                         assert!(s
-                            .complete(l.id, l.attempt, "{}", TaskUsage::default(), secs(2))
+                            .complete(
+                                &worker,
+                                l.id,
+                                l.attempt,
+                                "{}",
+                                TaskUsage::default(),
+                                secs(2)
+                            )
                             .unwrap());
                         mine.push(l.id);
                     }
@@ -1011,4 +1102,198 @@ pub fn concurrent_leasing_never_double_leases(h: &dyn Harness) {
         assert!(seen.insert(*id), "task {id} was handed to two workers");
     }
     assert_eq!(seen, all, "every task was leased exactly once");
+}
+
+pub fn lease_matches_worker_offer(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let needs = |pipeline: &str, scheduler: Option<&str>, safety_checker| TaskNeeds {
+        pipeline: pipeline.into(),
+        scheduler: scheduler.map(Into::into),
+        safety_checker,
+    };
+    let put = |n: TaskNeeds, t| s.enqueue(a, "{}", &n, None, CAPS, secs(t)).unwrap().id;
+    let pndm = put(
+        needs("StableDiffusionPipeline", Some("PNDMScheduler"), false),
+        0,
+    );
+    let checker = put(needs("StableDiffusionPipeline", None, true), 1);
+    let img2img = put(needs("StableDiffusionImg2ImgPipeline", None, false), 2);
+    let ddim = put(
+        needs("StableDiffusionPipeline", Some("DDIMScheduler"), false),
+        3,
+    );
+    let plain = put(txt2img(), 4);
+    // `offer` runs text-to-image with DDIM and LMS, without a checker: the three
+    // older tasks it cannot run are passed over, not blocking the queue.
+    let basic = offer("basic");
+    assert_eq!(s.lease(&basic, LEASE, secs(5)).unwrap().unwrap().id, ddim);
+    assert_eq!(s.lease(&basic, LEASE, secs(5)).unwrap().unwrap().id, plain);
+    assert!(s.lease(&basic, LEASE, secs(5)).unwrap().is_none());
+    let full = WorkerOffer {
+        worker_id: "full".into(),
+        pipelines: vec![
+            "StableDiffusionPipeline".into(),
+            "StableDiffusionImg2ImgPipeline".into(),
+        ],
+        schedulers: vec!["PNDMScheduler".into()],
+        safety_checker: true,
+    };
+    for want in [pndm, checker, img2img] {
+        assert_eq!(s.lease(&full, LEASE, secs(6)).unwrap().unwrap().id, want);
+    }
+    assert!(s.lease(&full, LEASE, secs(6)).unwrap().is_none());
+    assert!(full.can_run(&needs("StableDiffusionPipeline", None, true)));
+    assert!(!basic.can_run(&needs("StableDiffusionPipeline", None, true)));
+    assert!(!basic.can_run(&needs(
+        "StableDiffusionPipeline",
+        Some("PNDMScheduler"),
+        false
+    )));
+}
+
+pub fn retryable_failure_requeues_then_fails(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let id = enqueue(s, a, "{}", secs(0));
+    for attempt in 1..=2u32 {
+        let l = lease(s, secs(attempt.into())).unwrap();
+        assert_eq!((l.id, l.attempt), (id, attempt));
+        assert!(s
+            .fail(
+                W,
+                id,
+                attempt,
+                "out_of_memory",
+                "CUDA OOM",
+                true,
+                secs(attempt.into())
+            )
+            .unwrap());
+        let v = view(s, a, id);
+        assert_eq!(v.state, TaskState::Queued, "attempt {attempt} requeued");
+        assert_eq!(v.error, None);
+        assert_eq!(v.queue_position, Some(1));
+    }
+    let l = lease(s, secs(3)).unwrap();
+    assert_eq!(l.attempt, 3);
+    // The last attempt's retryable failure is final, with the worker's own words.
+    assert!(s
+        .fail(W, id, 3, "out_of_memory", "CUDA OOM", true, secs(3))
+        .unwrap());
+    let v = view(s, a, id);
+    assert_eq!(v.state, TaskState::Failed);
+    let e = v.error.unwrap();
+    assert_eq!(
+        (e.code.as_str(), e.message.as_str()),
+        ("out_of_memory", "CUDA OOM")
+    );
+    assert!(lease(s, secs(4)).is_none());
+
+    // A cancelled task is not retried.
+    let id = enqueue(s, a, "{}", secs(10));
+    let l = lease(s, secs(10)).unwrap();
+    assert_eq!(
+        s.cancel(a, id, secs(11)).unwrap(),
+        CancelOutcome::CancelRequested
+    );
+    assert!(s
+        .fail(W, id, l.attempt, "gpu_fault", "x", true, secs(12))
+        .unwrap());
+    let v = view(s, a, id);
+    assert_eq!(v.state, TaskState::Failed);
+    assert_eq!(v.error.unwrap().code, codes::CANCELLED);
+}
+
+pub fn worker_tokens(h: &dyn Harness) {
+    let s = &*h.open();
+    let node1 = WorkerName::parse("node-1").unwrap();
+    let node2 = WorkerName::parse("node-2").unwrap();
+    let t1 = s.create_worker_token(&node1, secs(0)).unwrap();
+    let t2 = s.create_worker_token(&node2, secs(1)).unwrap();
+    assert_ne!(t1.expose_token(), t2.expose_token());
+    assert!(matches!(
+        s.create_worker_token(&node1, secs(2)),
+        Err(StoreError::WorkerExists(n)) if n == "node-1"
+    ));
+    assert_eq!(
+        s.authenticate_worker(t1.expose_token()).unwrap(),
+        Some(node1.clone())
+    );
+    assert_eq!(
+        s.authenticate_worker(t2.expose_token()).unwrap(),
+        Some(node2.clone())
+    );
+    assert_eq!(s.authenticate_worker("siew_nope").unwrap(), None);
+    let mut forged = t1.expose_token().to_owned();
+    forged.pop();
+    forged.push(if t1.expose_token().ends_with('a') {
+        'b'
+    } else {
+        'a'
+    });
+    assert_eq!(s.authenticate_worker(&forged).unwrap(), None);
+    // An API key is not a worker token.
+    let acct = account(s, "someone");
+    let key = s.create_api_key(acct, secs(0)).unwrap();
+    assert_eq!(s.authenticate_worker(key.expose_key()).unwrap(), None);
+
+    // Revoking node-1 while it holds a task: refused at once, and its task is
+    // leasable again at once rather than after its lease would have run out.
+    let a = approved_org(s, "a");
+    let id = enqueue(s, a, "{}", secs(10));
+    let l = s.lease(&offer("node-1"), LEASE, secs(10)).unwrap().unwrap();
+    assert_eq!(l.id, id);
+    assert!(s.revoke_worker_token(&node1, secs(11)).unwrap());
+    assert!(!s.revoke_worker_token(&node1, secs(12)).unwrap());
+    assert!(!s
+        .revoke_worker_token(&WorkerName::parse("never").unwrap(), secs(12))
+        .unwrap());
+    assert_eq!(s.authenticate_worker(t1.expose_token()).unwrap(), None);
+    assert_eq!(
+        s.authenticate_worker(t2.expose_token()).unwrap(),
+        Some(node2)
+    );
+    let again = s.lease(&offer("node-2"), LEASE, secs(12)).unwrap().unwrap();
+    assert_eq!((again.id, again.attempt), (id, 2));
+    assert_eq!(
+        s.heartbeat("node-1", id, l.attempt, None, LEASE, secs(13))
+            .unwrap(),
+        Heartbeat::Lost
+    );
+    let list = s.list_worker_tokens().unwrap();
+    let names: Vec<&str> = list.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2"]);
+    assert_eq!(list[0].revoked_at, Some(secs(11)));
+    assert_eq!((list[1].created_at, list[1].revoked_at), (secs(1), None));
+}
+
+pub fn work_signal_rings_on_enqueue_and_requeue(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    // Where the ring travels through the database it can take a moment.
+    let wait = Duration::from_secs(10);
+    let seen = s.work_signal().generation();
+    let id = enqueue(s, a, "{}", secs(0));
+    let seen = {
+        let now = s.work_signal().wait_past(seen, wait);
+        assert!(now > seen, "enqueue rang the signal");
+        now
+    };
+    let l = lease(s, secs(1)).unwrap();
+    assert_eq!(l.id, id);
+    // Drain any late duplicate rings, then give the task back.
+    let mut seen = seen;
+    loop {
+        let now = s.work_signal().wait_past(seen, Duration::from_millis(300));
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    assert!(s.release(W, id, l.attempt, secs(2)).unwrap());
+    assert!(
+        s.work_signal().wait_past(seen, wait) > seen,
+        "a task given back rang the signal"
+    );
 }

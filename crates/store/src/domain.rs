@@ -73,6 +73,27 @@ impl AccountName {
     }
 }
 
+/// A worker token's name (`sie admin worker-token create NAME`): 1-64 of
+/// `[a-z0-9-_]`. It is also the worker's identity in leases: every write a
+/// worker makes is fenced on the name its token carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerName(String);
+
+impl WorkerName {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        parse_name("worker name", s).map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A task's id: a random (version 4) UUID, the SIE `requestId`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(Uuid);

@@ -31,6 +31,9 @@ pub enum StoreError {
     #[error("an organization named {0:?} already exists; pick another name")]
     OrgExists(String),
 
+    #[error("a worker token named {0:?} already exists (names are never reused, even after revoking); pick another name")]
+    WorkerExists(String),
+
     #[error("no account with id {0}; `sie admin account list` shows the accounts")]
     UnknownAccount(AccountId),
 

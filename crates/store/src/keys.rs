@@ -69,6 +69,42 @@ impl fmt::Debug for NewApiKey {
     }
 }
 
+/// A freshly made worker token, `siew_` and 32 characters (160 bits) of
+/// lowercase base32: the only moment its secret exists outside the worker.
+/// Stored, like API keys, only as its SHA-256; its handle is the worker's name.
+pub struct NewWorkerToken {
+    token: String,
+}
+
+const WORKER_TOKEN_SCHEME: &str = "siew_";
+
+impl NewWorkerToken {
+    pub(crate) fn generate() -> Self {
+        Self {
+            token: format!("{WORKER_TOKEN_SCHEME}{}", random_chars(SECRET_LEN)),
+        }
+    }
+    /// The whole token, to be given to the worker once.
+    pub fn expose_token(&self) -> &str {
+        &self.token
+    }
+    pub(crate) fn hash(&self) -> String {
+        hash_key(&self.token)
+    }
+}
+
+impl fmt::Debug for NewWorkerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewWorkerToken(<redacted>)")
+    }
+}
+
+/// Shape check for a presented worker token, as [`looks_like_key`] for keys.
+pub(crate) fn looks_like_worker_token(presented: &str) -> bool {
+    presented.len() == WORKER_TOKEN_SCHEME.len() + SECRET_LEN
+        && presented.starts_with(WORKER_TOKEN_SCHEME)
+}
+
 /// The stored form of a key: lowercase hex SHA-256 of the exact string.
 pub(crate) fn hash_key(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
@@ -97,5 +133,9 @@ mod tests {
         assert!(!format!("{k:?}").contains(&k.expose_key()[13..]));
         assert_ne!(k.expose_key(), NewApiKey::generate().expose_key());
         assert_eq!(k.hash().len(), 64);
+        let t = NewWorkerToken::generate();
+        assert!(looks_like_worker_token(t.expose_token()));
+        assert!(!looks_like_key(t.expose_token()));
+        assert!(!format!("{t:?}").contains(&t.expose_token()[5..]));
     }
 }

@@ -24,14 +24,21 @@ use rusqlite::{
 use crate::domain::{
     duration_ms, AccountId, AccountName, IdempotencyKey, KeyPrefix, OrgId, OrgName, TaskId,
 };
-use crate::domain::{Timestamp, UtcDay};
+use crate::domain::{Timestamp, UtcDay, WorkerName};
 use crate::error::{QueueScope, Result, StoreError};
-use crate::keys::{hash_key, looks_like_key, NewApiKey};
+use crate::keys::{hash_key, looks_like_key, looks_like_worker_token, NewApiKey, NewWorkerToken};
+use crate::signal::WorkSignal;
 use crate::store::Store;
+use crate::types::messages::{
+    CANCELLED_LAPSED_MESSAGE, CANCELLED_QUEUED_MESSAGE, WORKER_LOST_MESSAGE,
+};
 use crate::types::*;
 
 /// The embedded migrations, in order. A new file gets the next number here.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_workers.sql")),
+];
 
 /// How long a statement waits for another connection's write lock before
 /// giving up with `SQLITE_BUSY`. Writes are short; this only bites when the
@@ -50,6 +57,9 @@ pub struct SqliteStore {
     /// wins every time and the others starve; a mutex hands over in turn.
     /// Other processes on the same file still meet the busy timeout.
     writer: Mutex<()>,
+    /// Rung in-process on enqueue and requeue; other processes on the same
+    /// file are not heard, so waiters also look again on a timer.
+    signal: WorkSignal,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -167,6 +177,7 @@ impl SqliteStore {
             path,
             idle: Mutex::new(vec![conn]),
             writer: Mutex::new(()),
+            signal: WorkSignal::default(),
         })
     }
 
@@ -405,12 +416,6 @@ fn read_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRow>> {
         })
     })())
 }
-
-const WORKER_LOST_MESSAGE: &str =
-    "the task's worker stopped renewing its lease on each of its attempts \
-     (the node was interrupted or crashed); submit the task again";
-const CANCELLED_QUEUED_MESSAGE: &str = "the task was cancelled before it started";
-const CANCELLED_LAPSED_MESSAGE: &str = "the task was cancelled while it ran";
 
 impl Store for SqliteStore {
     fn create_account(&self, name: &AccountName, now: Timestamp) -> Result<AccountId> {
@@ -673,15 +678,107 @@ impl Store for SqliteStore {
         })
     }
 
+    fn create_worker_token(&self, name: &WorkerName, now: Timestamp) -> Result<NewWorkerToken> {
+        self.write("create worker token", |tx| {
+            let token = NewWorkerToken::generate();
+            match tx.execute(
+                "INSERT INTO worker_tokens (name, hash, created_at) VALUES (?1, ?2, ?3)",
+                params![name.as_str(), token.hash(), now.as_millis()],
+            ) {
+                Ok(_) => Ok(token),
+                Err(e) if is_unique_violation(&e) => {
+                    Err(StoreError::WorkerExists(name.as_str().to_owned()))
+                }
+                Err(e) => Err(db_error("create worker token", e)),
+            }
+        })
+    }
+
+    fn revoke_worker_token(&self, name: &WorkerName, now: Timestamp) -> Result<bool> {
+        let revoked = self.write("revoke worker token", |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE worker_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                    params![name.as_str(), now.as_millis()],
+                )
+                .op("revoke worker token")?;
+            if n == 1 {
+                // Its leases lapse now: the next lease call retries those tasks.
+                tx.execute(
+                    "UPDATE tasks SET lease_expires_at = ?2
+                     WHERE state = 'running' AND lease_owner = ?1 AND lease_expires_at > ?2",
+                    params![name.as_str(), now.as_millis()],
+                )
+                .op("revoke worker token")?;
+            }
+            Ok(n == 1)
+        })?;
+        if revoked {
+            self.signal.notify();
+        }
+        Ok(revoked)
+    }
+
+    fn list_worker_tokens(&self) -> Result<Vec<WorkerTokenInfo>> {
+        self.with_conn(|c| {
+            let mut stmt = c
+                .prepare("SELECT name, created_at, revoked_at FROM worker_tokens ORDER BY name")
+                .op("list worker tokens")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .op("list worker tokens")?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, created, revoked) = row.op("list worker tokens")?;
+                out.push(WorkerTokenInfo {
+                    name: WorkerName::parse(&name)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    created_at: ts(created),
+                    revoked_at: opt_ts(revoked),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn authenticate_worker(&self, presented_token: &str) -> Result<Option<WorkerName>> {
+        if !looks_like_worker_token(presented_token) {
+            return Ok(None);
+        }
+        let hash = hash_key(presented_token);
+        let name: Option<String> = self.with_conn(|c| {
+            c.query_row(
+                "SELECT name FROM worker_tokens WHERE hash = ?1 AND revoked_at IS NULL",
+                [hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .op("authenticate worker")
+        })?;
+        name.map(|n| WorkerName::parse(&n).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    fn work_signal(&self) -> &WorkSignal {
+        &self.signal
+    }
+
     fn enqueue(
         &self,
         org: OrgId,
         request_json: &str,
+        needs: &TaskNeeds,
         idempotency_key: Option<&IdempotencyKey>,
         caps: QueueCaps,
         now: Timestamp,
     ) -> Result<Enqueued> {
-        self.write("enqueue", |tx| {
+        let enqueued = self.write("enqueue", |tx| {
             let known: Option<i64> = tx
                 .query_row("SELECT id FROM organizations WHERE id = ?1", [org.get()], |r| r.get(0))
                 .optional()
@@ -724,22 +821,40 @@ impl Store for SqliteStore {
             }
             let id = TaskId::random();
             tx.execute(
-                "INSERT INTO tasks (id, org_id, request, idempotency_key, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+                "INSERT INTO tasks (id, org_id, request, idempotency_key, state, created_at,
+                                    pipeline, scheduler, needs_safety_checker)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)",
                 params![
                     id.to_string(),
                     org.get(),
                     request_json,
                     idempotency_key.map(|k| k.as_str()),
-                    now.as_millis()
+                    now.as_millis(),
+                    needs.pipeline,
+                    needs.scheduler,
+                    needs.safety_checker,
                 ],
             )
             .op("enqueue")?;
             Ok(Enqueued { id, created: true })
-        })
+        })?;
+        if enqueued.created {
+            self.signal.notify();
+        }
+        Ok(enqueued)
     }
 
-    fn lease(&self, worker_id: &str, lease: Duration, now: Timestamp) -> Result<Option<Leased>> {
+    fn lease(
+        &self,
+        offer: &WorkerOffer,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Leased>> {
+        // The offer's lists travel as JSON arrays and are unpacked by json_each,
+        // so the statement text stays fixed whatever the worker announces.
+        let json_list =
+            |v: &[String]| serde_json::to_string(v).expect("a list of strings serializes");
+        let (pipelines, schedulers) = (json_list(&offer.pipelines), json_list(&offer.schedulers));
         let now_ms = now.as_millis();
         let expires = now.plus(lease).as_millis();
         self.write("lease", |tx| {
@@ -771,7 +886,12 @@ impl Store for SqliteStore {
             let pick: Option<(i64, String, i64, String, i64, String, i64)> = tx
                 .query_row(
                     &format!(
-                        "WITH waiting AS (SELECT seq, org_id FROM tasks WHERE {}),
+                        "WITH waiting AS (
+                         SELECT seq, org_id FROM tasks WHERE {}
+                           AND pipeline IN (SELECT value FROM json_each(?2))
+                           AND (scheduler IS NULL OR scheduler IN (SELECT value FROM json_each(?3)))
+                           AND (needs_safety_checker = 0 OR ?4)
+                     ),
                      heads AS (SELECT org_id, MIN(seq) AS head FROM waiting GROUP BY org_id),
                      busy AS (
                          SELECT org_id, COUNT(*) AS n FROM tasks
@@ -786,7 +906,7 @@ impl Store for SqliteStore {
                      LIMIT 1",
                         waiting("?1")
                     ),
-                    [now_ms],
+                    params![now_ms, pipelines, schedulers, offer.safety_checker],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
                 )
                 .optional()
@@ -799,7 +919,7 @@ impl Store for SqliteStore {
                     "UPDATE tasks SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
                          lease_expires_at = ?2, started_at = ?3, progress_step = NULL, progress_steps = NULL
                      WHERE seq = ?4 AND state = ?5 AND attempt = ?6",
-                    params![worker_id, expires, now_ms, seq, state, attempt],
+                    params![offer.worker_id, expires, now_ms, seq, state, attempt],
                 )
                 .op("lease")?;
             if claimed != 1 {
@@ -825,6 +945,7 @@ impl Store for SqliteStore {
 
     fn heartbeat(
         &self,
+        worker_id: &str,
         id: TaskId,
         attempt: u32,
         progress: Option<Progress>,
@@ -839,14 +960,15 @@ impl Store for SqliteStore {
                     "UPDATE tasks SET lease_expires_at = ?1,
                          progress_step = COALESCE(?2, progress_step),
                          progress_steps = COALESCE(?3, progress_steps)
-                     WHERE id = ?4 AND attempt = ?5 AND state = 'running'
+                     WHERE id = ?4 AND attempt = ?5 AND state = 'running' AND lease_owner = ?6
                      RETURNING cancel_requested",
                     params![
                         expires,
                         progress.map(|p| p.step),
                         progress.map(|p| p.steps),
                         id.to_string(),
-                        attempt
+                        attempt,
+                        worker_id
                     ],
                     |r| r.get(0),
                 )
@@ -862,6 +984,7 @@ impl Store for SqliteStore {
 
     fn complete(
         &self,
+        worker_id: &str,
         id: TaskId,
         attempt: u32,
         result_json: &str,
@@ -874,7 +997,7 @@ impl Store for SqliteStore {
                     "UPDATE tasks SET state = 'succeeded', result = ?1, finished_at = ?2,
                          usage_images = ?3, usage_steps = ?4, usage_gpu_ms = ?5,
                          lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?6 AND attempt = ?7 AND state = 'running'
+                     WHERE id = ?6 AND attempt = ?7 AND state = 'running' AND lease_owner = ?8
                      RETURNING org_id",
                     params![
                         result_json,
@@ -883,7 +1006,8 @@ impl Store for SqliteStore {
                         usage.steps,
                         i64::try_from(usage.gpu_ms).unwrap_or(i64::MAX),
                         id.to_string(),
-                        attempt
+                        attempt,
+                        worker_id
                     ],
                     |r| r.get(0),
                 )
@@ -901,10 +1025,12 @@ impl Store for SqliteStore {
 
     fn fail(
         &self,
+        worker_id: &str,
         id: TaskId,
         attempt: u32,
         code: &str,
         message: &str,
+        retryable: bool,
         now: Timestamp,
     ) -> Result<bool> {
         if code.is_empty() {
@@ -912,34 +1038,51 @@ impl Store for SqliteStore {
                 "a failure needs an error code (e.g. \"cancelled\" or \"inference_failed\")".into(),
             ));
         }
-        self.write("fail", |tx| {
-            let org: Option<i64> = tx
+        let requeued = std::cell::Cell::new(false);
+        let owned = self.write("fail", |tx| {
+            let row: Option<(i64, u32, u32, bool)> = tx
                 .query_row(
-                    "UPDATE tasks SET state = 'failed', error_code = ?1, error_message = ?2, finished_at = ?3,
-                         lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?4 AND attempt = ?5 AND state = 'running'
-                     RETURNING org_id",
-                    params![code, message, now.as_millis(), id.to_string(), attempt],
-                    |r| r.get(0),
+                    "SELECT seq, attempt, released, cancel_requested FROM tasks
+                     WHERE id = ?1 AND attempt = ?2 AND state = 'running' AND lease_owner = ?3",
+                    params![id.to_string(), attempt, worker_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()
                 .op("fail")?;
-            match org {
-                None => Ok(false),
-                Some(org) => {
-                    record_usage(tx, org, now, TaskUsage::default(), false)?;
-                    Ok(true)
-                }
+            let Some((seq, attempt, released, cancel_requested)) = row else {
+                return Ok(false);
+            };
+            if retryable && cancel_requested {
+                finish_failed(tx, seq, codes::CANCELLED, CANCELLED_LAPSED_MESSAGE, now)?;
+            } else if retryable && attempt.saturating_sub(released) < MAX_ATTEMPTS {
+                // `attempt` stays, so this attempt counts towards the limit.
+                tx.execute(
+                    "UPDATE tasks SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                         started_at = NULL, progress_step = NULL, progress_steps = NULL
+                     WHERE seq = ?1",
+                    [seq],
+                )
+                .op("fail")?;
+                requeued.set(true);
+            } else {
+                finish_failed(tx, seq, code, message, now)?;
             }
-        })
+            Ok(true)
+        })?;
+        if requeued.get() {
+            self.signal.notify();
+        }
+        Ok(owned)
     }
 
-    fn release(&self, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool> {
-        self.write("release", |tx| {
+    fn release(&self, worker_id: &str, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool> {
+        let requeued = std::cell::Cell::new(false);
+        let owned = self.write("release", |tx| {
             let row: Option<(i64, bool)> = tx
                 .query_row(
-                    "SELECT seq, cancel_requested FROM tasks WHERE id = ?1 AND attempt = ?2 AND state = 'running'",
-                    params![id.to_string(), attempt],
+                    "SELECT seq, cancel_requested FROM tasks
+                     WHERE id = ?1 AND attempt = ?2 AND state = 'running' AND lease_owner = ?3",
+                    params![id.to_string(), attempt, worker_id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
@@ -960,10 +1103,15 @@ impl Store for SqliteStore {
                         [seq],
                     )
                     .op("release")?;
+                    requeued.set(true);
                     Ok(true)
                 }
             }
-        })
+        })?;
+        if requeued.get() {
+            self.signal.notify();
+        }
+        Ok(owned)
     }
 
     fn cancel(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<CancelOutcome> {

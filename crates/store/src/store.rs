@@ -8,13 +8,17 @@
 //! clock inside, so tests drive leases and expiry deterministically. Every
 //! implementation must pass [`conformance`](crate::conformance).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::domain::{AccountId, AccountName, IdempotencyKey, KeyPrefix, OrgId, OrgName, TaskId};
-use crate::domain::{Timestamp, UtcDay};
+use crate::domain::{Timestamp, UtcDay, WorkerName};
 use crate::error::Result;
-use crate::keys::NewApiKey;
+use crate::keys::{NewApiKey, NewWorkerToken};
+use crate::signal::WorkSignal;
 use crate::types::*;
+
+/// How often a waiting [`Store::lease_within`] looks at the queue even without a ring.
+pub const RECHECK: Duration = Duration::from_secs(2);
 
 pub trait Store: Send + Sync {
     // ---- Accounts, organizations, keys (SPEC 2) ----
@@ -58,7 +62,29 @@ pub trait Store: Send + Sync {
     /// Whether `account` may use the organization named `org`.
     fn org_access(&self, account: AccountId, org: &OrgName) -> Result<OrgAccess>;
 
+    // ---- Worker tokens (remote workers, `/worker/v1`) ----
+
+    /// Makes a token for the worker `name`; [`StoreError::WorkerExists`](crate::StoreError)
+    /// if a token of that name was ever made. Only the token's SHA-256 is kept.
+    fn create_worker_token(&self, name: &WorkerName, now: Timestamp) -> Result<NewWorkerToken>;
+
+    /// Revokes the worker's token; `false` if no such token or it was already
+    /// revoked. Tasks it holds go back to the queue at once (their leases lapse
+    /// now), so a revoked node costs a retry, not a wait for the lease.
+    fn revoke_worker_token(&self, name: &WorkerName, now: Timestamp) -> Result<bool>;
+
+    /// All worker tokens, by name.
+    fn list_worker_tokens(&self) -> Result<Vec<WorkerTokenInfo>>;
+
+    /// The worker a presented token belongs to, if it is live.
+    fn authenticate_worker(&self, presented_token: &str) -> Result<Option<WorkerName>>;
+
     // ---- The queue (SPEC 3) ----
+
+    /// Rung whenever a task may have become leasable (enqueued, given back),
+    /// including by other processes where the database can tell (PostgreSQL's
+    /// `LISTEN/NOTIFY`). Waiting workers sleep on it between leases.
+    fn work_signal(&self) -> &WorkSignal;
 
     /// Queues a task, durably: it is committed when this returns.
     ///
@@ -73,13 +99,14 @@ pub trait Store: Send + Sync {
         &self,
         org: OrgId,
         request_json: &str,
+        needs: &TaskNeeds,
         idempotency_key: Option<&IdempotencyKey>,
         caps: QueueCaps,
         now: Timestamp,
     ) -> Result<Enqueued>;
 
-    /// Claims one task for `worker_id` until `now + lease`, or `None` when
-    /// nothing is waiting.
+    /// Claims one task that `offer` can run (see [`WorkerOffer::can_run`]) for
+    /// `offer.worker_id` until `now + lease`, or `None` when no such task is waiting.
     ///
     /// Waiting means queued, or running with a lease that lapsed by `now`
     /// (its worker is presumed gone; taking it is a new attempt). First, lapsed
@@ -94,13 +121,41 @@ pub trait Store: Send + Sync {
     /// waiting task (FIFO, by enqueue order). With one worker this is plain
     /// round-robin between organizations; with many, the organization using
     /// fewest workers is served next, so one backlog never starves another.
-    fn lease(&self, worker_id: &str, lease: Duration, now: Timestamp) -> Result<Option<Leased>>;
+    /// Tasks the worker cannot run are invisible to this rule.
+    fn lease(&self, offer: &WorkerOffer, lease: Duration, now: Timestamp)
+        -> Result<Option<Leased>>;
+
+    /// [`Store::lease`], waiting up to `wait` for a task: between looks it sleeps on
+    /// [`Store::work_signal`], and looks again at least every [`RECHECK`] (a lease that
+    /// lapses, or a task queued by a process this one cannot hear, rings nothing).
+    fn lease_within(
+        &self,
+        offer: &WorkerOffer,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Leased>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Read before looking, so a ring between the look and the sleep is not lost.
+            let seen = self.work_signal().generation();
+            if let Some(leased) = self.lease(offer, lease, Timestamp::now())? {
+                return Ok(Some(leased));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.work_signal().wait_past(seen, left.min(RECHECK));
+        }
+    }
 
     /// Renews the lease of attempt `attempt` and records progress. Answers
-    /// `Lost` when that attempt no longer owns the task (fenced on
-    /// `state = running AND attempt = ?`).
+    /// `Lost` when that attempt of `worker_id` no longer owns the task (fenced
+    /// on `state = running AND attempt = ? AND lease_owner = ?`), which is also
+    /// the answer to a worker that never leased it.
     fn heartbeat(
         &self,
+        worker_id: &str,
         id: TaskId,
         attempt: u32,
         progress: Option<Progress>,
@@ -112,6 +167,7 @@ pub trait Store: Send + Sync {
     /// if that attempt no longer owns the task. The first completion wins.
     fn complete(
         &self,
+        worker_id: &str,
         id: TaskId,
         attempt: u32,
         result_json: &str,
@@ -120,19 +176,26 @@ pub trait Store: Send + Sync {
     ) -> Result<bool>;
 
     /// Fails the task from attempt `attempt`, fenced as [`Store::complete`].
+    ///
+    /// A `retryable` failure (the node ran out of memory, its GPU faulted)
+    /// puts the task back in the queue instead, and the attempt counts: on the
+    /// last of [`MAX_ATTEMPTS`] the task fails with `code` and `message`.
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
+        worker_id: &str,
         id: TaskId,
         attempt: u32,
         code: &str,
         message: &str,
+        retryable: bool,
         now: Timestamp,
     ) -> Result<bool>;
 
     /// Gives a running task back to the queue (graceful shutdown) without
     /// counting the attempt. A task whose cancel was requested fails with
     /// `cancelled` instead. Fenced as [`Store::complete`].
-    fn release(&self, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool>;
+    fn release(&self, worker_id: &str, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool>;
 
     /// Cancels a task of `org`; see [`CancelOutcome`] for the cases.
     fn cancel(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<CancelOutcome>;

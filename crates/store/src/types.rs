@@ -20,6 +20,15 @@ pub mod codes {
     pub const WORKER_LOST: &str = "worker_lost";
 }
 
+/// The messages the store itself writes beside those codes: every store says the same.
+pub(crate) mod messages {
+    pub const WORKER_LOST_MESSAGE: &str =
+        "the task's worker stopped renewing its lease on each of its attempts \
+         (the node was interrupted or crashed); submit the task again";
+    pub const CANCELLED_QUEUED_MESSAGE: &str = "the task was cancelled before it started";
+    pub const CANCELLED_LAPSED_MESSAGE: &str = "the task was cancelled while it ran";
+}
+
 /// An account as `sie admin account list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountInfo {
@@ -64,6 +73,53 @@ pub enum OrgAccess {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyInfo {
     pub prefix: KeyPrefix,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// What a task asks of the worker that runs it, fixed at enqueue and kept in
+/// columns beside the opaque request, so leasing can match tasks to workers
+/// without reading request bodies. Names are the wire names
+/// (`StableDiffusionPipeline`, `DDIMScheduler`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskNeeds {
+    pub pipeline: String,
+    /// A scheduler the client named; `None` runs the model's own default.
+    pub scheduler: Option<String>,
+    /// The client asked for the safety checker explicitly. (Left out, a task
+    /// runs with the checker where its worker has one.)
+    pub safety_checker: bool,
+}
+
+/// What a worker announces when it asks for work: who it is, and what it can
+/// run. [`Store::lease`](crate::Store::lease) hands it only tasks whose
+/// [`TaskNeeds`] it meets; `model` and `native_size` are for operators
+/// (logs, the lease record), not for matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerOffer {
+    /// The lease owner: every later write for the task must come from it.
+    pub worker_id: String,
+    pub pipelines: Vec<String>,
+    pub schedulers: Vec<String>,
+    pub safety_checker: bool,
+}
+
+impl WorkerOffer {
+    /// The matching rule every store applies inside its lease query.
+    pub fn can_run(&self, needs: &TaskNeeds) -> bool {
+        self.pipelines.contains(&needs.pipeline)
+            && needs
+                .scheduler
+                .as_ref()
+                .is_none_or(|s| self.schedulers.contains(s))
+            && (!needs.safety_checker || self.safety_checker)
+    }
+}
+
+/// A worker token as `sie admin worker-token list` shows it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerTokenInfo {
+    pub name: crate::WorkerName,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
 }

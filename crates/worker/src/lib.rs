@@ -2,7 +2,10 @@
 //!
 //! # Layout
 //! - [`task`]: the translation from the stored request to the engine and from the engine's
-//!   images to the `modelOutputs` the client reads.
+//!   images to the `modelOutputs` the client reads; what this worker offers to run.
+//! - [`source`]: [`TaskSource`], the seam between this loop and the queue, and
+//!   [`StoreSource`], the store in this process (`sie serve`).
+//! - [`remote`]: [`remote::HttpSource`], an API node's `/worker/v1` over HTTP (`sie worker`).
 //! - This file: [`Worker::run_one`], one task from lease to completion.
 //!
 //! A worker owns a task only while its lease lasts, so a sibling thread renews the lease
@@ -13,6 +16,8 @@
 //! runs inside `catch_unwind`: a panic fails the task with `internal_error` instead of
 //! taking the worker down.
 
+pub mod remote;
+pub mod source;
 pub mod task;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,11 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sie_api::CreateTask;
 use sie_engine::candle_core::Tensor;
 use sie_engine::model::StableDiffusion;
 use sie_engine::pipeline::Observer;
-use sie_store::{codes, Heartbeat, Progress, Store, StoreError, TaskId, TaskUsage, Timestamp};
+use sie_store::{codes, Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
+
+pub use source::{LeasedTask, SourceError, StoreSource, TaskSource};
 
 /// What one call of [`Worker::run_one`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,31 +46,18 @@ pub enum Ran {
     Released(TaskId),
 }
 
-/// A worker bound to one store and one loaded model.
+/// A worker bound to one task source and one loaded model.
 pub struct Worker {
-    store: Arc<dyn Store>,
+    source: Arc<dyn TaskSource>,
     model: Arc<StableDiffusion>,
-    id: String,
-    lease: Duration,
-    heartbeat_every: Duration,
     stop: Arc<AtomicBool>,
 }
 
 impl Worker {
-    /// `lease`: how long a task stays ours without a heartbeat (SPEC: 60 s by default);
-    /// heartbeats go every second or every third of the lease, whichever is shorter.
-    pub fn new(
-        store: Arc<dyn Store>,
-        model: Arc<StableDiffusion>,
-        id: impl Into<String>,
-        lease: Duration,
-    ) -> Self {
+    pub fn new(source: Arc<dyn TaskSource>, model: Arc<StableDiffusion>) -> Self {
         Worker {
-            store,
+            source,
             model,
-            id: id.into(),
-            heartbeat_every: (lease / 3).min(Duration::from_secs(1)),
-            lease,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -77,27 +70,33 @@ impl Worker {
         self
     }
 
-    /// Leases one task and runs it to the end. Errors are the store's own (the task stays
-    /// leased and will be retried when its lease lapses).
-    pub fn run_one(&self) -> Result<Ran, StoreError> {
-        let Some(leased) = self.store.lease(&self.id, self.lease, Timestamp::now())? else {
+    /// Leases one task (waiting up to `wait` for one) and runs it to the end. Errors are the
+    /// source's own (a task already leased stays so, and is retried when its lease lapses).
+    pub fn run_one(&self, wait: Duration) -> Result<Ran, SourceError> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Ok(Ran::Idle);
+        }
+        let Some(leased) = self.source.lease(wait)? else {
             return Ok(Ran::Idle);
         };
         let (id, attempt) = (leased.id, leased.attempt);
         let span = tracing::info_span!("task", request_id = %id, attempt);
         let _enter = span.enter();
+        if self.stop.load(Ordering::SeqCst) {
+            // Stopping began while the lease call waited: hand the task straight back.
+            return if self.source.release(id, attempt)? {
+                Ok(Ran::Released(id))
+            } else {
+                Ok(Ran::Lost(id))
+            };
+        }
         let queue_ms = (Timestamp::now().as_millis() - leased.created_at.as_millis()).max(0) as u64;
+        // Heartbeats go every second, or every third of the lease where that is shorter.
+        let heartbeat_every = (leased.lease / 3).min(Duration::from_secs(1));
 
-        let task: CreateTask = match serde_json::from_str(&leased.request_json) {
+        let task = match leased.request {
             Ok(t) => t,
-            Err(e) => {
-                return self.fail(
-                    id,
-                    attempt,
-                    "invalid_request",
-                    &format!("the stored request does not load: {e}"),
-                )
-            }
+            Err(message) => return self.fail(id, attempt, "invalid_request", &message),
         };
         let request =
             match task::text_to_image(&self.model, &task, sie_api::request::Seed::random().get()) {
@@ -108,7 +107,8 @@ impl Worker {
         let signals = Signals::default();
         let started = Instant::now();
         let outcome = std::thread::scope(|scope| {
-            let heartbeats = scope.spawn(|| self.heartbeats(id, attempt, &signals));
+            let heartbeats =
+                scope.spawn(|| self.heartbeats(id, attempt, heartbeat_every, &signals));
             let mut observer = ProgressObserver {
                 progress: &signals.progress,
                 first_step: None,
@@ -135,18 +135,21 @@ impl Worker {
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown panic".into());
                 tracing::error!(panic = %what, "the engine panicked");
-                return self.fail(
+                // Possibly this node's fault (a driver, memory): another attempt may succeed,
+                // and after the last one the task fails with this code.
+                return self.report_failure(
                     id,
                     attempt,
                     "internal_error",
                     "the engine failed unexpectedly; the failure is logged with this request id",
+                    true,
                 );
             }
             Ok(Err(sie_engine::Error::Cancelled)) => {
                 if !signals.client_cancelled.load(Ordering::SeqCst)
                     && self.stop.load(Ordering::SeqCst)
                 {
-                    return if self.store.release(id, attempt, Timestamp::now())? {
+                    return if self.source.release(id, attempt)? {
                         tracing::info!("stopping: task given back to the queue");
                         Ok(Ran::Released(id))
                     } else {
@@ -172,10 +175,7 @@ impl Worker {
             steps: request.num_inference_steps as u32,
             gpu_ms: inference_ms,
         };
-        if self
-            .store
-            .complete(id, attempt, &outputs.to_string(), usage, Timestamp::now())?
-        {
+        if self.source.complete(id, attempt, &outputs, usage)? {
             tracing::info!(inference_ms, "task succeeded");
             Ok(Ran::Succeeded(id))
         } else {
@@ -184,11 +184,27 @@ impl Worker {
         }
     }
 
-    fn fail(&self, id: TaskId, attempt: u32, code: &str, message: &str) -> Result<Ran, StoreError> {
-        if self
-            .store
-            .fail(id, attempt, code, message, Timestamp::now())?
-        {
+    /// Fails the task for good: the request cannot run, or the engine refused it, and
+    /// another node would do the same.
+    fn fail(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        code: &str,
+        message: &str,
+    ) -> Result<Ran, SourceError> {
+        self.report_failure(id, attempt, code, message, false)
+    }
+
+    fn report_failure(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        code: &str,
+        message: &str,
+        retryable: bool,
+    ) -> Result<Ran, SourceError> {
+        if self.source.fail(id, attempt, code, message, retryable)? {
             tracing::info!(code, message, "task failed");
             Ok(Ran::Failed(id, code.to_owned()))
         } else {
@@ -199,7 +215,7 @@ impl Worker {
     /// Renews the lease and reports progress until `done`; raises `cancel` when the client
     /// cancelled (and `client_cancelled`), when the worker is stopping, and when the task is
     /// no longer ours (and `lost`).
-    fn heartbeats(&self, id: TaskId, attempt: u32, signals: &Signals) {
+    fn heartbeats(&self, id: TaskId, attempt: u32, every: Duration, signals: &Signals) {
         let Signals {
             progress,
             cancel,
@@ -208,7 +224,7 @@ impl Worker {
             done,
         } = signals;
         while !done.load(Ordering::SeqCst) {
-            std::thread::park_timeout(self.heartbeat_every);
+            std::thread::park_timeout(every);
             if done.load(Ordering::SeqCst) {
                 break;
             }
@@ -220,10 +236,7 @@ impl Worker {
                 step: (packed >> 32) as u32,
                 steps: packed as u32,
             });
-            match self
-                .store
-                .heartbeat(id, attempt, progress, self.lease, Timestamp::now())
-            {
+            match self.source.heartbeat(id, attempt, progress) {
                 Ok(Heartbeat::Continue) => {}
                 Ok(Heartbeat::Cancelled) => {
                     client_cancelled.store(true, Ordering::SeqCst);
@@ -233,7 +246,8 @@ impl Worker {
                     lost.store(true, Ordering::SeqCst);
                     cancel.store(true, Ordering::SeqCst);
                 }
-                // A store hiccup is not a lost lease: keep running, the next beat may pass.
+                // A hiccup is not a lost lease: keep running, the next beat may pass (and if
+                // the lease did lapse meanwhile, the next beat or the completion says so).
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }

@@ -8,10 +8,46 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sie_api::request::{CreateTask, ImageFormat, Pipeline, Scheduler};
+use sie_api::worker::Announcement;
 use sie_engine::model::StableDiffusion;
 use sie_engine::output;
 use sie_engine::pipeline::{Generated, TextToImage};
 use sie_engine::scheduler::SchedulerKind;
+
+/// The pipelines this worker's engine runs.
+pub const PIPELINES: &[Pipeline] = &[Pipeline::Text2Image];
+
+/// What a worker with `model` says it serves. `name` is the model's name for operators.
+pub fn announcement(model: &StableDiffusion, name: &str) -> Announcement {
+    let native = model.files.native_size() as u32;
+    Announcement {
+        model: name.to_owned(),
+        native_width: native,
+        native_height: native,
+        pipelines: PIPELINES.to_vec(),
+        // The engine implements every scheduler the API accepts.
+        schedulers: Scheduler::ALL.to_vec(),
+        safety_checker: model.safety_checker.is_some(),
+    }
+}
+
+/// The store's form of an announcement: what `worker_id` may lease.
+pub fn offer(announcement: &Announcement, worker_id: &str) -> sie_store::WorkerOffer {
+    sie_store::WorkerOffer {
+        worker_id: worker_id.to_owned(),
+        pipelines: announcement
+            .pipelines
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
+        schedulers: announcement
+            .schedulers
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+        safety_checker: announcement.safety_checker,
+    }
+}
 
 /// Why a task cannot run on this worker; it fails with `code` and the client reads `message`.
 #[derive(Debug, Clone, PartialEq, Eq)]

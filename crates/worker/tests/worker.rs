@@ -13,9 +13,10 @@ use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
 use sie_store::{
-    AccountName, OrgId, OrgName, QueueCaps, SqliteStore, Store, TaskId, TaskState, Timestamp,
+    AccountName, OrgId, OrgName, QueueCaps, SqliteStore, Store, TaskId, TaskNeeds, TaskState,
+    Timestamp,
 };
-use sie_worker::{Ran, Worker};
+use sie_worker::{Ran, StoreSource, Worker};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -42,7 +43,12 @@ fn setup(lease: Duration) -> Setup {
     let name = OrgName::parse("default").unwrap();
     let org = store.create_org(&name, account, now).unwrap();
     store.approve_org(&name, "test", now).unwrap();
-    let worker = Worker::new(store.clone(), model, "test-worker", lease);
+    let announcement = sie_worker::task::announcement(&model, "tiny");
+    let offer = sie_worker::task::offer(&announcement, "test-worker");
+    let worker = Worker::new(
+        Arc::new(StoreSource::new(store.clone(), offer, lease)),
+        model,
+    );
     Setup {
         _dir: dir,
         store,
@@ -55,7 +61,18 @@ fn enqueue(s: &Setup, body: Value) -> TaskId {
     let task = CreateTask::parse(body.to_string().as_bytes()).unwrap();
     let stored = serde_json::to_string(&task).unwrap();
     s.store
-        .enqueue(s.org, &stored, None, QueueCaps::default(), Timestamp::now())
+        .enqueue(
+            s.org,
+            &stored,
+            &TaskNeeds {
+                pipeline: task.call_inputs.pipeline.as_str().into(),
+                scheduler: task.call_inputs.scheduler.map(|s| s.as_str().into()),
+                safety_checker: task.call_inputs.safety_checker == Some(true),
+            },
+            None,
+            QueueCaps::default(),
+            Timestamp::now(),
+        )
         .unwrap()
         .id
 }
@@ -76,14 +93,17 @@ fn decode(b64: &Value) -> image::DynamicImage {
 #[test]
 fn a_task_runs_to_success_with_images_seed_meta_and_timings() {
     let s = setup(Duration::from_secs(60));
-    assert_eq!(s.worker.run_one().unwrap(), Ran::Idle);
+    assert_eq!(s.worker.run_one(Duration::ZERO).unwrap(), Ran::Idle);
     let body = json!({
         "modelInputs": {"prompt": "An oil painting of a salad", "num_inference_steps": 3, "guidance_scale": 20,
                         "width": 72, "height": 64, "num_images_per_prompt": 3, "seed": 11},
         "callInputs": {"SCHEDULER": "LMS", "safety_checker": "true"}
     });
     let id = enqueue(&s, body.clone());
-    assert_eq!(s.worker.run_one().unwrap(), Ran::Succeeded(id));
+    assert_eq!(
+        s.worker.run_one(Duration::ZERO).unwrap(),
+        Ran::Succeeded(id)
+    );
     let out = outputs(&s, id);
     let images = out["images"].as_array().unwrap();
     assert_eq!(images.len(), 3);
@@ -104,7 +124,10 @@ fn a_task_runs_to_success_with_images_seed_meta_and_timings() {
 
     // The same seed again gives the same images, byte for byte.
     let again = enqueue(&s, body);
-    assert_eq!(s.worker.run_one().unwrap(), Ran::Succeeded(again));
+    assert_eq!(
+        s.worker.run_one(Duration::ZERO).unwrap(),
+        Ran::Succeeded(again)
+    );
     assert_eq!(outputs(&s, again)["images"], out["images"]);
 }
 
@@ -118,7 +141,10 @@ fn formats_and_the_checker_switch() {
             "callInputs": {"image_format": "JPEG", "safety_checker": false}
         }),
     );
-    assert_eq!(s.worker.run_one().unwrap(), Ran::Succeeded(id));
+    assert_eq!(
+        s.worker.run_one(Duration::ZERO).unwrap(),
+        Ran::Succeeded(id)
+    );
     let out = outputs(&s, id);
     assert_eq!(out["nsfw_content_detected"], Value::Null);
     let bytes = base64::engine::general_purpose::STANDARD
@@ -131,7 +157,7 @@ fn formats_and_the_checker_switch() {
 }
 
 #[test]
-fn a_pipeline_this_worker_cannot_run_fails_with_a_code() {
+fn a_task_this_worker_cannot_run_is_left_for_another() {
     let s = setup(Duration::from_secs(60));
     let png = {
         let img = image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
@@ -143,24 +169,31 @@ fn a_pipeline_this_worker_cannot_run_fails_with_a_code() {
         .unwrap();
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
-    let id = enqueue(
+    // The worker announces text-to-image only: an older img2img task is passed over, not
+    // failed, and the plain task behind it runs.
+    let img2img = enqueue(
         &s,
         json!({
             "modelInputs": {"prompt": "x", "image": png},
             "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}
         }),
     );
-    assert_eq!(
-        s.worker.run_one().unwrap(),
-        Ran::Failed(id, "pipeline_unavailable".into())
+    let plain = enqueue(
+        &s,
+        json!({"modelInputs": {"prompt": "x", "num_inference_steps": 2, "width": 64, "height": 64}}),
     );
-    let view = s.store.get(s.org, id, Timestamp::now()).unwrap().unwrap();
-    assert_eq!(view.state, TaskState::Failed);
-    assert!(view
-        .error
+    assert_eq!(
+        s.worker.run_one(Duration::ZERO).unwrap(),
+        Ran::Succeeded(plain)
+    );
+    assert_eq!(s.worker.run_one(Duration::ZERO).unwrap(), Ran::Idle);
+    let view = s
+        .store
+        .get(s.org, img2img, Timestamp::now())
         .unwrap()
-        .message
-        .contains("StableDiffusionPipeline"));
+        .unwrap();
+    assert_eq!(view.state, TaskState::Queued);
+    assert_eq!(view.attempt, 0, "never leased");
 }
 
 #[test]
@@ -174,7 +207,7 @@ fn a_cancel_stops_a_running_task_and_progress_is_reported() {
         }),
     );
     std::thread::scope(|scope| {
-        let run = scope.spawn(|| s.worker.run_one().unwrap());
+        let run = scope.spawn(|| s.worker.run_one(Duration::ZERO).unwrap());
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let view = s.store.get(s.org, id, Timestamp::now()).unwrap().unwrap();

@@ -1,12 +1,13 @@
 //! The route table, and the answers for routes and methods that do not exist.
 
 mod health;
-mod tasks;
+pub(crate) mod tasks;
 mod usage;
+mod worker;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use sie_api::Problem;
 
@@ -16,7 +17,33 @@ use crate::{method_not_allowed, ApiError, AppState, BASE};
 /// SPEC 1.1: a create-task body is at most 20 MiB.
 pub const MAX_BODY: usize = 20 * 1024 * 1024;
 
+/// A worker's completion carries every image of a task, base64: up to eight 1024x1024
+/// PNGs, several times what a client may send.
+const MAX_WORKER_BODY: usize = 256 * 1024 * 1024;
+
 pub fn router(state: AppState) -> Router {
+    let worker = Router::new()
+        .route(
+            &format!("{}/lease", sie_api::worker::PREFIX),
+            post(worker::lease),
+        )
+        .route(
+            &format!("{}/tasks/{{id}}/heartbeat", sie_api::worker::PREFIX),
+            post(worker::heartbeat),
+        )
+        .route(
+            &format!("{}/tasks/{{id}}/complete", sie_api::worker::PREFIX),
+            post(worker::complete),
+        )
+        .route(
+            &format!("{}/tasks/{{id}}/fail", sie_api::worker::PREFIX),
+            post(worker::fail),
+        )
+        .route(
+            &format!("{}/tasks/{{id}}/release", sie_api::worker::PREFIX),
+            post(worker::release),
+        )
+        .layer(DefaultBodyLimit::max(MAX_WORKER_BODY));
     Router::new()
         .route(BASE, get(tasks::list::list).post(tasks::post::create))
         .route(
@@ -26,9 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/beta/organizations/{org}/usage", get(usage::usage))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(worker)
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { method_not_allowed() })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(problems_only))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)

@@ -1,19 +1,20 @@
-//! `sie admin --data-dir DIR …`: the portal's account flow from the command line (SPEC 2).
+//! `sie admin --data-dir DIR …` or `sie admin --database-url URL …`: the portal's account
+//! flow (SPEC 2) and worker tokens, from the command line.
 //!
-//! It opens the same SQLite file `sie serve` uses (WAL mode lets both run at once).
-//! `key create` prints only the key on stdout, so scripts can capture it.
-
-use std::path::PathBuf;
+//! It opens the same store the servers use: the SQLite file of `sie serve` (WAL mode lets
+//! both run at once) or the PostgreSQL database of `sie api`. `key create` and
+//! `worker-token create` print only the secret on stdout, so scripts can capture it.
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use sie_store::{AccountName, KeyPrefix, OrgName, SqliteStore, Store, Timestamp};
+use sie_store::{AccountName, KeyPrefix, OrgName, Timestamp, WorkerName};
+
+use super::common::StoreArgs;
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// The data directory of `sie serve` (holds sie.db).
-    #[arg(long, default_value = "./sie-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -29,6 +30,20 @@ enum AdminCommand {
     /// API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Worker tokens: what a remote `sie worker` presents.
+    #[command(subcommand)]
+    WorkerToken(WorkerTokenCommand),
+}
+
+#[derive(Subcommand)]
+enum WorkerTokenCommand {
+    /// Create a token for a worker (1-64 of a-z, 0-9, - and _); prints only the token (shown
+    /// once). A name is never reused, even after its token is revoked.
+    Create { name: String },
+    /// Revoke a worker's token: its calls are refused at once and its tasks go back to the queue.
+    Revoke { name: String },
+    /// List worker tokens (names only).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -81,15 +96,7 @@ enum KeyCommand {
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let db = args.data_dir.join("sie.db");
-    if !db.is_file() {
-        bail!(
-            "{} does not exist; start `sie serve --data-dir {}` once, or pass the right --data-dir",
-            db.display(),
-            args.data_dir.display()
-        );
-    }
-    let store = SqliteStore::open(&db)?;
+    let store = args.store.open(false)?;
     let now = Timestamp::now();
     let account = |name: &str| -> anyhow::Result<_> {
         let parsed = AccountName::parse(name)?;
@@ -140,6 +147,30 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("revoked {prefix}");
             } else {
                 bail!("no active key with prefix {prefix}; `sie admin key list --account NAME` shows them");
+            }
+        }
+        AdminCommand::WorkerToken(WorkerTokenCommand::Create { name }) => {
+            let token = store.create_worker_token(&WorkerName::parse(&name)?, now)?;
+            println!("{}", token.expose_token());
+        }
+        AdminCommand::WorkerToken(WorkerTokenCommand::Revoke { name }) => {
+            if store.revoke_worker_token(&WorkerName::parse(&name)?, now)? {
+                println!("revoked the token of worker {name}; its tasks went back to the queue");
+            } else {
+                bail!(
+                    "no live worker token named {name}; `sie admin worker-token list` shows them"
+                );
+            }
+        }
+        AdminCommand::WorkerToken(WorkerTokenCommand::List) => {
+            println!("name\tstate");
+            for t in store.list_worker_tokens()? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!("{}\t{state}", t.name);
             }
         }
         AdminCommand::Key(KeyCommand::List { account: who }) => {

@@ -1,4 +1,5 @@
 //! `sie bench unet`: seconds per guided UNet step of the full-size SD 2.1 UNet.
+//! (`sie bench queue` lives in `bench_queue.rs`.)
 //!
 //! Built from the published UNet configs with random weights (no files
 //! needed), so the same figure can be measured on any machine and compared
@@ -35,6 +36,26 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Tasks per second through the queue alone (create, lease, complete), no engine.
+    Queue {
+        /// A scratch PostgreSQL database; without it, SQLite.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Where the SQLite file goes; a fresh temporary directory when left out.
+        #[arg(long, conflicts_with = "database_url")]
+        data_dir: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 2000)]
+        tasks: u64,
+        /// Threads creating tasks.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+        producers: u32,
+        /// Threads leasing and completing tasks.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+        workers: u32,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -55,13 +76,42 @@ fn published_unet(variant: Variant) -> &'static str {
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Unet {
-        variant,
-        size,
-        batch,
-        steps,
-        json,
-    } = command;
+    let (variant, size, batch, steps, json) = match command {
+        BenchCommand::Unet {
+            variant,
+            size,
+            batch,
+            steps,
+            json,
+        } => (variant, size, batch, steps, json),
+        BenchCommand::Queue {
+            database_url,
+            data_dir,
+            tasks,
+            producers,
+            workers,
+            json,
+        } => {
+            return super::bench_queue::run(super::bench_queue::QueueBench {
+                database_url,
+                data_dir,
+                tasks,
+                producers,
+                workers,
+                json,
+            })
+        }
+    };
+    unet(variant, size, batch, steps, json)
+}
+
+fn unet(
+    variant: Variant,
+    size: usize,
+    batch: usize,
+    steps: usize,
+    json: bool,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         size % 8 == 0 && size > 0,
         "--size {size} is not a positive multiple of 8"

@@ -1,5 +1,9 @@
 pub mod admin;
+pub mod api;
 pub mod bench;
+pub mod bench_queue;
+pub mod common;
 pub mod generate;
 pub mod model;
 pub mod serve;
+pub mod worker;

@@ -11,10 +11,10 @@ use axum::Json;
 use serde_json::json;
 use sie_api::request::Seed;
 use sie_api::{CreateTask, RequestError};
-use sie_store::{IdempotencyKey, Timestamp};
+use sie_store::{IdempotencyKey, TaskNeeds, Timestamp};
 
 use crate::auth::authorize;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, SafetyChecker};
 
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
@@ -68,7 +68,9 @@ pub async fn create(
     let mut task = tokio::task::spawn_blocking(move || CreateTask::parse(&body))
         .await
         .map_err(|e| ApiError::Internal(format!("request parsing panicked: {e}")))??;
-    if task.call_inputs.safety_checker == Some(true) && !state.safety_checker_installed {
+    if task.call_inputs.safety_checker == Some(true)
+        && state.safety_checker == SafetyChecker::NotInstalled
+    {
         return Err(ApiError::Invalid(RequestError {
             code: "safety_checker_unavailable",
             field: Some("callInputs.safety_checker".into()),
@@ -110,11 +112,20 @@ pub async fn create(
     let stored = serde_json::to_string(&task)
         .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
     let caps = state.caps;
+    let needs = task_needs(&task);
     let enqueued = state
-        .store(move |s| s.enqueue(org, &stored, idempotency.as_ref(), caps, Timestamp::now()))
+        .store(move |s| {
+            s.enqueue(
+                org,
+                &stored,
+                &needs,
+                idempotency.as_ref(),
+                caps,
+                Timestamp::now(),
+            )
+        })
         .await?;
     if enqueued.created {
-        (state.on_enqueue)();
         tracing::info!(request_id = %enqueued.id, "task queued");
     }
 
@@ -128,6 +139,15 @@ pub async fn create(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// What the task asks of its worker, for the store to match against worker offers.
+pub fn task_needs(task: &CreateTask) -> TaskNeeds {
+    TaskNeeds {
+        pipeline: task.call_inputs.pipeline.as_str().to_owned(),
+        scheduler: task.call_inputs.scheduler.map(|s| s.as_str().to_owned()),
+        safety_checker: task.call_inputs.safety_checker == Some(true),
+    }
 }
 
 /// The absolute URL of `path` as the client reached it (behind a proxy, its

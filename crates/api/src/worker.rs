@@ -1,0 +1,159 @@
+//! The worker protocol's bodies (`/worker/v1`, `docs/worker-protocol.md`): what a remote
+//! worker and an API node say to each other.
+//!
+//! Both sides use these types, so the protocol cannot drift between them. Unknown fields
+//! are refused, as on the public API: a worker built for a newer protocol learns at its
+//! first call that this server is older, instead of having its words silently dropped.
+//! The leased request is the same [`CreateTask`] the API parsed, so the worker runs the
+//! typed request and never re-derives it from the client's JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::request::{CreateTask, Pipeline, Scheduler};
+
+/// The path prefix of every worker route.
+pub const PREFIX: &str = "/worker/v1";
+
+/// The longest a lease call may wait for a task, in seconds.
+pub const MAX_WAIT_SECONDS: u32 = 30;
+
+/// What a worker serves, sent with every lease call; the API hands it only tasks it can run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announcement {
+    /// The model's name (its directory's name unless the operator gave one).
+    pub model: String,
+    /// The model's native size: what a task without `width`/`height` is generated at.
+    pub native_width: u32,
+    pub native_height: u32,
+    pub pipelines: Vec<Pipeline>,
+    pub schedulers: Vec<Scheduler>,
+    pub safety_checker: bool,
+}
+
+/// `POST /worker/v1/lease`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub worker: Announcement,
+    /// How long to wait for a task before answering `204 No Content`: 0 to
+    /// [`MAX_WAIT_SECONDS`]; 20 when left out.
+    #[serde(default)]
+    pub wait_seconds: Option<u32>,
+}
+
+/// `200` to a lease call: one task, now this worker's until `lease_seconds` pass without
+/// a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseResponse {
+    /// The task's `requestId`.
+    pub id: String,
+    /// The fencing token: every later call for this task passes it back.
+    pub attempt: u32,
+    pub request: CreateTask,
+    /// When the client's POST was accepted, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    pub lease_seconds: u64,
+}
+
+/// Denoising progress: `step` of `steps` done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepProgress {
+    pub step: u32,
+    pub steps: u32,
+}
+
+/// `POST /worker/v1/tasks/{id}/heartbeat`: renews the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub attempt: u32,
+    #[serde(default)]
+    pub progress: Option<StepProgress>,
+}
+
+/// What the worker does after a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// The lease is renewed; keep going.
+    Continue,
+    /// The client cancelled: stop at the next step and report `fail` with code `cancelled`.
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatResponse {
+    pub action: Action,
+}
+
+/// What the worker used, for billing and the usage endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    pub images: u32,
+    pub steps: u32,
+    pub gpu_ms: u64,
+}
+
+/// The `modelOutputs` a client reads (SPEC 1.2), checked for shape before it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOutputs {
+    /// Base64 images, one per `num_images_per_prompt`.
+    pub images: Vec<String>,
+    /// One flag per image, or `null` when no checker ran.
+    pub nsfw_content_detected: Option<Vec<bool>>,
+    pub seed: u64,
+    #[serde(rename = "$meta")]
+    pub meta: Value,
+    #[serde(rename = "$timings")]
+    pub timings: Value,
+}
+
+/// `POST /worker/v1/tasks/{id}/complete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub attempt: u32,
+    pub model_outputs: ModelOutputs,
+    pub usage: Usage,
+}
+
+/// `POST /worker/v1/tasks/{id}/fail`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    pub attempt: u32,
+    /// A stable machine code, e.g. `engine_error`, `out_of_memory`.
+    pub code: String,
+    pub message: String,
+    /// `true`: the task may succeed elsewhere (the node's fault, not the request's); it goes
+    /// back to the queue and the attempt counts.
+    pub retryable: bool,
+}
+
+/// `POST /worker/v1/tasks/{id}/release`: the worker is shutting down; the task goes back to
+/// the queue without counting the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub attempt: u32,
+}
+
+/// `200` to complete, fail and release: the call was this attempt's, and took effect.
+/// (A call for an attempt that no longer owns the task is `409` with code `lease_lost`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accepted {
+    pub accepted: bool,
+}
+
+/// The problem `code` of a call for a task this worker does not hold.
+pub const LEASE_LOST: &str = "lease_lost";
+/// The problem `code` of a missing, unknown or revoked worker token.
+pub const UNAUTHORIZED: &str = "invalid_worker_token";

@@ -1,0 +1,63 @@
+//! `sie api --database-url postgres://…`: the SIE API alone, on PostgreSQL, stateless.
+//!
+//! Any number may run behind a load balancer against one database: every task lives in the
+//! database from its 202 on, leases are claimed with `FOR UPDATE SKIP LOCKED`, and a task
+//! posted on one node wakes workers long-polling on another through `LISTEN/NOTIFY`. GPU
+//! nodes (`sie worker`) pull work over `/worker/v1` with a worker token. Each node also runs
+//! the result-expiry sweep (deletes are idempotent, so several at once are harmless).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sie_store::{PostgresStore, Store};
+
+use super::common::{shutdown_signal, spawn_expiry, ServerArgs};
+
+#[derive(Args)]
+pub struct ApiArgs {
+    /// The PostgreSQL database: `postgres://user:password@host:port/db`.
+    #[arg(long, env = "SIE_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub fn run(args: ApiArgs) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&args.database_url)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&args.server.listen))
+        .with_context(|| format!("listening on {}", args.server.listen))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let expiry = spawn_expiry(store.clone(), stop.clone(), args.server.result_ttl)?;
+    let state = args
+        .server
+        .app_state(store.clone(), sie_server::SafetyChecker::PerWorker);
+    let shutdown = {
+        let (stop, store) = (stop.clone(), store.clone());
+        async move {
+            shutdown_signal().await;
+            eprintln!("shutting down: draining requests in flight");
+            stop.store(true, Ordering::SeqCst);
+            // Long-polling lease calls return at their next look.
+            store.work_signal().notify();
+        }
+    };
+    runtime.block_on(async {
+        let address = listener.local_addr()?;
+        println!("listening on http://{address}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        sie_server::serve(listener, state, shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    stop.store(true, Ordering::SeqCst);
+    let _ = expiry.join();
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}

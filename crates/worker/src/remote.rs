@@ -1,0 +1,256 @@
+//! [`HttpSource`]: an API node's worker protocol (`/worker/v1`, `docs/worker-protocol.md`)
+//! as a [`TaskSource`], for `sie worker` on a machine that holds no database credentials.
+//!
+//! The node is far away and may blink: a lease call that cannot reach it is an error the
+//! caller backs off from, a heartbeat that cannot reach it is logged and tried again next
+//! beat, and a finished result is retried with backoff for as long as its lease could still
+//! be alive, because a generated image is the one thing a worker must not drop. `409
+//! lease_lost` is not an error: it is the answer "another attempt owns this task now".
+
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sie_api::worker::{
+    Accepted, Action, Announcement, CompleteRequest, FailRequest, HeartbeatRequest,
+    HeartbeatResponse, LeaseRequest, LeaseResponse, ModelOutputs, ReleaseRequest, StepProgress,
+    Usage, LEASE_LOST, PREFIX,
+};
+use sie_store::{Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
+
+use crate::source::{LeasedTask, SourceError, TaskSource};
+
+/// The first pause after a failed report; it doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+pub struct HttpSource {
+    client: Client,
+    /// `http(s)://host:port` of an API node (or its load balancer), without a trailing `/`.
+    server: String,
+    token: String,
+    announcement: Announcement,
+}
+
+impl std::fmt::Debug for HttpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSource")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl HttpSource {
+    pub fn new(server: &str, token: &str, announcement: Announcement) -> Result<Self, SourceError> {
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // A lease call waits up to MAX_WAIT_SECONDS on the server; leave room for that.
+            .timeout(Duration::from_secs(
+                u64::from(sie_api::worker::MAX_WAIT_SECONDS) + 30,
+            ))
+            .build()
+            .map_err(|e| SourceError::Remote(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            server: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            announcement,
+        })
+    }
+
+    fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<Response, SourceError> {
+        let url = format!("{}{PREFIX}{path}", self.server);
+        self.client
+            .post(&url)
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .map_err(|e| SourceError::Remote(format!("POST {url}: {e}")))
+    }
+
+    /// Posts a report for a task: `Some(answer)` when accepted, `None` on `409 lease_lost`.
+    /// Unreachable servers and 5xx answers are retried with backoff until `give_up_after`.
+    fn report<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        give_up_after: Duration,
+    ) -> Result<Option<T>, SourceError> {
+        let deadline = Instant::now() + give_up_after;
+        let mut pause = MIN_BACKOFF;
+        loop {
+            let err = match self.post(path, body) {
+                Ok(resp) if resp.status().is_server_error() => problem(resp),
+                Ok(resp) if resp.status() == StatusCode::CONFLICT => {
+                    let err = problem(resp);
+                    if err.to_string().contains(LEASE_LOST) {
+                        return Ok(None);
+                    }
+                    return Err(err);
+                }
+                Ok(resp) if resp.status().is_success() => return parse(resp).map(Some),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    return Err(unauthorized(resp))
+                }
+                Ok(resp) => return Err(problem(resp)),
+                Err(e) => e,
+            };
+            if Instant::now() + pause > deadline {
+                return Err(err);
+            }
+            tracing::warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "report failed; retrying");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// The server's problem document, as an error that keeps its code and detail.
+fn problem(resp: Response) -> SourceError {
+    let status = resp.status();
+    let body = resp.text().unwrap_or_default();
+    let what = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            Some(format!(
+                "{}: {}",
+                v.get("code")?.as_str()?,
+                v.get("detail")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    SourceError::Remote(format!("the server answered {status}: {what}"))
+}
+
+fn unauthorized(resp: Response) -> SourceError {
+    match problem(resp) {
+        SourceError::Remote(m) => SourceError::Unauthorized(m),
+        other => other,
+    }
+}
+
+fn parse<T: DeserializeOwned>(resp: Response) -> Result<T, SourceError> {
+    let url = resp.url().to_string();
+    resp.json()
+        .map_err(|e| SourceError::Remote(format!("unreadable answer from {url}: {e}")))
+}
+
+/// How long a finished result keeps being offered: as long as a lease can outlive the
+/// worker's last heartbeat, since after that another attempt has the task anyway.
+const REPORT_PATIENCE: Duration = Duration::from_secs(120);
+
+impl TaskSource for HttpSource {
+    fn lease(&self, wait: Duration) -> Result<Option<LeasedTask>, SourceError> {
+        let body = LeaseRequest {
+            worker: self.announcement.clone(),
+            wait_seconds: Some((wait.as_secs() as u32).min(sie_api::worker::MAX_WAIT_SECONDS)),
+        };
+        let resp = self.post("/lease", &body)?;
+        match resp.status() {
+            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::OK => {
+                let l: LeaseResponse = parse(resp)?;
+                let id = TaskId::parse(&l.id).map_err(|e| {
+                    SourceError::Remote(format!("the server leased a task with a bad id: {e}"))
+                })?;
+                Ok(Some(LeasedTask {
+                    id,
+                    attempt: l.attempt,
+                    request: Ok(l.request),
+                    created_at: Timestamp::from_millis(l.created_at_ms),
+                    lease: Duration::from_secs(l.lease_seconds),
+                }))
+            }
+            StatusCode::UNAUTHORIZED => Err(unauthorized(resp)),
+            _ => Err(problem(resp)),
+        }
+    }
+
+    fn heartbeat(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        progress: Option<Progress>,
+    ) -> Result<Heartbeat, SourceError> {
+        let body = HeartbeatRequest {
+            attempt,
+            progress: progress.map(|p| StepProgress {
+                step: p.step,
+                steps: p.steps,
+            }),
+        };
+        // One try: the next beat is the retry. A refused token means the operator revoked
+        // this worker, and its leases with it: the task is no longer ours.
+        let answer: Option<HeartbeatResponse> = match self.report(
+            &format!("/tasks/{id}/heartbeat"),
+            &body,
+            Duration::ZERO,
+        ) {
+            Err(SourceError::Unauthorized(m)) => {
+                tracing::error!(error = %m, "this worker's token was refused; dropping the task");
+                None
+            }
+            other => other?,
+        };
+        Ok(match answer.map(|a| a.action) {
+            None => Heartbeat::Lost,
+            Some(Action::Continue) => Heartbeat::Continue,
+            Some(Action::Cancel) => Heartbeat::Cancelled,
+        })
+    }
+
+    fn complete(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        model_outputs: &serde_json::Value,
+        usage: TaskUsage,
+    ) -> Result<bool, SourceError> {
+        let model_outputs: ModelOutputs = serde_json::from_value(model_outputs.clone())
+            .map_err(|e| SourceError::Remote(format!("this worker built bad modelOutputs: {e}")))?;
+        let body = CompleteRequest {
+            attempt,
+            model_outputs,
+            usage: Usage {
+                images: usage.images,
+                steps: usage.steps,
+                gpu_ms: usage.gpu_ms,
+            },
+        };
+        let answer: Option<Accepted> =
+            self.report(&format!("/tasks/{id}/complete"), &body, REPORT_PATIENCE)?;
+        Ok(answer.is_some())
+    }
+
+    fn fail(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        code: &str,
+        message: &str,
+        retryable: bool,
+    ) -> Result<bool, SourceError> {
+        let body = FailRequest {
+            attempt,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            retryable,
+        };
+        let answer: Option<Accepted> =
+            self.report(&format!("/tasks/{id}/fail"), &body, REPORT_PATIENCE)?;
+        Ok(answer.is_some())
+    }
+
+    fn release(&self, id: TaskId, attempt: u32) -> Result<bool, SourceError> {
+        // Shutting down: a few seconds at most; if it fails the lease lapses instead.
+        let answer: Option<Accepted> = self.report(
+            &format!("/tasks/{id}/release"),
+            &ReleaseRequest { attempt },
+            Duration::from_secs(5),
+        )?;
+        Ok(answer.is_some())
+    }
+}
