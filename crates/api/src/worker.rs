@@ -1,9 +1,11 @@
 //! The worker protocol's bodies (`/worker/v1`, `docs/worker-protocol.md`): what a remote
 //! worker and an API node say to each other.
 //!
-//! Both sides use these types, so the protocol cannot drift between them. Unknown fields
-//! are refused, as on the public API: a worker built for a newer protocol learns at its
-//! first call that this server is older, instead of having its words silently dropped.
+//! Both sides use these types, so the protocol cannot drift between them. In what a worker
+//! sends, unknown fields are refused, as on the public API: a worker built for a newer
+//! protocol learns at its first call that this server is older, instead of having its words
+//! silently dropped. What the server answers is read leniently, so a newer server can add a
+//! field without stranding the tasks it hands to older workers.
 //! The leased request is the same [`CreateTask`] the API parsed, so the worker runs the
 //! typed request and never re-derives it from the client's JSON.
 
@@ -44,15 +46,16 @@ pub struct LeaseRequest {
 }
 
 /// `200` to a lease call: one task, now this worker's until `lease_seconds` pass without
-/// a heartbeat.
+/// a heartbeat. The server sends a [`CreateTask`]; a worker reads `request` as plain JSON
+/// first (`LeaseResponse<serde_json::Value>`), so a request it cannot read is reported on
+/// the task instead of being lost with the lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseResponse {
+pub struct LeaseResponse<R = CreateTask> {
     /// The task's `requestId`.
     pub id: String,
     /// The fencing token: every later call for this task passes it back.
     pub attempt: u32,
-    pub request: CreateTask,
+    pub request: R,
     /// When the client's POST was accepted, milliseconds since the Unix epoch.
     pub created_at_ms: i64,
     pub lease_seconds: u64,
@@ -86,7 +89,6 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HeartbeatResponse {
     pub action: Action,
 }
@@ -148,7 +150,6 @@ pub struct ReleaseRequest {
 /// `200` to complete, fail and release: the call was this attempt's, and took effect.
 /// (A call for an attempt that no longer owns the task is `409` with code `lease_lost`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Accepted {
     pub accepted: bool,
 }

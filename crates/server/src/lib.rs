@@ -17,6 +17,7 @@ pub mod error;
 mod routes;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,62 @@ pub struct AppState {
     pub pipelines: Vec<sie_api::request::Pipeline>,
     /// How long a remote worker's lease lasts without a heartbeat.
     pub lease: Duration,
+    /// The store's work signal, relayed to async tasks: long-polling lease calls wait on
+    /// this without holding a thread.
+    wake: tokio::sync::watch::Receiver<u64>,
+    /// Raised at shutdown: long-polling lease calls answer 204 at once instead of leasing.
+    stopping: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        caps: QueueCaps,
+        safety_checker: SafetyChecker,
+        pipelines: Vec<sie_api::request::Pipeline>,
+        lease: Duration,
+    ) -> Self {
+        AppState {
+            wake: relay_work_signal(store.clone()),
+            store,
+            caps,
+            safety_checker,
+            pipelines,
+            lease,
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Shutdown has begun: waiting lease calls answer `204` now and no new lease is handed
+    /// out over HTTP (a worker would get it after this node stopped answering its calls).
+    pub fn stop_long_polls(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.store.work_signal().notify();
+    }
+}
+
+/// A thread that waits on the store's (blocking) work signal and republishes its
+/// generation on a `watch` channel, so async handlers can wait for work. It ends when every
+/// receiver is gone.
+fn relay_work_signal(store: Arc<dyn Store>) -> tokio::sync::watch::Receiver<u64> {
+    let mut seen = store.work_signal().generation();
+    let (tx, rx) = tokio::sync::watch::channel(seen);
+    let spawned = std::thread::Builder::new()
+        .name("wake-relay".into())
+        .spawn(move || {
+            while !tx.is_closed() {
+                let now = store.work_signal().wait_past(seen, Duration::from_secs(1));
+                if now != seen {
+                    seen = now;
+                    tx.send_replace(now);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the relay, lease calls still look every RECHECK; slower, not wrong.
+        tracing::error!(error = %e, "could not start the work-signal relay");
+    }
+    rx
 }
 
 /// What the API knows of the workers' safety checkers.

@@ -178,12 +178,16 @@ struct Api {
 }
 
 fn start_api(database_url: &str, lease: &str) -> Api {
+    start_api_on(database_url, lease, "127.0.0.1:0")
+}
+
+fn start_api_on(database_url: &str, lease: &str, listen: &str) -> Api {
     let (proc, mut stdout) = Proc::spawn(
         // 200 tasks are posted faster than two CPU workers run them: above the default cap.
         &[
             "api",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--lease",
             lease,
             "--org-queue-cap",
@@ -770,6 +774,21 @@ fn the_worker_protocol_refuses_revoked_strange_and_stale_workers() {
             "{body}"
         );
     }
+    // The token is checked before the body is read; worker calls other than complete are small.
+    let big = "x".repeat(200 * 1024);
+    let r = c
+        .post(format!("{}/worker/v1/lease", api.url))
+        .body(big.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{}/worker/v1/lease", api.url))
+        .bearer_auth(&t.tokens["w1"])
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
     // Malformed announcements and waits are refused, naming what is wrong.
     let (status, body) = w1.call("/lease", json!({"worker": {"model": "x"}}));
     assert_eq!(status, 400, "{body}");
@@ -880,4 +899,73 @@ fn the_worker_protocol_refuses_revoked_strange_and_stale_workers() {
         (Some(id.as_str()), Some(2))
     );
     assert!(admin(&db.url, &["worker-token", "list"]).contains("w1\trevoked"));
+    assert_eq!(w2.complete(&id, 2, "b2s=").0, 200);
+
+    // A worker that hangs up during its lease call costs no attempt: a task leased for it
+    // after it left goes straight back to the queue.
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{}/worker/v1/lease", api.url))
+        .bearer_auth(&t.tokens["w2"])
+        .json(
+            &json!({"worker": {"model": "raw", "native_width": 64, "native_height": 64,
+            "pipelines": ["StableDiffusionPipeline"], "schedulers": [], "safety_checker": false},
+            "wait_seconds": 10}),
+        )
+        .send();
+    assert!(gone.is_err(), "the call timed out on the client's side");
+    let id = submit(&c, &api.url, &t.key, &small(3, 2, 64));
+    // Past the abandoned call's next look (it looks at least every 2 s).
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, taken) = w2.lease(5);
+    assert_eq!(status, 200);
+    assert_eq!(taken["id"].as_str(), Some(id.as_str()));
+    let given_back: i64 = connect(&db.url)
+        .query_one("SELECT released FROM tasks WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    // Either the abandoned call stopped when its worker hung up, or it leased the task
+    // and gave it back; either way no attempt was lost.
+    let attempt = taken["attempt"].as_i64().unwrap();
+    assert_eq!(
+        attempt - given_back,
+        1,
+        "attempt {attempt}, given back {given_back}"
+    );
+}
+
+#[test]
+fn a_worker_started_before_its_api_node_connects_once_it_is_up() {
+    let db = Database::fresh(&admin_url());
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let t = tenant(&db.url, &["early"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let worker = start_worker(&format!("http://{address}"), &t.tokens["early"], &model);
+    // Nothing listens yet: the worker keeps trying with backoff instead of exiting.
+    std::thread::sleep(Duration::from_secs(2));
+    let api = start_api_on(&db.url, "60s", &address);
+    let c = client();
+    let id = submit(&c, &api.url, &t.key, &small(5, 2, 64));
+    let v = &wait_all(
+        &c,
+        &[&api.url],
+        &t.key,
+        std::slice::from_ref(&id),
+        Duration::from_secs(120),
+    )[0];
+    assert_eq!(v["status"], "success", "{v}");
+    assert!(
+        worker.log().contains("cannot reach the queue"),
+        "{}",
+        worker.log()
+    );
 }

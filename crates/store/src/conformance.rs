@@ -53,7 +53,8 @@ macro_rules! conformance_tests {
             lease_matches_worker_offer,
             retryable_failure_requeues_then_fails,
             worker_tokens,
-            work_signal_rings_on_enqueue_and_requeue
+            work_signal_rings_on_enqueue_and_requeue,
+            sweep_finishes_lapsed_tasks_without_a_lease
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1296,4 +1297,33 @@ pub fn work_signal_rings_on_enqueue_and_requeue(h: &dyn Harness) {
         s.work_signal().wait_past(seen, wait) > seen,
         "a task given back rang the signal"
     );
+}
+
+pub fn sweep_finishes_lapsed_tasks_without_a_lease(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let lost = enqueue(s, a, "{}", secs(0));
+    for attempt in 1..=3 {
+        assert_eq!(lease(s, secs(100 * attempt)).unwrap().id, lost);
+    }
+    let cancelled = enqueue(s, a, "{}", secs(300));
+    let l = lease(s, secs(300)).unwrap();
+    assert_eq!(l.id, cancelled);
+    assert_eq!(
+        s.cancel(a, cancelled, secs(301)).unwrap(),
+        CancelOutcome::CancelRequested
+    );
+    let waiting = enqueue(s, a, "{}", secs(302));
+    // Nothing has lapsed yet.
+    assert_eq!(s.sweep(secs(359)).unwrap(), 0);
+    // Both leases lapsed, nobody asks for work: the sweep ends them, and only them.
+    assert_eq!(s.sweep(secs(400)).unwrap(), 2);
+    assert_eq!(s.sweep(secs(400)).unwrap(), 0);
+    let v = view(s, a, lost);
+    assert_eq!(v.state, TaskState::Failed);
+    assert_eq!(v.error.unwrap().code, codes::WORKER_LOST);
+    let v = view(s, a, cancelled);
+    assert_eq!(v.state, TaskState::Failed);
+    assert_eq!(v.error.unwrap().code, codes::CANCELLED);
+    assert_eq!(view(s, a, waiting).state, TaskState::Queued);
 }

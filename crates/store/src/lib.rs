@@ -36,5 +36,5 @@ pub use keys::{NewApiKey, NewWorkerToken};
 pub use postgres::PostgresStore;
 pub use signal::WorkSignal;
 pub use sqlite::SqliteStore;
-pub use store::Store;
+pub use store::{Store, RECHECK};
 pub use types::*;

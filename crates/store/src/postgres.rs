@@ -36,7 +36,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use postgres::config::Host;
@@ -70,6 +70,14 @@ const CHANNEL: &str = "sie_work";
 /// Idle connections kept for reuse; more are opened on demand under load.
 const POOL_IDLE: usize = 16;
 
+/// Connections one store opens at most (the listener's aside): several API
+/// nodes share the server's `max_connections` (100 by default), and a burst
+/// of callers waits for a free connection instead of being refused by it.
+const POOL_MAX: usize = 32;
+
+/// How long a call waits for a free connection before failing.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
 /// How long opening a connection may take before the call fails, so calls
 /// fail fast while the database is down instead of hanging the API.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,11 +90,19 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 // The messages of failures the store writes itself; the same as SQLite's.
 
+/// The connections of one store: those idle, and how many exist in all.
+struct Pool {
+    idle: Vec<Client>,
+    open: usize,
+}
+
 pub struct PostgresStore {
     config: Config,
     /// `user@host:port/database`, for messages: never the password.
     target: String,
-    idle: Mutex<Vec<Client>>,
+    pool: Mutex<Pool>,
+    /// Rung when a connection goes back to the pool or is closed.
+    freed: Condvar,
     /// The listener thread holds only a `Weak` to this, and stops once the
     /// store (its only strong owner) is dropped.
     signal: Arc<WorkSignal>,
@@ -186,6 +202,34 @@ fn open(config: &Config, target: &str) -> std::result::Result<Client, ConnectFai
     })
 }
 
+/// Finishes lapsed tasks that must not run again (out of attempts, or
+/// cancelled); returns how many. Rows another transaction holds are left to it
+/// (or to the next sweep).
+fn sweep_lapsed(tx: &mut Transaction<'_>, now: Timestamp) -> Result<u64> {
+    let doomed = tx
+        .query(
+            "SELECT seq, cancel_requested FROM tasks
+             WHERE state = 'running' AND lease_expires_at <= $1
+               AND (attempt - released >= $2 OR cancel_requested)
+             ORDER BY org_id
+             FOR UPDATE SKIP LOCKED",
+            &[&now.as_millis(), &i64::from(MAX_ATTEMPTS)],
+        )
+        .op("sweep lapsed tasks")?;
+    // By organization, so concurrent sweeps take usage rows in one order and
+    // cannot deadlock on them.
+    let n = doomed.len() as u64;
+    for row in doomed {
+        let (seq, cancelled): (i64, bool) = (row.col(0)?, row.col(1)?);
+        if cancelled {
+            finish_failed(tx, seq, codes::CANCELLED, CANCELLED_LAPSED_MESSAGE, now)?;
+        } else {
+            finish_failed(tx, seq, codes::WORKER_LOST, WORKER_LOST_MESSAGE, now)?;
+        }
+    }
+    Ok(n)
+}
+
 fn migrate(client: &mut Client) -> Result<()> {
     let mut tx = client
         .build_transaction()
@@ -252,6 +296,10 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("sie");
         }
+        // A silent network partition otherwise leaves a call (or the listener)
+        // waiting on a dead socket for the kernel's two hours.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
         let target = describe(&config);
         let connect_error = |e: ConnectFailed| StoreError::Database {
             operation: "connect",
@@ -272,29 +320,75 @@ impl PostgresStore {
         Ok(Self {
             config,
             target,
-            idle: Mutex::new(vec![client]),
+            pool: Mutex::new(Pool {
+                idle: vec![client],
+                open: 1,
+            }),
+            freed: Condvar::new(),
             signal,
         })
     }
 
-    fn checkout(&self) -> std::result::Result<Client, ConnectFailed> {
+    fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {
         // A poisoned lock only means another thread panicked while pushing or
-        // popping a connection; the Vec itself is fine.
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match pooled {
-            Some(client) if !client.is_closed() => Ok(client),
-            _ => open(&self.config, &self.target),
+        // popping a connection; the pool itself is fine.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live connection: an idle one, a new one while fewer than
+    /// [`POOL_MAX`] are open, or the next one freed.
+    fn checkout(&self, operation: &'static str) -> Result<Client> {
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let mut pool = self.lock_pool();
+        loop {
+            if let Some(client) = pool.idle.pop() {
+                if !client.is_closed() {
+                    return Ok(client);
+                }
+                pool.open -= 1;
+                continue;
+            }
+            if pool.open < POOL_MAX {
+                pool.open += 1;
+                drop(pool);
+                return open(&self.config, &self.target).map_err(|e| {
+                    self.lock_pool().open -= 1;
+                    self.freed.notify_one();
+                    StoreError::Database {
+                        operation,
+                        source: Box::new(e),
+                    }
+                });
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Database {
+                    operation,
+                    source: format!(
+                        "all {POOL_MAX} connections to {} stayed busy for {} s; the database is \
+                         overloaded or a call is stuck",
+                        self.target,
+                        POOL_WAIT.as_secs()
+                    )
+                    .into(),
+                });
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
     fn checkin(&self, client: Client) {
-        if client.is_closed() {
-            return;
+        let mut pool = self.lock_pool();
+        if client.is_closed() || pool.idle.len() >= POOL_IDLE {
+            pool.open -= 1;
+        } else {
+            pool.idle.push(client);
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < POOL_IDLE {
-            idle.push(client);
-        }
+        self.freed.notify_one();
     }
 
     /// Runs `f` in one transaction and commits.
@@ -312,10 +406,7 @@ impl PostgresStore {
     ) -> Result<T> {
         let mut retried = false;
         loop {
-            let mut client = self.checkout().map_err(|e| StoreError::Database {
-                operation,
-                source: Box::new(e),
-            })?;
+            let mut client = self.checkout(operation)?;
             let mut committing = false;
             let out = (|| {
                 let builder = client.build_transaction();
@@ -335,7 +426,10 @@ impl PostgresStore {
             self.checkin(client);
             match out {
                 Err(_) if closed && !committing && !retried => {
-                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    let mut pool = self.lock_pool();
+                    let stale = pool.idle.len();
+                    pool.open -= stale;
+                    pool.idle.clear();
                     retried = true;
                 }
                 out => return out,
@@ -1080,6 +1174,10 @@ impl Store for PostgresStore {
         Ok(enqueued)
     }
 
+    fn sweep(&self, now: Timestamp) -> Result<u64> {
+        self.write("sweep lapsed tasks", |tx| sweep_lapsed(tx, now))
+    }
+
     fn lease(
         &self,
         offer: &WorkerOffer,
@@ -1090,28 +1188,8 @@ impl Store for PostgresStore {
         let expires = now.plus(lease).as_millis();
         self.write("lease", |tx| {
             // Lapsed tasks that must not run again are finished first, so the
-            // pick below only sees tasks that may run. Rows another
-            // transaction holds are left to it (or to the next lease).
-            let doomed = tx
-                .query(
-                    "SELECT seq, cancel_requested FROM tasks
-                     WHERE state = 'running' AND lease_expires_at <= $1
-                       AND (attempt - released >= $2 OR cancel_requested)
-                     ORDER BY org_id
-                     FOR UPDATE SKIP LOCKED",
-                    &[&now_ms, &i64::from(MAX_ATTEMPTS)],
-                )
-                .op("lease")?;
-            // By organization, so concurrent sweeps take usage rows in one
-            // order and cannot deadlock on them.
-            for row in doomed {
-                let (seq, cancelled): (i64, bool) = (row.col(0)?, row.col(1)?);
-                if cancelled {
-                    finish_failed(tx, seq, codes::CANCELLED, CANCELLED_LAPSED_MESSAGE, now)?;
-                } else {
-                    finish_failed(tx, seq, codes::WORKER_LOST, WORKER_LOST_MESSAGE, now)?;
-                }
-            }
+            // pick below only sees tasks that may run.
+            sweep_lapsed(tx, now)?;
 
             // The fairness rule (see `Store::lease`): fewest live leases, then
             // least recently served, then oldest head; within the
@@ -1119,19 +1197,29 @@ impl Store for PostgresStore {
             // ranked so, and the first one nobody else holds is locked: when
             // a concurrent lease is taking an organization's head, this one
             // takes the next task in line instead of waiting for it.
+            //
+            // A task's key is its organization's live leases plus its place in
+            // the organization's line, so when a concurrent lease holds one
+            // organization's head, the next free task goes to the organization
+            // that would then have fewest running (as if that head were already
+            // leased), not to the same organization's second task. Sequentially
+            // the first key is always an organization's head, ranked exactly as
+            // SQLite ranks them.
             let pick = tx
                 .query_opt(
                     &format!(
                         "SELECT t.seq, t.id, t.org_id, t.state, t.attempt, t.request, t.created_at
-                         FROM tasks t
-                         JOIN (SELECT org_id, MIN(seq) AS head FROM tasks
-                               WHERE {} AND {} GROUP BY org_id) h ON h.org_id = t.org_id
-                         JOIN organizations o ON o.id = t.org_id
+                         FROM (SELECT seq, org_id,
+                                      ROW_NUMBER() OVER (PARTITION BY org_id ORDER BY seq) AS place,
+                                      MIN(seq) OVER (PARTITION BY org_id) AS head
+                               FROM tasks WHERE {} AND {}) q
+                         JOIN tasks t ON t.seq = q.seq
+                         JOIN organizations o ON o.id = q.org_id
                          LEFT JOIN (SELECT org_id, COUNT(*) AS n FROM tasks
                                     WHERE state = 'running' AND lease_expires_at > $1
-                                    GROUP BY org_id) b ON b.org_id = t.org_id
+                                    GROUP BY org_id) b ON b.org_id = q.org_id
                          WHERE {} AND {}
-                         ORDER BY COALESCE(b.n, 0), o.lease_turn, h.head, t.seq
+                         ORDER BY COALESCE(b.n, 0) + q.place, o.lease_turn, q.head, t.seq
                          LIMIT 1
                          FOR UPDATE OF t SKIP LOCKED",
                         waiting("", "$1"),

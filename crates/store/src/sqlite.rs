@@ -306,6 +306,33 @@ fn finish_failed(
     Ok(())
 }
 
+/// Finishes lapsed tasks that must not run again (out of attempts:
+/// `worker_lost`; cancel requested: `cancelled`); returns how many.
+fn sweep_lapsed(tx: &Connection, now: Timestamp) -> Result<u64> {
+    let mut doomed = tx
+        .prepare(
+            "SELECT seq, cancel_requested FROM tasks
+             WHERE state = 'running' AND lease_expires_at <= ?1
+               AND (attempt - released >= ?2 OR cancel_requested = 1)",
+        )
+        .op("sweep lapsed tasks")?;
+    let doomed: Vec<(i64, bool)> = doomed
+        .query_map(params![now.as_millis(), MAX_ATTEMPTS], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .op("sweep lapsed tasks")?
+        .collect::<rusqlite::Result<_>>()
+        .op("sweep lapsed tasks")?;
+    for &(seq, cancelled) in &doomed {
+        if cancelled {
+            finish_failed(tx, seq, codes::CANCELLED, CANCELLED_LAPSED_MESSAGE, now)?;
+        } else {
+            finish_failed(tx, seq, codes::WORKER_LOST, WORKER_LOST_MESSAGE, now)?;
+        }
+    }
+    Ok(doomed.len() as u64)
+}
+
 /// `retry_after_seconds` for a full queue: the time for one queued task to
 /// start at the rate tasks of that scope finished over the last minute.
 fn retry_after(tx: &Connection, org: Option<i64>, now: Timestamp) -> Result<u32> {
@@ -844,6 +871,10 @@ impl Store for SqliteStore {
         Ok(enqueued)
     }
 
+    fn sweep(&self, now: Timestamp) -> Result<u64> {
+        self.write("sweep lapsed tasks", |tx| sweep_lapsed(tx, now))
+    }
+
     fn lease(
         &self,
         offer: &WorkerOffer,
@@ -860,25 +891,7 @@ impl Store for SqliteStore {
         self.write("lease", |tx| {
             // Lapsed tasks that must not run again are finished first, so the
             // pick below only sees tasks that may run.
-            let mut doomed = tx
-                .prepare(
-                    "SELECT seq, cancel_requested FROM tasks
-                     WHERE state = 'running' AND lease_expires_at <= ?1
-                       AND (attempt - released >= ?2 OR cancel_requested = 1)",
-                )
-                .op("lease")?;
-            let doomed: Vec<(i64, bool)> = doomed
-                .query_map(params![now_ms, MAX_ATTEMPTS], |r| Ok((r.get(0)?, r.get(1)?)))
-                .op("lease")?
-                .collect::<rusqlite::Result<_>>()
-                .op("lease")?;
-            for (seq, cancelled) in doomed {
-                if cancelled {
-                    finish_failed(tx, seq, codes::CANCELLED, CANCELLED_LAPSED_MESSAGE, now)?;
-                } else {
-                    finish_failed(tx, seq, codes::WORKER_LOST, WORKER_LOST_MESSAGE, now)?;
-                }
-            }
+            sweep_lapsed(tx, now)?;
 
             // The fairness rule (see `Store::lease`): fewest live leases, then
             // least recently served, then oldest head; within the

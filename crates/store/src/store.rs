@@ -125,6 +125,12 @@ pub trait Store: Send + Sync {
     fn lease(&self, offer: &WorkerOffer, lease: Duration, now: Timestamp)
         -> Result<Option<Leased>>;
 
+    /// Finishes the tasks whose lease lapsed and that may not run again (out
+    /// of attempts: `worker_lost`; cancel requested: `cancelled`); returns how
+    /// many. [`Store::lease`] does this first; the expiry sweep calls it too,
+    /// so such tasks end even while no worker asks for work.
+    fn sweep(&self, now: Timestamp) -> Result<u64>;
+
     /// [`Store::lease`], waiting up to `wait` for a task: between looks it sleeps on
     /// [`Store::work_signal`], and looks again at least every [`RECHECK`] (a lease that
     /// lapses, or a task queued by a process this one cannot hear, rings nothing).

@@ -30,7 +30,7 @@ use sie_engine::model::StableDiffusion;
 use sie_engine::pipeline::Observer;
 use sie_store::{codes, Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
 
-pub use source::{LeasedTask, SourceError, StoreSource, TaskSource};
+pub use source::{LeasedTask, SourceError, StoreSource, TaskSource, Unreadable};
 
 /// What one call of [`Worker::run_one`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +96,9 @@ impl Worker {
 
         let task = match leased.request {
             Ok(t) => t,
-            Err(message) => return self.fail(id, attempt, "invalid_request", &message),
+            Err(why) => {
+                return self.report_failure(id, attempt, why.code, &why.message, why.retryable)
+            }
         };
         let request =
             match task::text_to_image(&self.model, &task, sie_api::request::Seed::random().get()) {
@@ -104,24 +106,39 @@ impl Worker {
                 Err(refusal) => return self.fail(id, attempt, refusal.code, &refusal.message),
             };
 
+        // The lease is renewed (and progress reported) until the outcome is reported, not
+        // only while the engine runs: encoding and uploading a result can outlast a lease.
         let signals = Signals::default();
-        let started = Instant::now();
-        let outcome = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let heartbeats =
                 scope.spawn(|| self.heartbeats(id, attempt, heartbeat_every, &signals));
-            let mut observer = ProgressObserver {
-                progress: &signals.progress,
-                first_step: None,
-            };
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                self.model
-                    .text_to_image(&request, &mut observer, &signals.cancel)
-            }));
+            let ran = self.run_and_report(id, attempt, &task, &request, queue_ms, &signals);
             signals.done.store(true, Ordering::SeqCst);
             heartbeats.thread().unpark();
-            (result, observer.first_step)
-        });
-        let (outcome, first_step) = outcome;
+            ran
+        })
+    }
+
+    /// Runs the engine and reports the outcome; the caller's heartbeat thread runs meanwhile.
+    fn run_and_report(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        task: &sie_api::CreateTask,
+        request: &sie_engine::pipeline::TextToImage,
+        queue_ms: u64,
+        signals: &Signals,
+    ) -> Result<Ran, SourceError> {
+        let started = Instant::now();
+        let mut observer = ProgressObserver {
+            progress: &signals.progress,
+            first_step: None,
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.model
+                .text_to_image(request, &mut observer, &signals.cancel)
+        }));
+        let first_step = observer.first_step;
         let inference_ms = started.elapsed().as_millis() as u64;
         if signals.lost.load(Ordering::SeqCst) {
             tracing::warn!("lease lost; discarding this attempt's work");
@@ -166,7 +183,7 @@ impl Worker {
             inference_ms,
             first_step_ms: first_step.map(|t| t.duration_since(started).as_millis() as u64),
         };
-        let outputs = match task::model_outputs(&self.model, &task, &request, &generated, timings) {
+        let outputs = match task::model_outputs(&self.model, task, request, &generated, timings) {
             Ok(o) => o,
             Err(e) => return self.fail(id, attempt, "engine_error", &e.to_string()),
         };
@@ -175,12 +192,24 @@ impl Worker {
             steps: request.num_inference_steps as u32,
             gpu_ms: inference_ms,
         };
-        if self.source.complete(id, attempt, &outputs, usage)? {
-            tracing::info!(inference_ms, "task succeeded");
-            Ok(Ran::Succeeded(id))
-        } else {
-            tracing::warn!("another attempt finished first; this result is discarded");
-            Ok(Ran::Lost(id))
+        match self.source.complete(id, attempt, &outputs, usage) {
+            Ok(true) => {
+                tracing::info!(inference_ms, "task succeeded");
+                Ok(Ran::Succeeded(id))
+            }
+            Ok(false) => {
+                tracing::warn!("another attempt finished first; this result is discarded");
+                Ok(Ran::Lost(id))
+            }
+            // The server will not take this result (too large for a proxy in front of it,
+            // say): say so on the task rather than let it run out of attempts.
+            Err(SourceError::Rejected(why)) => self.fail(
+                id,
+                attempt,
+                "result_rejected",
+                &format!("the finished result was refused: {why}"),
+            ),
+            Err(e) => Err(e),
         }
     }
 

@@ -3,9 +3,12 @@
 //!
 //! The node is far away and may blink: a lease call that cannot reach it is an error the
 //! caller backs off from, a heartbeat that cannot reach it is logged and tried again next
-//! beat, and a finished result is retried with backoff for as long as its lease could still
-//! be alive, because a generated image is the one thing a worker must not drop. `409
-//! lease_lost` is not an error: it is the answer "another attempt owns this task now".
+//! beat, and a finished result is offered again with backoff for a while (the worker keeps
+//! heartbeating meanwhile, so the lease stays its own), because a generated image is the
+//! one thing a worker must not drop. `409 lease_lost` is not an error: it is the answer
+//! "another attempt owns this task now". Each kind of call has its own time limit: a
+//! heartbeat that hangs must not outlast the lease, an upload over a slow line must not be
+//! cut short.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,7 @@ use sie_api::worker::{
 };
 use sie_store::{Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
 
-use crate::source::{LeasedTask, SourceError, TaskSource};
+use crate::source::{LeasedTask, SourceError, TaskSource, Unreadable};
 
 /// The first pause after a failed report; it doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -28,7 +31,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct HttpSource {
     client: Client,
-    /// `http(s)://host:port` of an API node (or its load balancer), without a trailing `/`.
+    /// `http://host:port` of an API node (or its load balancer), without a trailing `/`.
     server: String,
     token: String,
     announcement: Announcement,
@@ -45,12 +48,9 @@ impl std::fmt::Debug for HttpSource {
 
 impl HttpSource {
     pub fn new(server: &str, token: &str, announcement: Announcement) -> Result<Self, SourceError> {
+        // No client-wide timeout: each call sets its own (`post`).
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            // A lease call waits up to MAX_WAIT_SECONDS on the server; leave room for that.
-            .timeout(Duration::from_secs(
-                u64::from(sie_api::worker::MAX_WAIT_SECONDS) + 30,
-            ))
             .build()
             .map_err(|e| SourceError::Remote(format!("building the HTTP client: {e}")))?;
         Ok(Self {
@@ -61,28 +61,36 @@ impl HttpSource {
         })
     }
 
-    fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<Response, SourceError> {
+    fn post<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Response, SourceError> {
         let url = format!("{}{PREFIX}{path}", self.server);
         self.client
             .post(&url)
             .bearer_auth(&self.token)
+            .timeout(timeout)
             .json(body)
             .send()
             .map_err(|e| SourceError::Remote(format!("POST {url}: {e}")))
     }
 
     /// Posts a report for a task: `Some(answer)` when accepted, `None` on `409 lease_lost`.
-    /// Unreachable servers and 5xx answers are retried with backoff until `give_up_after`.
+    /// Unreachable servers and 5xx answers are retried with backoff until `give_up_after`;
+    /// each try may take `timeout`.
     fn report<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
+        timeout: Duration,
         give_up_after: Duration,
     ) -> Result<Option<T>, SourceError> {
         let deadline = Instant::now() + give_up_after;
         let mut pause = MIN_BACKOFF;
         loop {
-            let err = match self.post(path, body) {
+            let err = match self.post(path, body, timeout) {
                 Ok(resp) if resp.status().is_server_error() => problem(resp),
                 Ok(resp) if resp.status() == StatusCode::CONFLICT => {
                     let err = problem(resp);
@@ -95,7 +103,7 @@ impl HttpSource {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                     return Err(unauthorized(resp))
                 }
-                Ok(resp) => return Err(problem(resp)),
+                Ok(resp) => return Err(rejected(resp)),
                 Err(e) => e,
             };
             if Instant::now() + pause > deadline {
@@ -132,15 +140,29 @@ fn unauthorized(resp: Response) -> SourceError {
     }
 }
 
+fn rejected(resp: Response) -> SourceError {
+    match problem(resp) {
+        SourceError::Remote(m) => SourceError::Rejected(m),
+        other => other,
+    }
+}
+
 fn parse<T: DeserializeOwned>(resp: Response) -> Result<T, SourceError> {
     let url = resp.url().to_string();
     resp.json()
         .map_err(|e| SourceError::Remote(format!("unreadable answer from {url}: {e}")))
 }
 
-/// How long a finished result keeps being offered: as long as a lease can outlive the
-/// worker's last heartbeat, since after that another attempt has the task anyway.
+/// How long a finished result (or a failure) keeps being offered while the API node cannot
+/// be reached. The worker heartbeats meanwhile, but its heartbeats cannot reach the node
+/// either, so the lease lapses after `lease_seconds` and another worker may take the task;
+/// an offer after that is answered `409` and dropped.
 const REPORT_PATIENCE: Duration = Duration::from_secs(120);
+/// Time limits per call. A heartbeat must come back well within a lease; an upload of eight
+/// large images over a home uplink may take minutes.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TaskSource for HttpSource {
     fn lease(&self, wait: Duration) -> Result<Option<LeasedTask>, SourceError> {
@@ -148,18 +170,27 @@ impl TaskSource for HttpSource {
             worker: self.announcement.clone(),
             wait_seconds: Some((wait.as_secs() as u32).min(sie_api::worker::MAX_WAIT_SECONDS)),
         };
-        let resp = self.post("/lease", &body)?;
+        // The server may wait `wait_seconds` before answering.
+        let timeout = wait + Duration::from_secs(30);
+        let resp = self.post("/lease", &body, timeout)?;
         match resp.status() {
             StatusCode::NO_CONTENT => Ok(None),
             StatusCode::OK => {
-                let l: LeaseResponse = parse(resp)?;
+                let l: LeaseResponse<serde_json::Value> = parse(resp)?;
                 let id = TaskId::parse(&l.id).map_err(|e| {
                     SourceError::Remote(format!("the server leased a task with a bad id: {e}"))
                 })?;
                 Ok(Some(LeasedTask {
                     id,
                     attempt: l.attempt,
-                    request: Ok(l.request),
+                    request: serde_json::from_value(l.request).map_err(|e| Unreadable {
+                        code: "worker_incompatible",
+                        message: format!(
+                            "the worker could not read the request ({e}); it may be older than \
+                             the API node"
+                        ),
+                        retryable: true,
+                    }),
                     created_at: Timestamp::from_millis(l.created_at_ms),
                     lease: Duration::from_secs(l.lease_seconds),
                 }))
@@ -187,6 +218,7 @@ impl TaskSource for HttpSource {
         let answer: Option<HeartbeatResponse> = match self.report(
             &format!("/tasks/{id}/heartbeat"),
             &body,
+            HEARTBEAT_TIMEOUT,
             Duration::ZERO,
         ) {
             Err(SourceError::Unauthorized(m)) => {
@@ -220,8 +252,12 @@ impl TaskSource for HttpSource {
                 gpu_ms: usage.gpu_ms,
             },
         };
-        let answer: Option<Accepted> =
-            self.report(&format!("/tasks/{id}/complete"), &body, REPORT_PATIENCE)?;
+        let answer: Option<Accepted> = self.report(
+            &format!("/tasks/{id}/complete"),
+            &body,
+            UPLOAD_TIMEOUT,
+            REPORT_PATIENCE,
+        )?;
         Ok(answer.is_some())
     }
 
@@ -239,8 +275,12 @@ impl TaskSource for HttpSource {
             message: message.to_owned(),
             retryable,
         };
-        let answer: Option<Accepted> =
-            self.report(&format!("/tasks/{id}/fail"), &body, REPORT_PATIENCE)?;
+        let answer: Option<Accepted> = self.report(
+            &format!("/tasks/{id}/fail"),
+            &body,
+            REPORT_TIMEOUT,
+            REPORT_PATIENCE,
+        )?;
         Ok(answer.is_some())
     }
 
@@ -249,6 +289,7 @@ impl TaskSource for HttpSource {
         let answer: Option<Accepted> = self.report(
             &format!("/tasks/{id}/release"),
             &ReleaseRequest { attempt },
+            REPORT_TIMEOUT,
             Duration::from_secs(5),
         )?;
         Ok(answer.is_some())

@@ -19,12 +19,20 @@ use sie_store::{
 pub struct LeasedTask {
     pub id: TaskId,
     pub attempt: u32,
-    /// The typed request, or why the stored one does not load (the task then fails with
-    /// `invalid_request`).
-    pub request: Result<CreateTask, String>,
+    /// The typed request, or why this worker cannot read it (the task then fails as that says).
+    pub request: Result<CreateTask, Unreadable>,
     pub created_at: Timestamp,
     /// How long the lease lasts without a heartbeat.
     pub lease: Duration,
+}
+
+/// A leased request this worker cannot read.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub code: &'static str,
+    pub message: String,
+    /// Another worker might read it (a newer build), so the attempt is given up, not the task.
+    pub retryable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,10 @@ pub enum SourceError {
     /// The API node refused this worker's token (unknown or revoked).
     #[error("{0}")]
     Unauthorized(String),
+    /// The API node refused the call itself (a 4xx other than 401 and 409): retrying the
+    /// same call cannot help.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 pub trait TaskSource: Send + Sync {
@@ -94,8 +106,11 @@ impl TaskSource for StoreSource {
         Ok(Some(LeasedTask {
             id: l.id,
             attempt: l.attempt,
-            request: serde_json::from_str(&l.request_json)
-                .map_err(|e| format!("the stored request does not load: {e}")),
+            request: serde_json::from_str(&l.request_json).map_err(|e| Unreadable {
+                code: "invalid_request",
+                message: format!("the stored request does not load: {e}"),
+                retryable: false,
+            }),
             created_at: l.created_at,
             lease: self.lease,
         }))

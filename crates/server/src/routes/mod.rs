@@ -18,32 +18,33 @@ use crate::{method_not_allowed, ApiError, AppState, BASE};
 pub const MAX_BODY: usize = 20 * 1024 * 1024;
 
 /// A worker's completion carries every image of a task, base64: up to eight 1024x1024
-/// PNGs, several times what a client may send.
-const MAX_WORKER_BODY: usize = 256 * 1024 * 1024;
+/// PNGs, several times what a client may send. Every other worker call is small.
+const MAX_COMPLETION_BODY: usize = 256 * 1024 * 1024;
+const MAX_WORKER_CALL_BODY: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
+    let at = |path: &str| format!("{}{path}", sie_api::worker::PREFIX);
+    let small = DefaultBodyLimit::max(MAX_WORKER_CALL_BODY);
     let worker = Router::new()
+        .route(&at("/lease"), post(worker::lease).layer(small))
         .route(
-            &format!("{}/lease", sie_api::worker::PREFIX),
-            post(worker::lease),
+            &at("/tasks/{id}/heartbeat"),
+            post(worker::heartbeat).layer(small),
         )
         .route(
-            &format!("{}/tasks/{{id}}/heartbeat", sie_api::worker::PREFIX),
-            post(worker::heartbeat),
+            &at("/tasks/{id}/complete"),
+            post(worker::complete).layer(DefaultBodyLimit::max(MAX_COMPLETION_BODY)),
         )
+        .route(&at("/tasks/{id}/fail"), post(worker::fail).layer(small))
         .route(
-            &format!("{}/tasks/{{id}}/complete", sie_api::worker::PREFIX),
-            post(worker::complete),
+            &at("/tasks/{id}/release"),
+            post(worker::release).layer(small),
         )
-        .route(
-            &format!("{}/tasks/{{id}}/fail", sie_api::worker::PREFIX),
-            post(worker::fail),
-        )
-        .route(
-            &format!("{}/tasks/{{id}}/release", sie_api::worker::PREFIX),
-            post(worker::release),
-        )
-        .layer(DefaultBodyLimit::max(MAX_WORKER_BODY));
+        // The token is checked before any body is read.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            worker::require_worker,
+        ));
     Router::new()
         .route(BASE, get(tasks::list::list).post(tasks::post::create))
         .route(

@@ -8,21 +8,26 @@
 //! late result is dropped. A lease call long-polls: it waits on the store's work signal
 //! (which PostgreSQL's `LISTEN/NOTIFY` rings across API nodes) up to `wait_seconds`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
 use sie_api::worker::{
-    Accepted, Action, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse,
-    LeaseRequest, LeaseResponse, ReleaseRequest, LEASE_LOST, MAX_WAIT_SECONDS, UNAUTHORIZED,
+    Accepted, Action, Announcement, CompleteRequest, FailRequest, HeartbeatRequest,
+    HeartbeatResponse, LeaseRequest, LeaseResponse, ReleaseRequest, LEASE_LOST, MAX_WAIT_SECONDS,
+    UNAUTHORIZED,
 };
 use sie_api::{CreateTask, RequestError};
-use sie_store::{Heartbeat, Progress, TaskId, TaskUsage, Timestamp, WorkerName, WorkerOffer};
+use sie_store::{
+    Heartbeat, Leased, Progress, Store, StoreError, TaskId, TaskUsage, Timestamp, WorkerName,
+    WorkerOffer, RECHECK,
+};
 
 use crate::{ApiError, AppState};
 
@@ -31,18 +36,31 @@ const DEFAULT_WAIT_SECONDS: u32 = 20;
 /// Longest failure code and message a worker may store; clients read them.
 const MAX_CODE_LEN: usize = 64;
 const MAX_MESSAGE_LEN: usize = 4096;
+/// Bounds on an announcement: it is matched in SQL on every look and logged.
+const MAX_ANNOUNCED: usize = 32;
+const MAX_MODEL_NAME: usize = 128;
+/// Most a completion may claim: a day of GPU time, 150 steps, the images it carries.
+const MAX_GPU_MS: u64 = 24 * 3600 * 1000;
+const MAX_STEPS: u32 = 150;
 
-/// The worker behind the `Authorization: Bearer` token, or 401.
-async fn authorize_worker(state: &AppState, headers: &HeaderMap) -> Result<WorkerName, ApiError> {
-    let unauthorized = |detail: &str| {
-        ApiError::client(
-            StatusCode::UNAUTHORIZED,
-            UNAUTHORIZED,
-            "Invalid worker token",
-            detail.to_owned(),
-        )
-    };
-    let token = headers
+/// The worker a request comes from, established before its body is read.
+#[derive(Clone)]
+pub struct Worker {
+    pub name: WorkerName,
+    /// Kept for the long-poll, which checks at every look that it was not revoked meanwhile.
+    token: String,
+}
+
+/// Middleware on every `/worker/v1` route: the `Authorization: Bearer` token must belong to
+/// a live worker (401 otherwise), checked before the body is read, so nobody without a
+/// token can make the server buffer a large body.
+pub async fn require_worker(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -52,15 +70,32 @@ async fn authorize_worker(state: &AppState, headers: &HeaderMap) -> Result<Worke
             unauthorized("send the worker token as `Authorization: Bearer siew_…` (`sie admin worker-token create NAME` makes one)")
         })?
         .to_owned();
-    state
-        .store(move |s| s.authenticate_worker(&token))
+    let presented = token.clone();
+    let name = state
+        .store(move |s| s.authenticate_worker(&presented))
         .await?
-        .ok_or_else(|| {
-            unauthorized("this worker token is unknown or revoked; ask the operator for a new one")
-        })
+        .ok_or_else(revoked)?;
+    request.extensions_mut().insert(Worker { name, token });
+    Ok(next.run(request).await)
 }
 
-fn body_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError::client(
+        StatusCode::UNAUTHORIZED,
+        UNAUTHORIZED,
+        "Invalid worker token",
+        detail.to_owned(),
+    )
+}
+
+fn revoked() -> ApiError {
+    unauthorized("this worker token is unknown or revoked; ask the operator for a new one")
+}
+
+/// Parses a body off the async runtime (a completion can be hundreds of megabytes).
+async fn body_json<T: DeserializeOwned + Send + 'static>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
         ApiError::client(
             e.status(),
@@ -69,16 +104,28 @@ fn body_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
             e.body_text(),
         )
     })?;
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::Invalid(RequestError {
-            code: "invalid_json",
-            field: None,
-            message: format!(
-                "the body does not match the worker protocol: {e} (line {}, column {}); see docs/worker-protocol.md",
-                e.line(),
-                e.column()
-            ),
+    tokio::task::spawn_blocking(move || {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::Invalid(RequestError {
+                code: "invalid_json",
+                field: None,
+                message: format!(
+                    "the body does not match the worker protocol: {e} (line {}, column {}); see docs/worker-protocol.md",
+                    e.line(),
+                    e.column()
+                ),
+            })
         })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("parsing a worker body panicked: {e}")))?
+}
+
+fn invalid(code: &'static str, field: &str, message: String) -> ApiError {
+    ApiError::Invalid(RequestError {
+        code,
+        field: Some(field.to_owned()),
+        message,
     })
 }
 
@@ -106,73 +153,157 @@ fn accepted(taken: bool, id: TaskId, attempt: u32) -> Result<Json<Accepted>, Api
     }
 }
 
+/// The store's offer for an announcement, refusing one too large to match or log.
+fn offer(worker: &WorkerName, announced: &Announcement) -> Result<WorkerOffer, ApiError> {
+    if announced.model.len() > MAX_MODEL_NAME
+        || announced.model.is_empty()
+        || !announced.model.bytes().all(|b| (0x21..0x7f).contains(&b))
+    {
+        return Err(invalid(
+            "invalid_value",
+            "worker.model",
+            format!(
+                "worker.model: use 1 to {MAX_MODEL_NAME} printable ASCII characters without spaces"
+            ),
+        ));
+    }
+    let mut pipelines: Vec<String> = announced
+        .pipelines
+        .iter()
+        .map(|p| p.as_str().to_owned())
+        .collect();
+    let mut schedulers: Vec<String> = announced
+        .schedulers
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    for (list, field) in [
+        (&mut pipelines, "worker.pipelines"),
+        (&mut schedulers, "worker.schedulers"),
+    ] {
+        list.sort();
+        list.dedup();
+        if list.len() > MAX_ANNOUNCED {
+            return Err(invalid(
+                "invalid_value",
+                field,
+                format!("{field}: at most {MAX_ANNOUNCED} entries"),
+            ));
+        }
+    }
+    Ok(WorkerOffer {
+        worker_id: worker.to_string(),
+        pipelines,
+        schedulers,
+        safety_checker: announced.safety_checker,
+    })
+}
+
+/// What one look at the queue found.
+enum Look {
+    Leased(Box<(Leased, CreateTask)>),
+    Empty,
+    /// The token was revoked while the call waited.
+    Revoked,
+}
+
+/// One look: the token is still live, then one lease attempt (a stored request that does
+/// not load is failed here, not handed out, and the look goes on).
+fn look(
+    s: &dyn Store,
+    token: &str,
+    offer: &WorkerOffer,
+    lease: Duration,
+) -> Result<Look, StoreError> {
+    if s.authenticate_worker(token)?.is_none() {
+        return Ok(Look::Revoked);
+    }
+    loop {
+        let Some(l) = s.lease(offer, lease, Timestamp::now())? else {
+            return Ok(Look::Empty);
+        };
+        match serde_json::from_str::<CreateTask>(&l.request_json) {
+            Ok(request) => return Ok(Look::Leased(Box::new((l, request)))),
+            Err(e) => {
+                s.fail(
+                    &offer.worker_id,
+                    l.id,
+                    l.attempt,
+                    "invalid_request",
+                    &format!("the stored request does not load: {e}"),
+                    false,
+                    Timestamp::now(),
+                )?;
+            }
+        }
+    }
+}
+
+/// `POST /worker/v1/lease`: long-polls for a task the worker can run.
+///
+/// The wait is async (on the relayed work signal, and at least every [`RECHECK`]); only
+/// each short look runs on the blocking pool. A look that leases a task after the worker
+/// hung up (its call dropped) gives the task straight back, so a vanished node does not
+/// cost the task an attempt.
 pub async fn lease(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(worker): Extension<Worker>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let worker = authorize_worker(&state, &headers).await?;
-    let request: LeaseRequest = body_json(body)?;
+    let request: LeaseRequest = body_json(body).await?;
     let wait_seconds = request.wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
     if wait_seconds > MAX_WAIT_SECONDS {
-        return Err(ApiError::Invalid(RequestError {
-            code: "out_of_range",
-            field: Some("wait_seconds".into()),
-            message: format!(
-                "wait_seconds: {wait_seconds} is out of range; use 0 to {MAX_WAIT_SECONDS}"
-            ),
-        }));
+        return Err(invalid(
+            "out_of_range",
+            "wait_seconds",
+            format!("wait_seconds: {wait_seconds} is out of range; use 0 to {MAX_WAIT_SECONDS}"),
+        ));
     }
     let announced = request.worker;
-    let offer = WorkerOffer {
-        worker_id: worker.to_string(),
-        pipelines: announced
-            .pipelines
-            .iter()
-            .map(|p| p.as_str().to_owned())
-            .collect(),
-        schedulers: announced
-            .schedulers
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect(),
-        safety_checker: announced.safety_checker,
-    };
+    let offer = offer(&worker.name, &announced)?;
     let lease = state.lease;
-    let wait = Duration::from_secs(wait_seconds.into());
-    let leased = state
-        .store(move |s| {
-            let deadline = std::time::Instant::now() + wait;
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let Some(l) = s.lease_within(&offer, lease, left)? else {
-                    return Ok(None);
-                };
-                match serde_json::from_str::<CreateTask>(&l.request_json) {
-                    Ok(request) => return Ok(Some((l, request))),
-                    // Not the worker's problem: fail it here and look for another.
-                    Err(e) => {
-                        s.fail(
-                            &offer.worker_id,
-                            l.id,
-                            l.attempt,
-                            "invalid_request",
-                            &format!("the stored request does not load: {e}"),
-                            false,
-                            Timestamp::now(),
-                        )?;
-                    }
+    let deadline = Instant::now() + Duration::from_secs(wait_seconds.into());
+    let mut wake = state.wake.clone();
+    let found = loop {
+        // Marked seen before looking, so a ring during the look is not slept through.
+        wake.borrow_and_update();
+        if state.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (store, token, offer) = (state.store.clone(), worker.token.clone(), offer.clone());
+        tokio::task::spawn_blocking(move || {
+            let outcome = look(store.as_ref(), &token, &offer, lease);
+            if let Err(Ok(Look::Leased(leased))) = answer.send(outcome) {
+                let (l, _) = *leased;
+                match store.release(&offer.worker_id, l.id, l.attempt, Timestamp::now()) {
+                    Ok(_) => tracing::info!(request_id = %l.id, worker = %offer.worker_id,
+                        "the worker hung up during its lease call; task given back"),
+                    Err(e) => tracing::error!(request_id = %l.id, error = %e,
+                        "could not give back a task leased to a worker that hung up"),
                 }
             }
-        })
-        .await?;
-    let Some((l, request)) = leased else {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        });
+        match answered
+            .await
+            .map_err(|_| ApiError::Internal("a lease look panicked".into()))?
+            .map_err(ApiError::from)?
+        {
+            Look::Leased(leased) => break *leased,
+            Look::Revoked => return Err(revoked()),
+            Look::Empty => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        let _ = tokio::time::timeout(left.min(RECHECK), wake.changed()).await;
     };
+    let (l, request) = found;
     tracing::info!(
         request_id = %l.id,
         attempt = l.attempt,
-        worker = %worker,
+        worker = %worker.name,
         model = %announced.model,
         "task leased to a remote worker"
     );
@@ -189,12 +320,12 @@ pub async fn lease(
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Extension(worker): Extension<Worker>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let worker = authorize_worker(&state, &headers).await?;
+    let worker = worker.name;
     let id = task_id(&id)?;
-    let HeartbeatRequest { attempt, progress } = body_json(body)?;
+    let HeartbeatRequest { attempt, progress } = body_json(body).await?;
     let progress = progress.map(|p| Progress {
         step: p.step,
         steps: p.steps,
@@ -226,24 +357,45 @@ pub async fn heartbeat(
 pub async fn complete(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Extension(worker): Extension<Worker>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let worker = authorize_worker(&state, &headers).await?;
+    let worker = worker.name;
     let id = task_id(&id)?;
     let CompleteRequest {
         attempt,
         model_outputs,
         usage,
-    } = body_json(body)?;
+    } = body_json(body).await?;
     if model_outputs.images.is_empty() {
-        return Err(ApiError::Invalid(RequestError {
-            code: "invalid_value",
-            field: Some("model_outputs.images".into()),
-            message: "model_outputs.images is empty; a finished task has at least one image".into(),
-        }));
+        return Err(invalid(
+            "invalid_value",
+            "model_outputs.images",
+            "model_outputs.images is empty; a finished task has at least one image".into(),
+        ));
     }
-    let result = serde_json::to_string(&model_outputs)
+    // Usage is billed and summed: a buggy or hostile node must not overflow the totals.
+    if usage.images as usize != model_outputs.images.len() {
+        return Err(invalid(
+            "invalid_value",
+            "usage.images",
+            format!(
+                "usage.images is {} but model_outputs.images holds {}; they must agree",
+                usage.images,
+                model_outputs.images.len()
+            ),
+        ));
+    }
+    if usage.steps > MAX_STEPS || usage.gpu_ms > MAX_GPU_MS {
+        return Err(invalid(
+            "out_of_range",
+            "usage",
+            format!("usage: steps at most {MAX_STEPS} and gpu_ms at most {MAX_GPU_MS}"),
+        ));
+    }
+    let result = tokio::task::spawn_blocking(move || serde_json::to_string(&model_outputs))
+        .await
+        .map_err(|e| ApiError::Internal(format!("serialising modelOutputs panicked: {e}")))?
         .map_err(|e| ApiError::Internal(format!("serialising modelOutputs: {e}")))?;
     let usage = TaskUsage {
         images: usage.images,
@@ -274,31 +426,31 @@ pub async fn complete(
 pub async fn fail(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Extension(worker): Extension<Worker>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let worker = authorize_worker(&state, &headers).await?;
+    let worker = worker.name;
     let id = task_id(&id)?;
     let FailRequest {
         attempt,
         code,
         message,
         retryable,
-    } = body_json(body)?;
+    } = body_json(body).await?;
     if code.is_empty()
         || code.len() > MAX_CODE_LEN
         || !code
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err(ApiError::Invalid(RequestError {
-            code: "invalid_value",
-            field: Some("code".into()),
-            message: format!(
+        return Err(invalid(
+            "invalid_value",
+            "code",
+            format!(
                 "code {:?} is not valid; use 1 to {MAX_CODE_LEN} characters of a-z, 0-9 and '_'",
                 code.chars().take(80).collect::<String>()
             ),
-        }));
+        ));
     }
     if message.len() > MAX_MESSAGE_LEN {
         return Err(ApiError::Invalid(RequestError {
@@ -335,12 +487,12 @@ pub async fn fail(
 pub async fn release(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Extension(worker): Extension<Worker>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let worker = authorize_worker(&state, &headers).await?;
+    let worker = worker.name;
     let id = task_id(&id)?;
-    let ReleaseRequest { attempt } = body_json(body)?;
+    let ReleaseRequest { attempt } = body_json(body).await?;
     let worker_name = worker.clone();
     let taken = state
         .store(move |s| s.release(worker.as_str(), id, attempt, Timestamp::now()))

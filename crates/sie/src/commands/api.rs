@@ -39,13 +39,13 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
         .server
         .app_state(store.clone(), sie_server::SafetyChecker::PerWorker);
     let shutdown = {
-        let (stop, store) = (stop.clone(), store.clone());
+        let (stop, state) = (stop.clone(), state.clone());
         async move {
             shutdown_signal().await;
             eprintln!("shutting down: draining requests in flight");
             stop.store(true, Ordering::SeqCst);
-            // Long-polling lease calls return at their next look.
-            store.work_signal().notify();
+            // Waiting lease calls, local and remote, return now instead of leasing.
+            state.stop_long_polls();
         }
     };
     runtime.block_on(async {

@@ -70,52 +70,71 @@ pub fn run(b: QueueBench) -> anyhow::Result<()> {
         global: u32::MAX,
     };
     let (created, completed) = (AtomicU64::new(0), AtomicU64::new(0));
+    // Raised when any thread fails, so the others stop instead of waiting for tasks that
+    // will never be created.
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for _ in 0..b.producers {
             handles.push(scope.spawn(|| -> anyhow::Result<()> {
-                while created.fetch_add(1, Ordering::SeqCst) < b.tasks {
-                    store.enqueue(org, &request, &needs, None, caps, Timestamp::now())?;
+                while created.fetch_add(1, Ordering::SeqCst) < b.tasks
+                    && !failed.load(Ordering::SeqCst)
+                {
+                    if let Err(e) =
+                        store.enqueue(org, &request, &needs, None, caps, Timestamp::now())
+                    {
+                        failed.store(true, Ordering::SeqCst);
+                        return Err(e.into());
+                    }
                 }
                 Ok(())
             }));
         }
         for w in 0..b.workers {
             let offer = WorkerOffer {
-                worker_id: format!("bench-{w}"),
+                worker_id: format!("bench:{w}"),
                 pipelines: vec!["StableDiffusionPipeline".into()],
                 schedulers: vec!["LMSDiscreteScheduler".into()],
                 safety_checker: false,
             };
-            let (store, result, completed) = (&store, &result, &completed);
+            let (store, result, completed, failed) = (&store, &result, &completed, &failed);
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
-                while completed.load(Ordering::SeqCst) < b.tasks {
-                    let Some(l) = store.lease_within(
-                        &offer,
-                        Duration::from_secs(60),
-                        Duration::from_millis(200),
-                    )?
-                    else {
-                        continue;
-                    };
-                    let usage = TaskUsage {
-                        images: 1,
-                        steps: 50,
-                        gpu_ms: 1,
-                    };
-                    if store.complete(
-                        &offer.worker_id,
-                        l.id,
-                        l.attempt,
-                        result,
-                        usage,
-                        Timestamp::now(),
-                    )? {
-                        completed.fetch_add(1, Ordering::SeqCst);
+                let run = || -> anyhow::Result<()> {
+                    while completed.load(Ordering::SeqCst) < b.tasks
+                        && !failed.load(Ordering::SeqCst)
+                    {
+                        let Some(l) = store.lease_within(
+                            &offer,
+                            Duration::from_secs(60),
+                            Duration::from_millis(200),
+                        )?
+                        else {
+                            continue;
+                        };
+                        let usage = TaskUsage {
+                            images: 1,
+                            steps: 50,
+                            gpu_ms: 1,
+                        };
+                        if store.complete(
+                            &offer.worker_id,
+                            l.id,
+                            l.attempt,
+                            result,
+                            usage,
+                            Timestamp::now(),
+                        )? {
+                            completed.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
+                    Ok(())
+                };
+                let outcome = run();
+                if outcome.is_err() {
+                    failed.store(true, Ordering::SeqCst);
                 }
-                Ok(())
+                outcome
             }));
         }
         for h in handles {

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use sie_engine::model::{LoadOptions, SafetyCheckerSource, StableDiffusion};
 use sie_store::{PostgresStore, SqliteStore, Store, Timestamp};
-use sie_worker::{Ran, Worker};
+use sie_worker::{Ran, SourceError, Worker};
 
 /// What `sie serve` and `sie api` both take: where to listen, and the queue's settings.
 #[derive(Args, Clone)]
@@ -40,16 +40,16 @@ impl ServerArgs {
         store: Arc<dyn Store>,
         safety_checker: sie_server::SafetyChecker,
     ) -> sie_server::AppState {
-        sie_server::AppState {
+        sie_server::AppState::new(
             store,
-            caps: sie_store::QueueCaps {
+            sie_store::QueueCaps {
                 per_org: self.org_queue_cap,
                 global: self.global_queue_cap,
             },
             safety_checker,
-            pipelines: sie_worker::task::PIPELINES.to_vec(),
-            lease: self.lease,
-        }
+            sie_worker::task::PIPELINES.to_vec(),
+            self.lease,
+        )
     }
 }
 
@@ -61,7 +61,7 @@ pub struct StoreArgs {
     pub data_dir: PathBuf,
     /// A PostgreSQL database (`postgres://user:password@host:port/db`) instead of the
     /// data directory, as `sie api` uses.
-    #[arg(long, env = "SIE_DATABASE_URL")]
+    #[arg(long, env = "SIE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
@@ -134,6 +134,12 @@ pub fn spawn_workers(
                                 backoff = Duration::from_millis(500);
                                 continue;
                             }
+                            Ok(Err(SourceError::Unauthorized(e))) => {
+                                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                                    "worker: the API node refused this worker's token (revoked?); \
+                                     ask the operator for a new one (`sie admin worker-token create NAME`)");
+                                backoff
+                            }
                             Ok(Err(e)) => {
                                 tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "worker: cannot reach the queue");
                                 backoff
@@ -163,8 +169,9 @@ pub fn sleep_unless(stop: &AtomicBool, d: Duration) {
     }
 }
 
-/// Deletes results older than `ttl` every minute (or every `ttl` when shorter) until `stop`.
-/// Several API nodes may each run one: a delete is idempotent.
+/// Deletes results older than `ttl`, and finishes lapsed tasks that may not run again
+/// ([`Store::sweep`], so they end even while no worker polls), every minute (or every `ttl`
+/// when shorter) until `stop`. Several API nodes may each run one: both are idempotent.
 pub fn spawn_expiry(
     store: Arc<dyn Store>,
     stop: Arc<AtomicBool>,
@@ -174,6 +181,11 @@ pub fn spawn_expiry(
         .name("expiry".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
+                match store.sweep(Timestamp::now()) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(finished = n, "lapsed tasks out of attempts finished"),
+                    Err(e) => tracing::error!(error = %e, "sweep failed"),
+                }
                 match store.expire(ttl, Timestamp::now()) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "expired results deleted"),

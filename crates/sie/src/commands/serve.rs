@@ -70,7 +70,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..args.workers)
         .map(|i| {
-            let offer = sie_worker::task::offer(&announcement, &format!("local-{i}"));
+            // ':' cannot occur in a worker token's name, so no remote worker can pass for a
+            // local one in the lease fence.
+            let offer = sie_worker::task::offer(&announcement, &format!("local:{i}"));
             let source = Arc::new(StoreSource::new(store.clone(), offer, args.server.lease));
             Worker::new(source, model.clone()).with_stop(stop.clone())
         })
@@ -91,12 +93,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = args.server.app_state(store.clone(), safety_checker);
     // Stop leasing the moment shutdown begins, not after the HTTP drain.
     let shutdown = {
-        let (stop, store) = (stop.clone(), store.clone());
+        let (stop, state) = (stop.clone(), state.clone());
         async move {
             shutdown_signal().await;
             eprintln!("shutting down: no new tasks; running tasks go back to the queue");
             stop.store(true, Ordering::SeqCst);
-            store.work_signal().notify();
+            // Waiting lease calls, local and remote, return now instead of leasing.
+            state.stop_long_polls();
         }
     };
     runtime.block_on(async {
