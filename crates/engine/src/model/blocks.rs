@@ -9,7 +9,9 @@
 //! exact one, and their attention builds the whole score matrix at once.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use super::conv::{conv2d, Conv2d};
 
 /// diffusers' `ResnetBlock2D` with the SD settings: GroupNorm, SiLU, 3x3 convolutions,
 /// an optional time-embedding projection added between them, and a 1x1 shortcut when

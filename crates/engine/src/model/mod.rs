@@ -12,6 +12,7 @@
 pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod conv;
 pub mod unet;
 pub mod vae;
 

@@ -8,9 +8,11 @@
 
 use candle_core::{Module, Tensor, D};
 use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
-    LayerNorm, Linear, VarBuilder,
+    group_norm, layer_norm, linear, linear_no_bias, Conv2dConfig, GroupNorm, LayerNorm, Linear,
+    VarBuilder,
 };
+
+use super::conv::{conv2d, Conv2d};
 
 use super::blocks::{
     attention, merge_heads, split_heads, Downsample, ResnetBlock, ResnetConfig, Upsample,

@@ -2,7 +2,9 @@
 //! back to pixels, with the checkpoint's own weight names.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use super::conv::{conv2d, Conv2d};
 
 use super::blocks::{attention, Downsample, ResnetBlock, ResnetConfig, Upsample};
 use super::config::VaeConfig;
