@@ -4,7 +4,8 @@
 //! Built from the published UNet configs with random weights (no files
 //! needed), so the same figure can be measured on any machine and compared
 //! with `tools/parity/bench_diffusers.py`, which times diffusers' UNet with the
-//! same settings. Timings belong in docs/benchmarks.md, never in tests.
+//! same settings; `--torch PYTHON` runs that script right after and prints both and the
+//! ratios. Timings belong in docs/benchmarks.md, never in tests.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -35,6 +36,10 @@ pub enum BenchCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Then run diffusers' UNet with the same settings under this Python (a virtualenv
+        /// with torch and diffusers), and print both and the ratios.
+        #[arg(long, value_name = "PYTHON")]
+        torch: Option<std::path::PathBuf>,
     },
     /// Tasks per second through the queue alone (create, lease, complete), no engine.
     Queue {
@@ -76,14 +81,15 @@ fn published_unet(variant: Variant) -> &'static str {
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let (variant, size, batch, steps, json) = match command {
+    let (variant, size, batch, steps, json, torch) = match command {
         BenchCommand::Unet {
             variant,
             size,
             batch,
             steps,
             json,
-        } => (variant, size, batch, steps, json),
+            torch,
+        } => (variant, size, batch, steps, json, torch),
         BenchCommand::Queue {
             database_url,
             data_dir,
@@ -102,16 +108,106 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             })
         }
     };
-    unet(variant, size, batch, steps, json)
+    let ours = unet(variant, size, batch, steps)?;
+    let Some(python) = torch else {
+        print_result(&ours, json);
+        return Ok(());
+    };
+    let theirs = diffusers_unet(&python, variant, size, batch, steps)?;
+    let ratio = |key: &str| -> Option<f64> { Some(ours[key].as_f64()? / theirs[key].as_f64()?) };
+    let (time, memory) = (ratio("seconds_per_step"), ratio("peak_rss_bytes"));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ours": ours, "pytorch": theirs,
+                "ratio": {"time": time, "peak_rss": memory}})
+        );
+    } else {
+        print_result(&ours, false);
+        println!(
+            "-- {}",
+            theirs["implementation"].as_str().unwrap_or("diffusers")
+        );
+        print_result(&theirs, false);
+        println!(
+            "ratio ours / PyTorch: time {:.2}, peak RSS {:.2} (below 1: ours is faster / smaller)",
+            time.unwrap_or(f64::NAN),
+            memory.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
 }
 
+/// Runs `tools/parity/bench_diffusers.py` with the same settings; its JSON result.
+fn diffusers_unet(
+    python: &std::path::Path,
+    variant: Variant,
+    size: usize,
+    batch: usize,
+    steps: usize,
+) -> anyhow::Result<serde_json::Value> {
+    // The script sits in the source tree this binary was built from.
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/parity/bench_diffusers.py"
+    );
+    let threads = sie_engine::candle_core::utils::get_num_threads();
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(["--variant", variant_name(variant)])
+        .args(["--size", &size.to_string(), "--batch", &batch.to_string()])
+        .args([
+            "--steps",
+            &steps.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} {script}", python.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{script} failed ({}); is {} a Python with torch and diffusers?",
+        out.status,
+        python.display()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("reading {script}'s result {last:?}"))
+}
+
+fn variant_name(variant: Variant) -> &'static str {
+    match variant {
+        Variant::Base => "2-1-base",
+        Variant::V => "2-1",
+    }
+}
+
+fn print_result(result: &serde_json::Value, json: bool) {
+    if json {
+        println!("{result}");
+        return;
+    }
+    println!("UNet parameters: {}", result["parameters"]);
+    println!("threads: {}", result["threads"]);
+    println!(
+        "seconds per step (median of {}): {:.3}",
+        result["all_seconds"].as_array().map_or(0, |a| a.len()),
+        result["seconds_per_step"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "peak RSS: {:.2} GB",
+        result["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1e9
+    );
+}
+
+/// Times our UNet; the result as `bench_diffusers.py` prints its own.
 fn unet(
     variant: Variant,
     size: usize,
     batch: usize,
     steps: usize,
-    json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(
         size % 8 == 0 && size > 0,
         "--size {size} is not a positive multiple of 8"
@@ -162,31 +258,27 @@ fn unet(
         }
     }
     times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    // As Python's statistics.median, which the PyTorch side reports: the mean of the middle
+    // two for an even count.
+    let mid = times.len() / 2;
+    let median = if times.len() % 2 == 0 {
+        (times[mid - 1] + times[mid]) / 2.0
+    } else {
+        times[mid]
+    };
     let peak = peak_rss_bytes();
     let threads = sie_engine::candle_core::utils::get_num_threads();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "implementation": "sie (candle)",
-                "variant": match variant { Variant::Base => "2-1-base", Variant::V => "2-1" },
-                "size": size,
-                "batch": batch,
-                "threads": threads,
-                "parameters": parameters,
-                "seconds_per_step": median,
-                "all_seconds": times,
-                "peak_rss_bytes": peak,
-            })
-        );
-    } else {
-        println!("UNet parameters: {parameters}");
-        println!("threads: {threads}");
-        println!("seconds per step (median of {steps}): {median:.3}");
-        println!("peak RSS: {:.2} GB", peak as f64 / 1e9);
-    }
-    Ok(())
+    Ok(serde_json::json!({
+        "implementation": "sie (candle)",
+        "variant": variant_name(variant),
+        "size": size,
+        "batch": batch,
+        "threads": threads,
+        "parameters": parameters,
+        "seconds_per_step": median,
+        "all_seconds": times,
+        "peak_rss_bytes": peak,
+    }))
 }
 
 fn new_unet_on(vb: VarBuilder, config: &UNetConfig) -> anyhow::Result<UNet> {
