@@ -6,7 +6,7 @@
 //! nodes (`sie worker`) pull work over `/worker/v1` with a worker token. Each node also runs
 //! the result-expiry sweep (deletes are idempotent, so several at once are harmless).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use sie_store::{PostgresStore, Store};
 
-use super::common::{shutdown_signal, spawn_expiry, ServerArgs};
+use super::common::{serve_until_signal, spawn_expiry, ServerArgs};
 
 #[derive(Args)]
 pub struct ApiArgs {
@@ -38,25 +38,14 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
     let state = args
         .server
         .app_state(store.clone(), sie_server::SafetyChecker::PerWorker);
-    let shutdown = {
-        let (stop, state) = (stop.clone(), state.clone());
-        async move {
-            shutdown_signal().await;
-            eprintln!("shutting down: draining requests in flight");
-            stop.store(true, Ordering::SeqCst);
-            // Waiting lease calls, local and remote, return now instead of leasing.
-            state.stop_long_polls();
-        }
-    };
-    runtime.block_on(async {
-        let address = listener.local_addr()?;
-        println!("listening on http://{address}");
-        use std::io::Write;
-        std::io::stdout().flush()?;
-        sie_server::serve(listener, state, shutdown).await?;
-        anyhow::Ok(())
-    })?;
-    stop.store(true, Ordering::SeqCst);
+    serve_until_signal(
+        &runtime,
+        listener,
+        state,
+        &stop,
+        "draining requests in flight",
+        |_| {},
+    )?;
     let _ = expiry.join();
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(())

@@ -221,6 +221,49 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// Serves the API on `listener` until SIGTERM or Ctrl-C, then drains the requests in flight.
+///
+/// Prints `listening on http://ADDRESS` (what scripts and tests wait for) and then whatever
+/// `welcome` prints for that address. When the signal comes it prints `farewell`, raises
+/// `stop` and ends waiting lease calls at once (`AppState::stop_long_polls`), so workers,
+/// local and remote, stop leasing the moment shutdown begins, not after the drain.
+pub fn serve_until_signal(
+    runtime: &tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    state: sie_server::AppState,
+    stop: &Arc<AtomicBool>,
+    farewell: &'static str,
+    welcome: impl FnOnce(&str),
+) -> anyhow::Result<()> {
+    let stopping = {
+        let (stop, state) = (stop.clone(), state.clone());
+        move || {
+            stop.store(true, Ordering::SeqCst);
+            state.stop_long_polls();
+        }
+    };
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            eprintln!("shutting down: {farewell}");
+            stopping();
+        }
+    };
+    runtime.block_on(async {
+        let address = listener.local_addr()?;
+        println!("listening on http://{address}");
+        welcome(&address.to_string());
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        sie_server::serve(listener, state, shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    // Also when the server ended for another reason than the signal.
+    stopping();
+    Ok(())
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -13,7 +13,7 @@
 //! start, or another worker, runs it from the beginning with the same seed).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use sie_engine::tiny::{
 use sie_store::{AccountName, OrgName, Store, Timestamp};
 use sie_worker::{StoreSource, Worker};
 
-use super::common::{shutdown_signal, spawn_expiry, spawn_workers, ServerArgs, StoreArgs};
+use super::common::{serve_until_signal, spawn_expiry, spawn_workers, ServerArgs, StoreArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -91,30 +91,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     )?);
 
     let state = args.server.app_state(store.clone(), safety_checker);
-    // Stop leasing the moment shutdown begins, not after the HTTP drain.
-    let shutdown = {
-        let (stop, state) = (stop.clone(), state.clone());
-        async move {
-            shutdown_signal().await;
-            eprintln!("shutting down: no new tasks; running tasks go back to the queue");
-            stop.store(true, Ordering::SeqCst);
-            // Waiting lease calls, local and remote, return now instead of leasing.
-            state.stop_long_polls();
-        }
-    };
-    runtime.block_on(async {
-        let address = listener.local_addr()?;
-        println!("listening on http://{address}");
-        if let Some(key) = &first_key {
-            print_welcome(&address.to_string(), key);
-        }
-        use std::io::Write;
-        std::io::stdout().flush()?;
-        sie_server::serve(listener, state, shutdown).await?;
-        anyhow::Ok(())
-    })?;
-    stop.store(true, Ordering::SeqCst);
-    store.work_signal().notify();
+    serve_until_signal(
+        &runtime,
+        listener,
+        state,
+        &stop,
+        "no new tasks; running tasks go back to the queue",
+        |address| {
+            if let Some(key) = &first_key {
+                print_welcome(address, key);
+            }
+        },
+    )?;
     for t in threads {
         let _ = t.join();
     }
