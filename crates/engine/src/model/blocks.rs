@@ -6,9 +6,10 @@
 //! We write these instead of using candle-transformers' Stable Diffusion
 //! blocks because those differ from diffusers where it shows in the output:
 //! their GEGLU uses the tanh approximation of GELU where diffusers uses the
-//! exact one, and their attention builds the whole score matrix at once.
+//! exact one, and their attention builds the whole score matrix at once (ours is
+//! in `attention.rs`).
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{Module, Tensor, D};
 use candle_nn::{group_norm, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
 use super::conv::{conv2d, Conv2d};
@@ -157,52 +158,4 @@ impl Upsample {
         let (h, w) = size.unwrap_or((2 * h, 2 * w));
         self.conv.forward(&xs.upsample_nearest2d(h, w)?)
     }
-}
-
-/// Scaled dot-product attention over (batch * heads, seq, head_dim) tensors.
-///
-/// Scores and softmax are computed in f32 whatever the input dtype (diffusers'
-/// `upcast_attention`/`upcast_softmax`, which SD 2.1 needs in f16). Queries are
-/// processed in chunks so the score matrix never exceeds 2^24 elements (64 MB in f32):
-/// at 768x768 the full matrix of one UNet call would be 3.4 GB.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    const MAX_SCORES: usize = 1 << 24;
-    let (bh, n_q, _) = q.dims3()?;
-    let n_k = k.dim(1)?;
-    let dtype = q.dtype();
-    let k_t = k.to_dtype(DType::F32)?.t()?.contiguous()?;
-    let v32 = v.to_dtype(DType::F32)?;
-    let chunk = (MAX_SCORES / (bh * n_k).max(1)).clamp(1, n_q);
-    let mut outs = Vec::with_capacity(n_q.div_ceil(chunk));
-    let mut start = 0;
-    while start < n_q {
-        let len = chunk.min(n_q - start);
-        let q_chunk = q.narrow(1, start, len)?.to_dtype(DType::F32)?;
-        let scores = (q_chunk.matmul(&k_t)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        outs.push(probs.matmul(&v32)?);
-        start += len;
-    }
-    let out = if outs.len() == 1 {
-        outs.remove(0)
-    } else {
-        Tensor::cat(&outs, 1)?
-    };
-    out.to_dtype(dtype)
-}
-
-/// (batch, seq, heads * head_dim) -> (batch * heads, seq, head_dim).
-pub fn split_heads(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (b, n, c) = xs.dims3()?;
-    xs.reshape((b, n, heads, c / heads))?
-        .transpose(1, 2)?
-        .reshape((b * heads, n, c / heads))
-}
-
-/// (batch * heads, seq, head_dim) -> (batch, seq, heads * head_dim).
-pub fn merge_heads(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (bh, n, d) = xs.dims3()?;
-    xs.reshape((bh / heads, heads, n, d))?
-        .transpose(1, 2)?
-        .reshape((bh / heads, n, heads * d))
 }

@@ -9,6 +9,7 @@
 //! `feature_extractor/`), when present, is loaded too unless the caller says
 //! otherwise ([`SafetyCheckerSource`]).
 
+pub mod attention;
 pub mod blocks;
 pub mod clip;
 pub mod config;

@@ -14,9 +14,8 @@ use candle_nn::{
 
 use super::conv::{conv2d, Conv2d};
 
-use super::blocks::{
-    attention, merge_heads, split_heads, Downsample, ResnetBlock, ResnetConfig, Upsample,
-};
+use super::attention::attention;
+use super::blocks::{Downsample, ResnetBlock, ResnetConfig, Upsample};
 use super::config::UNetConfig;
 
 /// diffusers' `Attention` as used inside the transformer blocks: no bias on q/k/v, a biased
@@ -51,11 +50,11 @@ impl CrossAttention {
 
     fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(xs);
-        let q = split_heads(&self.to_q.forward(xs)?, self.heads)?;
-        let k = split_heads(&self.to_k.forward(context)?, self.heads)?;
-        let v = split_heads(&self.to_v.forward(context)?, self.heads)?;
-        let out = attention(&q, &k, &v, self.scale)?;
-        self.to_out.forward(&merge_heads(&out, self.heads)?)
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        self.to_out
+            .forward(&attention(&q, &k, &v, self.heads, self.scale)?)
     }
 }
 

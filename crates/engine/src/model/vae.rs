@@ -6,7 +6,8 @@ use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder}
 
 use super::conv::{conv2d, Conv2d};
 
-use super::blocks::{attention, Downsample, ResnetBlock, ResnetConfig, Upsample};
+use super::attention::attention;
+use super::blocks::{Downsample, ResnetBlock, ResnetConfig, Upsample};
 use super::config::VaeConfig;
 
 /// The VAE's resnets and attention use eps 1e-6 (diffusers' `Encoder`/`Decoder` defaults).
@@ -45,7 +46,7 @@ impl SelfAttention {
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
-        let out = attention(&q, &k, &v, (c as f64).powf(-0.5))?;
+        let out = attention(&q, &k, &v, 1, (c as f64).powf(-0.5))?;
         let out = self
             .to_out
             .forward(&out)?

@@ -1,0 +1,613 @@
+//! Multi-head scaled dot-product attention that never holds the whole score matrix.
+//!
+//! At 768x768 the UNet's first level attends over 9216 tokens: one head's score matrix is
+//! 340 MB in f32, and a guided step has ten such heads per layer. On the CPU this module runs
+//! a tiled, online-softmax kernel (the flash-attention recurrence): for a tile of queries it
+//! walks the keys a tile at a time, keeping per query the running maximum `m`, the running
+//! sum `l` of `exp(s - m)` and the unnormalised output, rescaled whenever `m` grows. The
+//! only score memory is one tile per thread. Scores, softmax and sums are f32 whatever the
+//! model's dtype (diffusers upcasts attention for SD 2.1 in f16 for the same reason), but Q,
+//! K and V are read in their own dtype: f16/bf16 tiles are widened one tile at a time, never
+//! as whole f32 copies.
+//!
+//! Tensors stay token-major, `(batch, tokens, heads * head_dim)`, as the projections make
+//! them and the output projection wants them: the kernel reads each head with strides, so
+//! the split-heads/merge-heads copies a batched matmul needs are gone too.
+//!
+//! Other devices use candle's ops: the queries in chunks, each chunk's scores in f32.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Queries per tile: one work item for the thread pool.
+const TILE_Q: usize = 128;
+/// Keys per tile: a `TILE_Q x TILE_K` f32 score tile is 128 KB and stays in L2.
+const TILE_K: usize = 256;
+
+/// `softmax(q kᵀ * scale) v` per head. `q` is `(batch, n_q, heads * d)`, `k` is
+/// `(batch, n_k, heads * d)` and `v` is `(batch, n_k, heads * d_v)`; the result is
+/// `(batch, n_q, heads * d_v)` in `q`'s dtype.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (b, _, c_qk) = q.dims3()?;
+    let (bk, n_k, c_k) = k.dims3()?;
+    let (bv, n_v, c_v) = v.dims3()?;
+    if bk != b || bv != b || c_k != c_qk || n_v != n_k {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?} and v {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if heads == 0 || c_qk % heads != 0 || c_v % heads != 0 || n_k == 0 {
+        candle_core::bail!(
+            "attention: {heads} heads cannot split q/k width {c_qk} and v width {c_v} over {n_k} keys"
+        )
+    }
+    let same_dtype = k.dtype() == q.dtype() && v.dtype() == q.dtype();
+    if q.device().is_cpu()
+        && same_dtype
+        && matches!(q.dtype(), DType::F32 | DType::F16 | DType::BF16)
+    {
+        return q.contiguous()?.apply_op3_no_bwd(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &Tiled {
+                heads,
+                scale: scale as f32,
+            },
+        );
+    }
+    chunked(q, k, v, heads, scale)
+}
+
+/// The portable path: heads split into the batch, queries in chunks so one chunk's scores
+/// stay under 2^24 elements (64 MB in f32).
+fn chunked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    const MAX_SCORES: usize = 1 << 24;
+    let dtype = q.dtype();
+    let q = split_heads(q, heads)?;
+    let k_t = split_heads(&k.to_dtype(DType::F32)?, heads)?
+        .t()?
+        .contiguous()?;
+    let v = split_heads(&v.to_dtype(DType::F32)?, heads)?;
+    let (bh, n_q, _) = q.dims3()?;
+    let n_k = k_t.dim(2)?;
+    let chunk = (MAX_SCORES / (bh * n_k).max(1)).clamp(1, n_q.max(1));
+    let mut outs = Vec::with_capacity(n_q.div_ceil(chunk));
+    let mut start = 0;
+    while start < n_q {
+        let len = chunk.min(n_q - start);
+        let q_chunk = q.narrow(1, start, len)?.to_dtype(DType::F32)?;
+        let scores = (q_chunk.matmul(&k_t)? * scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        outs.push(probs.matmul(&v)?);
+        start += len;
+    }
+    let out = Tensor::cat(&outs, 1)?;
+    merge_heads(&out, heads)?.to_dtype(dtype)
+}
+
+/// (batch, seq, heads * head_dim) -> (batch * heads, seq, head_dim).
+fn split_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, c) = xs.dims3()?;
+    xs.reshape((b, n, heads, c / heads))?
+        .transpose(1, 2)?
+        .reshape((b * heads, n, c / heads))
+}
+
+/// (batch * heads, seq, head_dim) -> (batch, seq, heads * head_dim).
+fn merge_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
+    let (bh, n, d) = xs.dims3()?;
+    xs.reshape((bh / heads, heads, n, d))?
+        .transpose(1, 2)?
+        .reshape((bh / heads, n, heads * d))
+}
+
+/// The CPU kernel; operands contiguous, all of one dtype (checked by [`attention`]).
+struct Tiled {
+    heads: usize,
+    scale: f32,
+}
+
+impl CustomOp3 for Tiled {
+    fn name(&self) -> &'static str {
+        "sie-attention-tiled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, n_q, c_qk) = l1.shape().dims3()?;
+        let (_, n_k, _) = l2.shape().dims3()?;
+        let (_, _, c_v) = l3.shape().dims3()?;
+        let dims = Dims {
+            b,
+            n_q,
+            n_k,
+            heads: self.heads,
+            d: c_qk / self.heads,
+            d_v: c_v / self.heads,
+        };
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => CpuStorage::F32(run(
+                slice(q, l1)?,
+                slice(k, l2)?,
+                slice(v, l3)?,
+                dims,
+                self.scale,
+            )),
+            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => CpuStorage::F16(run(
+                slice(q, l1)?,
+                slice(k, l2)?,
+                slice(v, l3)?,
+                dims,
+                self.scale,
+            )),
+            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
+                CpuStorage::BF16(run(
+                    slice(q, l1)?,
+                    slice(k, l2)?,
+                    slice(v, l3)?,
+                    dims,
+                    self.scale,
+                ))
+            }
+            _ => {
+                candle_core::bail!("sie-attention-tiled: q, k and v must be one of f32, f16, bf16")
+            }
+        };
+        Ok((out, Shape::from((b, n_q, c_v))))
+    }
+}
+
+fn slice<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("sie-attention-tiled needs contiguous operands"),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    n_q: usize,
+    n_k: usize,
+    heads: usize,
+    d: usize,
+    d_v: usize,
+}
+
+/// A dtype the kernel reads and writes; it computes in f32.
+trait Element: WithDType + Send + Sync {
+    /// Rows `rows` of the `width`-wide columns starting at `col` of a row-major matrix with
+    /// row stride `stride`, as f32: the matrix itself for f32 (returned with its stride), a
+    /// widened copy in `buf` otherwise (returned with stride `width`).
+    fn f32_rows<'a>(
+        data: &'a [Self],
+        rows: std::ops::Range<usize>,
+        stride: usize,
+        col: usize,
+        width: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> (&'a [f32], usize) {
+        buf.clear();
+        for r in rows {
+            let row = &data[r * stride + col..][..width];
+            buf.extend(row.iter().map(|x| x.to_f64() as f32));
+        }
+        (buf, width)
+    }
+}
+
+impl Element for f16 {}
+impl Element for bf16 {}
+impl Element for f32 {
+    fn f32_rows<'a>(
+        data: &'a [f32],
+        rows: std::ops::Range<usize>,
+        stride: usize,
+        col: usize,
+        _width: usize,
+        _buf: &'a mut Vec<f32>,
+    ) -> (&'a [f32], usize) {
+        (&data[rows.start * stride + col..], stride)
+    }
+}
+
+fn run<T: Element>(q: &[T], k: &[T], v: &[T], dims: Dims, scale: f32) -> Vec<T> {
+    let Dims {
+        b,
+        n_q,
+        n_k,
+        heads,
+        d,
+        d_v,
+    } = dims;
+    let (c_qk, c_v) = (heads * d, heads * d_v);
+    let mut out = vec![T::from_f64(0.0); b * n_q * c_v];
+    if out.is_empty() {
+        return out;
+    }
+    let softmax = SoftmaxTile::detect();
+    // One work item is a tile of queries of one batch entry, all heads: its output rows are
+    // one contiguous slice.
+    out.par_chunks_mut(n_q * c_v)
+        .enumerate()
+        .for_each(|(bi, out_b)| {
+            let q = &q[bi * n_q * c_qk..][..n_q * c_qk];
+            let k = &k[bi * n_k * c_qk..][..n_k * c_qk];
+            let v = &v[bi * n_k * c_v..][..n_k * c_v];
+            out_b
+                .par_chunks_mut(TILE_Q * c_v)
+                .enumerate()
+                .for_each(|(t, out_tile)| {
+                    let q0 = t * TILE_Q;
+                    let rows = out_tile.len() / c_v;
+                    let mut scratch = Scratch::new(rows, d_v);
+                    for h in 0..heads {
+                        let (q_tile, q_stride) =
+                            T::f32_rows(q, q0..q0 + rows, c_qk, h * d, d, &mut scratch.q);
+                        let q_tile = q_tile.as_ptr();
+                        scratch.start();
+                        let mut k0 = 0;
+                        while k0 < n_k {
+                            let keys = TILE_K.min(n_k - k0);
+                            let (k_tile, k_stride) =
+                                T::f32_rows(k, k0..k0 + keys, c_qk, h * d, d, &mut scratch.k);
+                            let (v_tile, v_stride) =
+                                T::f32_rows(v, k0..k0 + keys, c_v, h * d_v, d_v, &mut scratch.v);
+                            let scores = &mut scratch.scores[..rows * keys];
+                            // SAFETY: `scores` is rows x keys (row stride keys); the q tile is
+                            // rows x d with row stride q_stride, inside `q` (or the widened
+                            // copy); the k tile read transposed is d x keys: element (i, j) at
+                            // j*k_stride + i, inside `k` (or its copy).
+                            unsafe {
+                                gemm::gemm(
+                                    rows,
+                                    keys,
+                                    d,
+                                    scores.as_mut_ptr(),
+                                    1,
+                                    keys as isize,
+                                    false,
+                                    q_tile,
+                                    1,
+                                    q_stride as isize,
+                                    k_tile.as_ptr(),
+                                    k_stride as isize,
+                                    1,
+                                    0.0,
+                                    scale,
+                                    false,
+                                    false,
+                                    false,
+                                    gemm::Parallelism::None,
+                                );
+                            }
+                            softmax.run(
+                                scores,
+                                keys,
+                                &mut scratch.max[..rows],
+                                &mut scratch.sum[..rows],
+                                &mut scratch.correction[..rows],
+                            );
+                            let first = k0 == 0;
+                            if !first {
+                                for (row, &c) in scratch
+                                    .acc
+                                    .chunks_exact_mut(d_v)
+                                    .zip(&scratch.correction[..rows])
+                                {
+                                    if c != 1.0 {
+                                        row.iter_mut().for_each(|x| *x *= c);
+                                    }
+                                }
+                            }
+                            // SAFETY: `acc` is rows x d_v (row stride d_v); the probabilities
+                            // are rows x keys; the v tile is keys x d_v with row stride
+                            // v_stride, inside `v` (or its copy).
+                            unsafe {
+                                gemm::gemm(
+                                    rows,
+                                    d_v,
+                                    keys,
+                                    scratch.acc.as_mut_ptr(),
+                                    1,
+                                    d_v as isize,
+                                    !first,
+                                    scores.as_ptr(),
+                                    1,
+                                    keys as isize,
+                                    v_tile.as_ptr(),
+                                    1,
+                                    v_stride as isize,
+                                    1.0,
+                                    1.0,
+                                    false,
+                                    false,
+                                    false,
+                                    gemm::Parallelism::None,
+                                );
+                            }
+                            k0 += keys;
+                        }
+                        for ((acc, &l), dst) in scratch
+                            .acc
+                            .chunks_exact(d_v)
+                            .zip(&scratch.sum[..rows])
+                            .zip(out_tile.chunks_exact_mut(c_v))
+                        {
+                            let inv = 1.0 / l;
+                            for (o, &a) in dst[h * d_v..][..d_v].iter_mut().zip(acc) {
+                                *o = T::from_f64((a * inv) as f64);
+                            }
+                        }
+                    }
+                });
+        });
+    out
+}
+
+/// One work item's buffers.
+struct Scratch {
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    correction: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(rows: usize, d_v: usize) -> Self {
+        Scratch {
+            scores: vec![0.0; rows * TILE_K],
+            acc: vec![0.0; rows * d_v],
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            correction: vec![0.0; rows],
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    /// Resets the running maxima and sums for the next head.
+    fn start(&mut self) {
+        self.max.fill(f32::NEG_INFINITY);
+        self.sum.fill(0.0);
+    }
+}
+
+/// The online-softmax step over one tile of scores, compiled for the widest vector unit the
+/// CPU has (chosen once per call): the exponentials are most of its time.
+#[derive(Clone, Copy)]
+struct SoftmaxTile(TileFn);
+
+/// `(scores, width, max, sum, correction)`, as [`softmax_tile`].
+type TileFn = fn(&mut [f32], usize, &mut [f32], &mut [f32], &mut [f32]);
+
+impl SoftmaxTile {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return SoftmaxTile(|s, w, m, l, c| {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    unsafe { softmax_tile_avx512(s, w, m, l, c) }
+                });
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return SoftmaxTile(|s, w, m, l, c| {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    unsafe { softmax_tile_avx2(s, w, m, l, c) }
+                });
+            }
+        }
+        SoftmaxTile(softmax_tile)
+    }
+
+    fn run(&self, s: &mut [f32], width: usize, m: &mut [f32], l: &mut [f32], c: &mut [f32]) {
+        (self.0)(s, width, m, l, c)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_tile_avx512(s: &mut [f32], width: usize, m: &mut [f32], l: &mut [f32], c: &mut [f32]) {
+    softmax_tile(s, width, m, l, c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_tile_avx2(s: &mut [f32], width: usize, m: &mut [f32], l: &mut [f32], c: &mut [f32]) {
+    softmax_tile(s, width, m, l, c)
+}
+
+/// For each row of `scores` (`width` wide): the new maximum `m' = max(m, max(row))`, the
+/// row replaced by `exp(s - m')`, the correction `exp(m - m')` for what was summed before,
+/// and the running sum `l = l * correction + sum(row)`.
+#[inline(always)]
+fn softmax_tile(
+    scores: &mut [f32],
+    width: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
+    correction: &mut [f32],
+) {
+    const LANES: usize = 16;
+    for (r, row) in scores.chunks_exact_mut(width).enumerate() {
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (m, &x) in lanes.iter_mut().zip(chunk) {
+                *m = if x > *m { x } else { *m };
+            }
+        }
+        let row_max = chunks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        let old = max[r];
+        let new = if row_max > old { row_max } else { old };
+        let mut sums = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (acc, x) in sums.iter_mut().zip(chunk) {
+                *x = exp(*x - new);
+                *acc += *x;
+            }
+        }
+        let mut total: f32 = 0.0;
+        for x in chunks.into_remainder() {
+            *x = exp(*x - new);
+            total += *x;
+        }
+        total += sums.iter().sum::<f32>();
+        let c = if old == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp(old - new)
+        };
+        correction[r] = c;
+        sum[r] = sum[r] * c + total;
+        max[r] = new;
+    }
+}
+
+/// `e^x` for f32 in straight-line arithmetic the compiler vectorises: `x = n ln2 + r` with
+/// `|r| <= ln2 / 2`, a degree-6 polynomial for `e^r` (Cephes' expf coefficients, within
+/// 2 ulp of the true value), and `2^n` built in the exponent bits. Inputs below -87.3
+/// (where `e^x` leaves the normal range) give about 1e-38 rather than 0, which vanishes in
+/// every sum it meets; NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n * LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.33, 88.37);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    /// The textbook formula on the whole score matrix, in f64.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+        let (q, k, v) = (
+            split_heads(&q.to_dtype(DType::F64)?, heads)?,
+            split_heads(&k.to_dtype(DType::F64)?, heads)?,
+            split_heads(&v.to_dtype(DType::F64)?, heads)?,
+        );
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores
+            .broadcast_sub(&scores.max_keepdim(D::Minus1)?)?
+            .exp()?;
+        let probs = scores.broadcast_div(&scores.sum_keepdim(D::Minus1)?)?;
+        merge_heads(&probs.matmul(&v)?, heads)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()
+    }
+
+    /// Shapes that cross tile edges on both axes, several heads, d != d_v, one key, and
+    /// scores large enough (up to about 150) that a softmax without the running maximum
+    /// would overflow; f32 scores of that size carry errors near 1e-5 of their own, hence
+    /// the looser tolerance there.
+    #[test]
+    fn tiled_matches_the_formula() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(b, n_q, n_k, heads, d, d_v, spread, tolerance) in &[
+            (2, 300, 77, 5, 8, 8, 1.0, 1e-5),
+            (1, 129, 513, 2, 16, 12, 1.0, 1e-5),
+            (2, 64, 1, 3, 4, 4, 1.0, 1e-5),
+            (1, 260, 600, 1, 32, 32, 6.0, 2e-4),
+        ] {
+            let q = Tensor::randn(0f32, spread, (b, n_q, heads * d), &dev)?;
+            let k = Tensor::randn(0f32, spread, (b, n_k, heads * d), &dev)?;
+            let v = Tensor::randn(0f32, 1., (b, n_k, heads * d_v), &dev)?;
+            let scale = (d as f64).powf(-0.5);
+            let want = reference(&q, &k, &v, heads, scale)?;
+            let got = attention(&q, &k, &v, heads, scale)?;
+            assert_eq!(got.dims(), &[b, n_q, heads * d_v]);
+            let diff = max_diff(&want, &got)?;
+            assert!(diff < tolerance, "{:?}: max diff {diff}", (b, n_q, n_k, heads));
+            let portable = chunked(&q, &k, &v, heads, scale)?;
+            let diff = max_diff(&want, &portable)?;
+            assert!(diff < tolerance, "chunked {:?}: max diff {diff}", (b, n_q, n_k));
+        }
+        Ok(())
+    }
+
+    /// f16 and bf16 in, the same dtype out, computed in f32: as close to the f64 formula on
+    /// the rounded inputs as the output's own rounding allows.
+    #[test]
+    fn half_dtypes_compute_in_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        for (dtype, tolerance) in [(DType::F16, 2e-3), (DType::BF16, 1.6e-2)] {
+            let q = Tensor::randn(0f32, 1., (2, 150, 2 * 16), &dev)?.to_dtype(dtype)?;
+            let k = Tensor::randn(0f32, 1., (2, 270, 2 * 16), &dev)?.to_dtype(dtype)?;
+            let v = Tensor::randn(0f32, 1., (2, 270, 2 * 16), &dev)?.to_dtype(dtype)?;
+            let got = attention(&q, &k, &v, 2, 0.25)?;
+            assert_eq!(got.dtype(), dtype);
+            let diff = max_diff(&reference(&q, &k, &v, 2, 0.25)?, &got)?;
+            assert!(diff < tolerance, "{dtype:?}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn exp_is_within_a_few_ulp() {
+        let mut worst: f32 = 0.0;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let rel = ((exp(x) as f64 - want) / want).abs() as f32;
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3.0 * f32::EPSILON, "worst relative error {worst}");
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 4, 8), DType::F32, &dev)?;
+        let k = Tensor::zeros((1, 5, 8), DType::F32, &dev)?;
+        let v = Tensor::zeros((1, 6, 8), DType::F32, &dev)?;
+        assert!(attention(&q, &k, &v, 2, 1.0).is_err());
+        assert!(attention(&q, &k, &k, 3, 1.0).is_err());
+        Ok(())
+    }
+}
