@@ -8,7 +8,7 @@
 //! - `commands/api.rs`: `sie api`, the API alone on PostgreSQL (scale-out).
 //! - `commands/worker.rs`: `sie worker`, a GPU node pulling tasks over HTTP.
 //! - `commands/common.rs`: store arguments, model loading, worker threads, signals.
-//! - `commands/bench.rs`: `sie bench unet`, the full-size UNet timing.
+//! - `commands/bench.rs`: `sie bench unet|vae|text|pipeline|table`, the engine timed beside PyTorch.
 
 mod commands;
 

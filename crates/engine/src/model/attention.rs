@@ -5,7 +5,8 @@
 //! a tiled, online-softmax kernel (the flash-attention recurrence): for a tile of queries it
 //! walks the keys a tile at a time, keeping per query the running maximum `m`, the running
 //! sum `l` of `exp(s - m)` and the unnormalised output, rescaled whenever `m` grows. The
-//! only score memory is one tile per thread. Scores, softmax and sums are f32 whatever the
+//! only score memory is one tile per thread, and the exponentials, most of the softmax's
+//! time, run on the CPU's widest vector unit (`vector.rs`). Scores, softmax and sums are f32 whatever the
 //! model's dtype (diffusers upcasts attention for SD 2.1 in f16 for the same reason), but Q,
 //! K and V are read in their own dtype: f16/bf16 tiles are widened one tile at a time, never
 //! as whole f32 copies.
@@ -19,6 +20,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+use super::vector::{exp, vectorised};
 
 /// Queries per tile: one work item for the thread pool.
 const TILE_Q: usize = 128;
@@ -236,7 +239,6 @@ fn run<T: Element>(q: &[T], k: &[T], v: &[T], dims: Dims, scale: f32) -> Vec<T> 
     if out.is_empty() {
         return out;
     }
-    let softmax = SoftmaxTile::detect();
     // One work item is a tile of queries of one batch entry, all heads: its output rows are
     // one contiguous slice.
     out.par_chunks_mut(n_q * c_v)
@@ -292,7 +294,7 @@ fn run<T: Element>(q: &[T], k: &[T], v: &[T], dims: Dims, scale: f32) -> Vec<T> 
                                     gemm::Parallelism::None,
                                 );
                             }
-                            softmax.run(
+                            softmax_tile(
                                 scores,
                                 keys,
                                 &mut scratch.max[..rows],
@@ -389,57 +391,10 @@ impl Scratch {
     }
 }
 
-/// The online-softmax step over one tile of scores, compiled for the widest vector unit the
-/// CPU has (chosen once per call): the exponentials are most of its time.
-#[derive(Clone, Copy)]
-struct SoftmaxTile(TileFn);
-
-/// `(scores, width, max, sum, correction)`, as [`softmax_tile`].
-type TileFn = fn(&mut [f32], usize, &mut [f32], &mut [f32], &mut [f32]);
-
-impl SoftmaxTile {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return SoftmaxTile(|s, w, m, l, c| {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    unsafe { softmax_tile_avx512(s, w, m, l, c) }
-                });
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return SoftmaxTile(|s, w, m, l, c| {
-                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    unsafe { softmax_tile_avx2(s, w, m, l, c) }
-                });
-            }
-        }
-        SoftmaxTile(softmax_tile)
-    }
-
-    fn run(&self, s: &mut [f32], width: usize, m: &mut [f32], l: &mut [f32], c: &mut [f32]) {
-        (self.0)(s, width, m, l, c)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn softmax_tile_avx512(s: &mut [f32], width: usize, m: &mut [f32], l: &mut [f32], c: &mut [f32]) {
-    softmax_tile(s, width, m, l, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_tile_avx2(s: &mut [f32], width: usize, m: &mut [f32], l: &mut [f32], c: &mut [f32]) {
-    softmax_tile(s, width, m, l, c)
-}
-
+vectorised! {
 /// For each row of `scores` (`width` wide): the new maximum `m' = max(m, max(row))`, the
 /// row replaced by `exp(s - m')`, the correction `exp(m - m')` for what was summed before,
 /// and the running sum `l = l * correction + sum(row)`.
-#[inline(always)]
 fn softmax_tile(
     scores: &mut [f32],
     width: usize,
@@ -487,29 +442,6 @@ fn softmax_tile(
         max[r] = new;
     }
 }
-
-/// `e^x` for f32 in straight-line arithmetic the compiler vectorises: `x = n ln2 + r` with
-/// `|r| <= ln2 / 2`, a degree-6 polynomial for `e^r` (Cephes' expf coefficients, within
-/// 2 ulp of the true value), and `2^n` built in the exponent bits. Inputs below -87.3
-/// (where `e^x` leaves the normal range) give about 1e-38 rather than 0, which vanishes in
-/// every sum it meets; NaN stays NaN.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n * LN2_HI is exact for the n that occur.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.33, 88.37);
-    let n = (x * LOG2E + 0.5).floor();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -560,10 +492,18 @@ mod tests {
             let got = attention(&q, &k, &v, heads, scale)?;
             assert_eq!(got.dims(), &[b, n_q, heads * d_v]);
             let diff = max_diff(&want, &got)?;
-            assert!(diff < tolerance, "{:?}: max diff {diff}", (b, n_q, n_k, heads));
+            assert!(
+                diff < tolerance,
+                "{:?}: max diff {diff}",
+                (b, n_q, n_k, heads)
+            );
             let portable = chunked(&q, &k, &v, heads, scale)?;
             let diff = max_diff(&want, &portable)?;
-            assert!(diff < tolerance, "chunked {:?}: max diff {diff}", (b, n_q, n_k));
+            assert!(
+                diff < tolerance,
+                "chunked {:?}: max diff {diff}",
+                (b, n_q, n_k)
+            );
         }
         Ok(())
     }
@@ -583,21 +523,6 @@ mod tests {
             assert!(diff < tolerance, "{dtype:?}: max diff {diff}");
         }
         Ok(())
-    }
-
-    #[test]
-    fn exp_is_within_a_few_ulp() {
-        let mut worst: f32 = 0.0;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = (x as f64).exp();
-            let rel = ((exp(x) as f64 - want) / want).abs() as f32;
-            worst = worst.max(rel);
-            x += 0.0137;
-        }
-        assert!(worst < 3.0 * f32::EPSILON, "worst relative error {worst}");
-        assert!(exp(f32::NEG_INFINITY) < 1e-37);
-        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! in `attention.rs`).
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{group_norm, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
 use super::conv::{conv2d, Conv2d};
+use super::norm::{group_norm, GroupNorm};
+use super::profile;
 
 /// diffusers' `ResnetBlock2D` with the SD settings: GroupNorm, SiLU, 3x3 convolutions,
 /// an optional time-embedding projection added between them, and a 1x1 shortcut when
@@ -72,9 +74,12 @@ impl ResnetBlock {
 
     /// `temb` is the SiLU-free time embedding (batch, temb_channels), or `None` in the VAE.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let h = self
-            .conv1
-            .forward(&candle_nn::ops::silu(&self.norm1.forward(xs)?)?)?;
+        let norm = |n: &GroupNorm, xs: &Tensor| {
+            profile::time(|| "resnet/group-norm+silu".into(), || n.forward_silu(xs))
+        };
+        let conv =
+            |c: &Conv2d, xs: &Tensor| profile::time(|| "resnet/conv".into(), || c.forward(xs));
+        let h = conv(&self.conv1, &norm(&self.norm1, xs)?)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
@@ -82,11 +87,9 @@ impl ResnetBlock {
             }
             _ => h,
         };
-        let h = self
-            .conv2
-            .forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
+        let h = conv(&self.conv2, &norm(&self.norm2, &h)?)?;
         let skip = match &self.shortcut {
-            Some(conv) => conv.forward(xs)?,
+            Some(c) => conv(c, xs)?,
             None => xs.clone(),
         };
         let out = (skip + h)?;

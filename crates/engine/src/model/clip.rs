@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 
+use super::activation::gelu;
 use super::config::{ClipActivation, ClipTextConfig};
 
 /// The shape of one CLIP transformer layer; the text and the vision towers differ only here
@@ -108,7 +109,7 @@ impl EncoderLayer {
         let hidden = self.fc1.forward(&self.norm2.forward(&xs)?)?;
         let hidden = match self.activation {
             // transformers' "gelu" is the exact erf form.
-            ClipActivation::Gelu => hidden.gelu_erf()?,
+            ClipActivation::Gelu => gelu(&hidden)?,
             ClipActivation::QuickGelu => (&hidden * candle_nn::ops::sigmoid(&(&hidden * 1.702)?)?)?,
         };
         xs + self.fc2.forward(&hidden)?

@@ -9,13 +9,17 @@
 //! `feature_extractor/`), when present, is loaded too unless the caller says
 //! otherwise ([`SafetyCheckerSource`]).
 
+pub mod activation;
 pub mod attention;
 pub mod blocks;
 pub mod clip;
 pub mod config;
 pub mod conv;
+pub mod norm;
+pub mod profile;
 pub mod unet;
 pub mod vae;
+mod vector;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,13 +6,13 @@
 //! with `upsamplers`, `conv_norm_out`, `conv_out`. Every width, head count
 //! and block type comes from [`UNetConfig`].
 
-use candle_core::{Module, Tensor, D};
-use candle_nn::{
-    group_norm, layer_norm, linear, linear_no_bias, Conv2dConfig, GroupNorm, LayerNorm, Linear,
-    VarBuilder,
-};
+use candle_core::{Module, Tensor};
+use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
+use super::activation::geglu;
 use super::conv::{conv2d, Conv2d};
+use super::norm::{group_norm, GroupNorm};
+use super::profile;
 
 use super::attention::attention;
 use super::blocks::{Downsample, ResnetBlock, ResnetConfig, Upsample};
@@ -53,8 +53,11 @@ impl CrossAttention {
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        self.to_out
-            .forward(&attention(&q, &k, &v, self.heads, self.scale)?)
+        let out = profile::time(
+            || "transformer/attention kernel".into(),
+            || attention(&q, &k, &v, self.heads, self.scale),
+        )?;
+        self.to_out.forward(&out)
     }
 }
 
@@ -91,17 +94,27 @@ impl TransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self
-            .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + &xs)?;
-        // GEGLU: the projection's first half gated by the exact (erf) GELU of its second half.
-        let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
-        let half = h.dim(D::Minus1)? / 2;
-        let gated =
-            (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
-        self.ff_out.forward(&gated)? + xs
+        let xs = profile::time(
+            || "transformer/self-attention".into(),
+            || self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs,
+        )?;
+        let xs = profile::time(
+            || "transformer/cross-attention".into(),
+            || {
+                self.attn2
+                    .forward(&self.norm2.forward(&xs)?, Some(context))?
+                    + &xs
+            },
+        )?;
+        profile::time(
+            || "transformer/feed-forward".into(),
+            || {
+                // GEGLU: the projection's first half gated by the exact (erf) GELU of its
+                // second half.
+                let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
+                self.ff_out.forward(&geglu(&h)?)? + &xs
+            },
+        )
     }
 }
 
@@ -421,34 +434,55 @@ impl UNet {
             xs.clone()
         };
 
-        let mut h = self.conv_in.forward(&xs)?;
+        let mut h = profile::time(|| "conv_in".into(), || self.conv_in.forward(&xs))?;
         let mut skips = vec![h.clone()];
-        for block in &self.down {
+        for (i, block) in self.down.iter().enumerate() {
             for (j, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward(&h, Some(&temb))?;
+                h = profile::time(
+                    || format!("down.{i}.resnets"),
+                    || resnet.forward(&h, Some(&temb)),
+                )?;
                 if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(&h, context)?;
+                    h = profile::time(
+                        || format!("down.{i}.transformers"),
+                        || attn.forward(&h, context),
+                    )?;
                 }
                 skips.push(h.clone());
             }
             if let Some(down) = &block.downsampler {
-                h = down.forward(&h)?;
+                h = profile::time(|| format!("down.{i}.downsample"), || down.forward(&h))?;
                 skips.push(h.clone());
             }
         }
 
-        h = self.mid.resnet_in.forward(&h, Some(&temb))?;
-        h = self.mid.attention.forward(&h, context)?;
-        h = self.mid.resnet_out.forward(&h, Some(&temb))?;
+        h = profile::time(
+            || "mid.resnets".into(),
+            || self.mid.resnet_in.forward(&h, Some(&temb)),
+        )?;
+        h = profile::time(
+            || "mid.transformer".into(),
+            || self.mid.attention.forward(&h, context),
+        )?;
+        h = profile::time(
+            || "mid.resnets".into(),
+            || self.mid.resnet_out.forward(&h, Some(&temb)),
+        )?;
 
-        for block in &self.up {
+        for (i, block) in self.up.iter().enumerate() {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| {
                     candle_core::Error::Msg("UNet skip connections ran out".into())
                 })?;
-                h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&temb))?;
+                h = profile::time(
+                    || format!("up.{i}.resnets"),
+                    || resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&temb)),
+                )?;
                 if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(&h, context)?;
+                    h = profile::time(
+                        || format!("up.{i}.transformers"),
+                        || attn.forward(&h, context),
+                    )?;
                 }
             }
             if let Some(up) = &block.upsampler {
@@ -459,11 +493,17 @@ impl UNet {
                     Some((Ok(h), Ok(w))) => Some((h, w)),
                     _ => None,
                 };
-                h = up.forward(&h, size)?;
+                h = profile::time(|| format!("up.{i}.upsample"), || up.forward(&h, size))?;
             }
         }
 
-        let h = candle_nn::ops::silu(&self.norm_out.forward(&h)?)?;
-        self.conv_out.forward(&h)?.to_dtype(dtype)
+        profile::time(
+            || "out".into(),
+            || {
+                self.conv_out
+                    .forward(&self.norm_out.forward_silu(&h)?)?
+                    .to_dtype(dtype)
+            },
+        )
     }
 }

@@ -2,9 +2,11 @@
 //! back to pixels, with the checkpoint's own weight names.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 
 use super::conv::{conv2d, Conv2d};
+use super::norm::{group_norm, GroupNorm};
+use super::profile;
 
 use super::attention::attention;
 use super::blocks::{Downsample, ResnetBlock, ResnetConfig, Upsample};
@@ -218,7 +220,7 @@ impl Vae {
             }
         }
         let h = self.enc_mid.forward(&h)?;
-        let h = candle_nn::ops::silu(&self.enc_norm_out.forward(&h)?)?;
+        let h = self.enc_norm_out.forward_silu(&h)?;
         let h = self.enc_conv_out.forward(&h)?;
         match &self.quant_conv {
             Some(conv) => conv.forward(&h),
@@ -232,17 +234,22 @@ impl Vae {
             Some(conv) => conv.forward(z)?,
             None => z.clone(),
         };
-        let mut h = self.dec_conv_in.forward(&z)?;
-        h = self.dec_mid.forward(&h)?;
-        for level in &self.dec_levels {
+        let mut h = profile::time(|| "conv_in".into(), || self.dec_conv_in.forward(&z))?;
+        h = profile::time(|| "mid".into(), || self.dec_mid.forward(&h))?;
+        for (i, level) in self.dec_levels.iter().enumerate() {
             for resnet in &level.resnets {
-                h = resnet.forward(&h, None)?;
+                h = profile::time(|| format!("up.{i}.resnets"), || resnet.forward(&h, None))?;
             }
             if let Some(up) = &level.up {
-                h = up.forward(&h, None)?;
+                h = profile::time(|| format!("up.{i}.upsample"), || up.forward(&h, None))?;
             }
         }
-        let h = candle_nn::ops::silu(&self.dec_norm_out.forward(&h)?)?;
-        self.dec_conv_out.forward(&h)
+        profile::time(
+            || "out".into(),
+            || {
+                self.dec_conv_out
+                    .forward(&self.dec_norm_out.forward_silu(&h)?)
+            },
+        )
     }
 }
