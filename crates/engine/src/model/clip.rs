@@ -10,10 +10,11 @@
 //! OpenCLIP's penultimate layer).
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use super::activation::gelu;
 use super::config::{ClipActivation, ClipTextConfig};
+use super::linear::{linear, Linear};
 
 /// The shape of one CLIP transformer layer; the text and the vision towers differ only here
 /// and in their masks.

@@ -40,6 +40,24 @@ pub fn conv2d(
     })
 }
 
+impl Conv2d {
+    /// A convolution from its parts: `weight` `[out, in, kh, kw]`, `bias` `[out]`.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Conv2d {
+            candle: candle_nn::Conv2d::new(weight, bias, config),
+            config,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.candle.weight()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.candle.bias()
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let c = &self.config;

@@ -15,6 +15,7 @@ pub mod blocks;
 pub mod clip;
 pub mod config;
 pub mod conv;
+pub mod linear;
 pub mod norm;
 pub mod profile;
 pub mod unet;

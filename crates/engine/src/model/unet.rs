@@ -7,10 +7,11 @@
 //! and block type comes from [`UNetConfig`].
 
 use candle_core::{Module, Tensor};
-use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::activation::geglu;
 use super::conv::{conv2d, Conv2d};
+use super::linear::{linear, linear_no_bias, Linear};
 use super::norm::{group_norm, GroupNorm};
 use super::profile;
 

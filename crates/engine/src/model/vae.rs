@@ -2,9 +2,10 @@
 //! back to pixels, with the checkpoint's own weight names.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::conv::{conv2d, Conv2d};
+use super::linear::{linear, Linear};
 use super::norm::{group_norm, GroupNorm};
 use super::profile;
 

@@ -19,7 +19,9 @@ pub mod vision;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::model::linear::{linear_no_bias, Linear};
 
 use crate::error::{Error, Result};
 use crate::json_config::JsonConfig;

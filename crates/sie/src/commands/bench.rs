@@ -12,16 +12,17 @@
 //! each peak is its own, and prints them as a Markdown table. Timings belong in
 //! docs/benchmarks.md, never in tests.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-use sie_engine::candle_core::{DType, Device, Tensor};
-use sie_engine::candle_nn::{VarBuilder, VarMap};
+use sie_engine::candle_core::{DType, Device, Shape, Tensor};
+use sie_engine::candle_nn::var_builder::SimpleBackend;
+use sie_engine::candle_nn::VarBuilder;
 use sie_engine::json_config::JsonConfig;
 use sie_engine::model::clip::ClipTextEncoder;
 use sie_engine::model::config::{ClipTextConfig, UNetConfig, VaeConfig};
@@ -423,38 +424,68 @@ fn print_result(result: &Value, json: bool) {
     }
 }
 
-/// A network built with candle's random initialisers, then rebuilt on detached copies of
-/// those weights in `dtype` on `device`: the initialisers make trainable `Var`s, and candle
-/// keeps the whole autograd graph of a forward pass alive for those (11 GB for a UNet call at
-/// 512x512), which a loaded checkpoint never does. The weights are drawn on the CPU in f32
-/// whatever the target, so every device and dtype gets the same values. Also returns the
-/// weights' names and element counts.
+/// A network on random weights in `dtype` on `device`, and its weights' names and element
+/// counts. Each weight is drawn when the network asks for it, from the initialiser the
+/// network names (candle's, as `VarMap` would use), on the CPU in f32 whatever the target,
+/// so every device and dtype gets the same values. They are plain tensors, not `Var`s:
+/// candle keeps a forward pass's whole autograd graph alive for variables (11 GB for a UNet
+/// call at 512x512), which a loaded checkpoint never does; and nothing else holds them, so
+/// a network that keeps its own copy of a weight (a transposed one) holds the memory a
+/// checkpoint load would.
 fn random<M>(
     build: impl Fn(VarBuilder) -> sie_engine::candle_core::Result<M>,
     dtype: DType,
     device: &Device,
 ) -> anyhow::Result<(M, Vec<(String, usize)>)> {
-    let varmap = VarMap::new();
-    build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-    let mut weights = HashMap::new();
-    let mut sizes = Vec::new();
-    for (name, var) in varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the weight map's lock is poisoned"))?
-        .iter()
-    {
-        sizes.push((name.clone(), var.elem_count()));
-        let t = var
-            .as_tensor()
-            .detach()
-            .to_dtype(dtype)?
-            .to_device(device)?;
-        weights.insert(name.clone(), t);
-    }
-    drop(varmap);
-    let model = build(VarBuilder::from_tensors(weights, dtype, device))?;
+    let sizes = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let model = build(VarBuilder::from_backend(
+        Box::new(Drawn(sizes.clone())),
+        dtype,
+        device.clone(),
+    ))?;
+    let sizes = std::mem::take(
+        &mut *sizes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the weight list's lock is poisoned"))?,
+    );
     Ok((model, sizes))
+}
+
+/// A weight source that draws each weight from its initialiser when asked, and notes its
+/// name and size.
+struct Drawn(std::sync::Arc<Mutex<Vec<(String, usize)>>>);
+
+impl SimpleBackend for Drawn {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: sie_engine::candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> sie_engine::candle_core::Result<Tensor> {
+        let t = init
+            .var(shape, DType::F32, &Device::Cpu)?
+            .as_tensor()
+            .detach();
+        if let Ok(mut sizes) = self.0.lock() {
+            sizes.push((name.to_string(), t.elem_count()));
+        }
+        t.to_dtype(dtype)?.to_device(device)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _: DType,
+        _: &Device,
+    ) -> sie_engine::candle_core::Result<Tensor> {
+        sie_engine::candle_core::bail!("{name}: a random weight needs its shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
 }
 
 /// One warm-up call, then `steps` timed calls of `call`: the median and every time.
