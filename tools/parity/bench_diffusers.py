@@ -13,8 +13,8 @@ On a GPU the result also has peak_device_bytes (torch.cuda.max_memory_allocated)
 JSON object on the last stdout line with implementation, part, device, dtype, variant, size,
 batch, threads, parameters (elements of the timed module(s)), seconds (the median of the timed
 calls, statistics.median: the mean of the middle two for an even count), all_seconds and
-peak_rss_bytes (ru_maxrss of this process: it includes building or loading the
-model and the untimed calls, not only the timed ones).
+peak_rss_bytes (VmHWM of this process, see peak_rss_bytes(): it includes building or
+loading the model and the untimed calls, not only the timed ones).
 
 unet, vae and text need no files: each builds its module from the published config
 (crates/engine/assets/published/, byte for byte the files of stabilityai/stable-diffusion-2-1
@@ -105,6 +105,22 @@ def latent_side(size):
     if size <= 0 or size % 8:
         sys.exit(f"--size {size} is not a positive multiple of 8")
     return size // 8
+
+
+def peak_rss_bytes():
+    """This process's peak resident set: VmHWM, which starts afresh at exec.
+
+    Not ru_maxrss: Linux carries the parent's peak across exec into it, so when `sie bench`
+    (holding a loaded model) starts this script, ru_maxrss reports at least the parent's.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def placed(t, args):
@@ -225,7 +241,7 @@ def main():
     torch.manual_seed(0)
     bench = {"unet": bench_unet, "vae": bench_vae, "text": bench_text, "pipeline": bench_pipeline}[args.part]
     implementation, params, times, extra = bench(args)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     seconds = statistics.median(times)
     result = {
         "implementation": implementation,
