@@ -369,8 +369,8 @@ SD21_BASE_SPECIAL_TOKENS_MAP = dict(SD21_SPECIAL_TOKENS_MAP)
 # @e01ac59 tree unet/config.json ("Add diffusers weights (#1)"); with "upcast_attention": false
 # it would be 940 B. Re-saves of this UNet by later diffusers (hub MirageML/ScoobyDoo,
 # PinkysMusing/o-excess-gremlin, GitHub Wakals/GASCOL) show "upcast_attention": false, i.e. the
-# default filled in. NOTE crates/engine/assets/published/sd21-base-unet.json carries
-# "upcast_attention": false, which the published file does not.
+# default filled in. crates/engine/assets/published/sd21-base-unet.json is this text
+# (`dumps(SD21_BASE_UNET)`), without the key, as published.
 SD21_BASE_UNET = {
     "_class_name": "UNet2DConditionModel",
     "_diffusers_version": "0.10.0.dev0",

@@ -148,42 +148,34 @@ impl CustomOp3 for Fused {
 const BLOCK: usize = 4096;
 const LANES: usize = 16;
 
-vectorised! {
-    /// The sum of `xs`: f32 lanes within blocks of 4096, f64 across blocks.
-    fn sum(xs: &[f32]) -> f64 {
-        let mut total = 0f64;
-        for block in xs.chunks(BLOCK) {
-            let mut lanes = [0f32; LANES];
-            let mut chunks = block.chunks_exact(LANES);
-            for chunk in &mut chunks {
-                for (acc, &x) in lanes.iter_mut().zip(chunk) {
-                    *acc += x;
-                }
+/// The sum of `f(x)` over `xs`: f32 lanes within blocks of 4096, f64 across blocks.
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0f64;
+    for block in xs.chunks(BLOCK) {
+        let mut lanes = [0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (acc, &x) in lanes.iter_mut().zip(chunk) {
+                *acc += f(x);
             }
-            let rest: f32 = chunks.remainder().iter().sum();
-            total += lanes.iter().map(|&x| x as f64).sum::<f64>() + rest as f64;
         }
-        total
+        let rest: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        total += lanes.iter().map(|&x| x as f64).sum::<f64>() + rest as f64;
+    }
+    total
+}
+
+vectorised! {
+    fn sum(xs: &[f32]) -> f64 {
+        lane_sum(xs, |x| x)
     }
 }
 
 vectorised! {
-    /// The sum of `(x - mean)^2` over `xs`, summed as [`sum`] sums.
+    /// The sum of `(x - mean)^2` over `xs`.
     fn sum_squared_deviation(xs: &[f32], mean: f32) -> f64 {
-        let mut total = 0f64;
-        for block in xs.chunks(BLOCK) {
-            let mut lanes = [0f32; LANES];
-            let mut chunks = block.chunks_exact(LANES);
-            for chunk in &mut chunks {
-                for (acc, &x) in lanes.iter_mut().zip(chunk) {
-                    let d = x - mean;
-                    *acc += d * d;
-                }
-            }
-            let rest: f32 = chunks.remainder().iter().map(|&x| (x - mean) * (x - mean)).sum();
-            total += lanes.iter().map(|&x| x as f64).sum::<f64>() + rest as f64;
-        }
-        total
+        lane_sum(xs, |x| (x - mean) * (x - mean))
     }
 }
 

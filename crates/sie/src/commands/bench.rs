@@ -578,6 +578,37 @@ fn result(
     })
 }
 
+/// What one network benchmark measured, short of the times.
+struct Run<'a> {
+    part: &'static str,
+    args: &'a PartArgs,
+    size: Option<usize>,
+    batch: usize,
+    parameters: usize,
+    blocks: bool,
+}
+
+impl Run<'_> {
+    /// Times `call` ([`timed`]), and its blocks when asked ([`block_times`]); the result as
+    /// bench_diffusers.py prints its own.
+    fn measure(&self, call: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Value> {
+        let times = timed(self.args.steps, &call)?;
+        let mut value = result(
+            self.part,
+            &self.args.common,
+            self.args.variant.name(),
+            self.size,
+            self.batch,
+            self.parameters,
+            times,
+        );
+        if let Some(blocks) = block_times(self.blocks, self.args.steps, &call)? {
+            value["blocks"] = blocks;
+        }
+        Ok(value)
+    }
+}
+
 fn latent_side(size: usize) -> anyhow::Result<usize> {
     ensure!(
         size % 8 == 0 && size > 0,
@@ -609,23 +640,16 @@ fn unet(args: &PartArgs, size: usize, batch: usize, blocks: bool) -> anyhow::Res
     .to_dtype(dtype)?;
     let context = Tensor::randn(0f32, 1., (batch, 77, config.cross_attention_dim), &device)?
         .to_dtype(dtype)?;
-    let call = || force(&unet.forward(&xs, 999.0, &context)?);
-    let times = timed(args.steps, call)?;
     let parameters = sizes.iter().map(|(_, n)| n).sum();
-    let name = args.variant.name();
-    let mut value = result(
-        "unet",
-        &args.common,
-        name,
-        Some(size),
+    let run = Run {
+        part: "unet",
+        args,
+        size: Some(size),
         batch,
         parameters,
-        times,
-    );
-    if let Some(blocks) = block_times(blocks, args.steps, call)? {
-        value["blocks"] = blocks;
-    }
-    Ok(value)
+        blocks,
+    };
+    run.measure(|| force(&unet.forward(&xs, 999.0, &context)?))
 }
 
 fn vae(args: &PartArgs, size: usize, batch: usize, blocks: bool) -> anyhow::Result<Value> {
@@ -643,28 +667,21 @@ fn vae(args: &PartArgs, size: usize, batch: usize, blocks: bool) -> anyhow::Resu
         &device,
     )?
     .to_dtype(dtype)?;
-    let call = || force(&vae.decode(&z)?);
-    let times = timed(args.steps, call)?;
     // What decode runs, as the PyTorch side counts it.
     let parameters = sizes
         .iter()
         .filter(|(name, _)| name.starts_with("decoder.") || name.starts_with("post_quant_conv."))
         .map(|(_, n)| n)
         .sum();
-    let name = args.variant.name();
-    let mut value = result(
-        "vae",
-        &args.common,
-        name,
-        Some(size),
+    let run = Run {
+        part: "vae",
+        args,
+        size: Some(size),
         batch,
         parameters,
-        times,
-    );
-    if let Some(blocks) = block_times(blocks, args.steps, call)? {
-        value["blocks"] = blocks;
-    }
-    Ok(value)
+        blocks,
+    };
+    run.measure(|| force(&vae.decode(&z)?))
 }
 
 fn text(args: &PartArgs, batch: usize) -> anyhow::Result<Value> {
@@ -685,18 +702,16 @@ fn text(args: &PartArgs, batch: usize) -> anyhow::Result<Value> {
         })
         .collect();
     let ids = Tensor::from_vec(ids, (batch, config.max_position_embeddings), &device)?;
-    let times = timed(args.steps, || force(&encoder.forward(&ids)?))?;
     let parameters = sizes.iter().map(|(_, n)| n).sum();
-    let name = args.variant.name();
-    Ok(result(
-        "text",
-        &args.common,
-        name,
-        None,
+    let run = Run {
+        part: "text",
+        args,
+        size: None,
         batch,
         parameters,
-        times,
-    ))
+        blocks: false,
+    };
+    run.measure(|| force(&encoder.forward(&ids)?))
 }
 
 fn pipeline(args: &PipelineArgs) -> anyhow::Result<Value> {
