@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::contiguous;
 use super::vector::{gelu_erf, vectorised};
 
 /// `xs[..., :n] * gelu(xs[..., n:])` for `xs` of last dimension `2n`.
@@ -46,10 +47,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("sie-gelu needs a contiguous input")
-        };
-        let xs = &storage.as_slice::<f32>()?[start..end];
+        let xs = contiguous(storage.as_slice::<f32>()?, layout, self.name())?;
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(ELEMENTS)
             .zip(xs.par_chunks(ELEMENTS))
@@ -75,10 +73,7 @@ impl CustomOp1 for Geglu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("sie-geglu needs a contiguous input")
-        };
-        let xs = &storage.as_slice::<f32>()?[start..end];
+        let xs = contiguous(storage.as_slice::<f32>()?, layout, self.name())?;
         let mut dims = layout.shape().dims().to_vec();
         let Some(last) = dims.last_mut() else {
             candle_core::bail!("sie-geglu needs at least one dimension")

@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::contiguous;
 use super::vector::{exp, vectorised};
 
 /// Most queries per tile (one work item for the thread pool). Fewer when that would leave
@@ -143,24 +144,24 @@ impl CustomOp3 for Tiled {
         };
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => CpuStorage::F32(run(
-                slice(q, l1)?,
-                slice(k, l2)?,
-                slice(v, l3)?,
+                contiguous(q, l1, self.name())?,
+                contiguous(k, l2, self.name())?,
+                contiguous(v, l3, self.name())?,
                 dims,
                 self.scale,
             )),
             (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => CpuStorage::F16(run(
-                slice(q, l1)?,
-                slice(k, l2)?,
-                slice(v, l3)?,
+                contiguous(q, l1, self.name())?,
+                contiguous(k, l2, self.name())?,
+                contiguous(v, l3, self.name())?,
                 dims,
                 self.scale,
             )),
             (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
                 CpuStorage::BF16(run(
-                    slice(q, l1)?,
-                    slice(k, l2)?,
-                    slice(v, l3)?,
+                    contiguous(q, l1, self.name())?,
+                    contiguous(k, l2, self.name())?,
+                    contiguous(v, l3, self.name())?,
                     dims,
                     self.scale,
                 ))
@@ -170,13 +171,6 @@ impl CustomOp3 for Tiled {
             }
         };
         Ok((out, Shape::from((b, n_q, c_v))))
-    }
-}
-
-fn slice<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("sie-attention-tiled needs contiguous operands"),
     }
 }
 

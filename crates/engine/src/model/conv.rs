@@ -17,6 +17,8 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
+use super::contiguous;
+
 /// Floats in one band's column matrix (64 MB).
 const MAX_COLUMNS: usize = 1 << 24;
 
@@ -101,12 +103,8 @@ impl CustomOp2 for Im2ColGemm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("sie-conv2d-im2col needs contiguous operands")
-        };
-        let x = &s1.as_slice::<f32>()?[x0..x1];
-        let w = &s2.as_slice::<f32>()?[w0..w1];
+        let x = contiguous(s1.as_slice::<f32>()?, l1, self.name())?;
+        let w = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
         let (b, c_in, h, wd) = l1.shape().dims4()?;
         let (c_out, c_in_w, kh, kw) = l2.shape().dims4()?;
         if c_in != c_in_w {

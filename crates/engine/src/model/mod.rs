@@ -38,6 +38,19 @@ use config::{ClipTextConfig, UNetConfig, VaeConfig};
 use unet::UNet;
 use vae::Vae;
 
+/// The elements of a contiguous operand of our CPU kernels (`op` names the kernel in the
+/// error; callers make their operands contiguous first, so this is a guard).
+pub(crate) fn contiguous<'a, T>(
+    data: &'a [T],
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op} needs contiguous operands"),
+    }
+}
+
 /// Pipelines whose directories share SD 2.x's layout.
 const PIPELINE_CLASSES: [&str; 3] = [
     "StableDiffusionPipeline",

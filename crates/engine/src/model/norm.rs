@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::contiguous;
 use super::vector::{silu, vectorised};
 
 /// diffusers' `nn.GroupNorm` with an affine weight and bias.
@@ -96,16 +97,9 @@ impl CustomOp3 for Fused {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("sie-group-norm needs contiguous operands")
-        };
-        let x = &s1.as_slice::<f32>()?[x0..x1];
-        let weight = &s2.as_slice::<f32>()?[w0..w1];
-        let bias = &s3.as_slice::<f32>()?[b0..b1];
+        let x = contiguous(s1.as_slice::<f32>()?, l1, self.name())?;
+        let weight = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
+        let bias = contiguous(s3.as_slice::<f32>()?, l3, self.name())?;
         let dims = l1.shape().dims();
         let channels = dims[1];
         if channels % self.groups != 0 || weight.len() != channels || bias.len() != channels {
