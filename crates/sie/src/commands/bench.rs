@@ -217,8 +217,8 @@ impl CommonArgs {
         }
     }
 
-    /// The options every side is given, as both command lines spell them.
-    fn flags(&self) -> Vec<String> {
+    /// The device and dtype as both command lines, and both sides' results, spell them.
+    fn names(&self) -> (&'static str, &'static str) {
         let device = match self.device {
             DeviceArg::Cpu => "cpu",
             DeviceArg::Cuda => "cuda",
@@ -228,6 +228,12 @@ impl CommonArgs {
             DTypeArg::Float16 => "float16",
             DTypeArg::Bfloat16 => "bfloat16",
         };
+        (device, dtype)
+    }
+
+    /// The options every side is given.
+    fn flags(&self) -> Vec<String> {
+        let (device, dtype) = self.names();
         strings(&["--device", device, "--dtype", dtype])
     }
 }
@@ -558,15 +564,12 @@ fn result(
     parameters: usize,
     (seconds, all): (f64, Vec<f64>),
 ) -> Value {
-    let device = match common.device {
-        DeviceArg::Cpu => "cpu",
-        DeviceArg::Cuda => "cuda",
-    };
+    let (device, dtype) = common.names();
     json!({
         "implementation": "sie (candle)",
         "part": part,
         "device": device,
-        "dtype": format!("{:?}", common.dtype()).to_lowercase(),
+        "dtype": dtype,
         "variant": variant,
         "size": size,
         "batch": batch,
