@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::problem::Problem;
+pub use sie_vocab::{ImageFormat, Pipeline, SchedulerKind, TaskNeeds};
 
 /// Why a body was refused. Always a 400: the client can fix it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -218,99 +219,6 @@ impl From<Prompt> for String {
     }
 }
 
-/// Generates one variant of this enum per accepted spelling, with `parse` listing them all.
-macro_rules! choice {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal $(| $alias:literal)*,)* }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub enum $name {
-            $($variant,)*
-        }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
-
-            /// The canonical spelling.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)*
-                }
-            }
-
-            fn accepted() -> String {
-                let mut names: Vec<&str> = vec![$($text, $($alias,)*)*];
-                names.dedup();
-                names.join(", ")
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                match s.as_str() {
-                    $($text $(| $alias)* => Ok($name::$variant),)*
-                    other => Err(format!("\"{other}\" is not supported; accepted: {}", Self::accepted())),
-                }
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(v: $name) -> String {
-                v.as_str().to_owned()
-            }
-        }
-    };
-}
-
-choice!(
-    /// `callInputs.PIPELINE`.
-    Pipeline {
-        Text2Image => "StableDiffusionPipeline",
-        Image2Image => "StableDiffusionImg2ImgPipeline",
-        Inpaint => "StableDiffusionInpaintPipeline",
-    }
-);
-
-choice!(
-    /// `callInputs.SCHEDULER`: diffusers class names, and the seed's short aliases.
-    Scheduler {
-        Lms => "LMSDiscreteScheduler" | "LMS",
-        Ddim => "DDIMScheduler" | "DDIM",
-        Pndm => "PNDMScheduler" | "PNDM",
-        Euler => "EulerDiscreteScheduler",
-        EulerAncestral => "EulerAncestralDiscreteScheduler",
-        DpmSolverMultistep => "DPMSolverMultistepScheduler",
-        UniPc => "UniPCMultistepScheduler",
-        Ddpm => "DDPMScheduler",
-        Heun => "HeunDiscreteScheduler",
-    }
-);
-
-/// `callInputs.image_format`, case-insensitive on input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ImageFormat {
-    #[serde(rename = "PNG")]
-    Png,
-    #[serde(rename = "JPEG")]
-    Jpeg,
-    #[serde(rename = "WEBP")]
-    Webp,
-}
-
-impl ImageFormat {
-    fn parse(s: &str) -> Result<Self, String> {
-        match s.to_ascii_uppercase().as_str() {
-            "PNG" => Ok(ImageFormat::Png),
-            "JPEG" | "JPG" => Ok(ImageFormat::Jpeg),
-            "WEBP" => Ok(ImageFormat::Webp),
-            _ => Err(format!(
-                "\"{s}\" is not supported; accepted: PNG, JPEG, WEBP"
-            )),
-        }
-    }
-}
-
 /// The largest input image side accepted, in pixels.
 pub const MAX_INPUT_SIDE: u32 = 4096;
 
@@ -408,7 +316,7 @@ pub struct ModelInputs {
 pub struct CallInputs {
     pub pipeline: Pipeline,
     /// `None`: the model's own scheduler.
-    pub scheduler: Option<Scheduler>,
+    pub scheduler: Option<SchedulerKind>,
     /// `None`: the endpoint's default (on where a checker is installed).
     pub safety_checker: Option<bool>,
     pub image_format: ImageFormat,
@@ -424,6 +332,16 @@ pub struct CreateTask {
 }
 
 impl CreateTask {
+    /// What the task asks of the worker that runs it, for the store to match against
+    /// what workers can run.
+    pub fn needs(&self) -> TaskNeeds {
+        TaskNeeds {
+            pipeline: self.call_inputs.pipeline,
+            scheduler: self.call_inputs.scheduler,
+            safety_checker: self.call_inputs.safety_checker == Some(true),
+        }
+    }
+
     /// Parses a request body. Bad JSON names the line and column; every other refusal names
     /// the field and what is accepted.
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
@@ -555,11 +473,11 @@ fn parse_model_inputs(mut f: Fields) -> Result<ModelInputs, RequestError> {
 fn parse_call_inputs(mut f: Fields) -> Result<CallInputs, RequestError> {
     let pipeline = match f.string("PIPELINE")? {
         None => Pipeline::Text2Image,
-        Some(s) => Pipeline::try_from(s).map_err(|m| f.invalid("PIPELINE", m))?,
+        Some(s) => Pipeline::parse(&s).map_err(|e| f.invalid("PIPELINE", e.to_string()))?,
     };
     let scheduler = f
         .string("SCHEDULER")?
-        .map(|s| Scheduler::try_from(s).map_err(|m| f.invalid("SCHEDULER", m)))
+        .map(|s| SchedulerKind::parse(&s).map_err(|e| f.invalid("SCHEDULER", e.to_string())))
         .transpose()?;
     let safety_checker = match f.take("safety_checker") {
         None | Some(Value::Null) => None,
@@ -578,7 +496,7 @@ fn parse_call_inputs(mut f: Fields) -> Result<CallInputs, RequestError> {
     };
     let image_format = match f.string("image_format")? {
         None => ImageFormat::Png,
-        Some(s) => ImageFormat::parse(&s).map_err(|m| f.invalid("image_format", m))?,
+        Some(s) => ImageFormat::parse(&s).map_err(|e| f.invalid("image_format", e.to_string()))?,
     };
     f.finish(&["PIPELINE", "SCHEDULER", "safety_checker", "image_format"])?;
     Ok(CallInputs {

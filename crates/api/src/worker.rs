@@ -10,9 +10,9 @@
 //! typed request and never re-derives it from the client's JSON.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use sie_vocab::{Capabilities, ImageFormat, Pipeline, SchedulerKind};
 
-use crate::request::{CreateTask, Pipeline, Scheduler};
+use crate::request::CreateTask;
 
 /// The path prefix of every worker route.
 pub const PREFIX: &str = "/worker/v1";
@@ -30,8 +30,19 @@ pub struct Announcement {
     pub native_width: u32,
     pub native_height: u32,
     pub pipelines: Vec<Pipeline>,
-    pub schedulers: Vec<Scheduler>,
+    pub schedulers: Vec<SchedulerKind>,
     pub safety_checker: bool,
+}
+
+impl Announcement {
+    /// What the worker can run, as the store matches it against each task's needs.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities::new(
+            self.pipelines.iter().copied(),
+            self.schedulers.iter().copied(),
+            self.safety_checker,
+        )
+    }
 }
 
 /// `POST /worker/v1/lease`.
@@ -102,7 +113,8 @@ pub struct Usage {
     pub gpu_ms: u64,
 }
 
-/// The `modelOutputs` a client reads (SPEC 1.2), checked for shape before it is stored.
+/// The `modelOutputs` a client reads (SPEC 1.2): built typed by the worker, stored as
+/// this JSON, and served as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOutputs {
@@ -112,9 +124,67 @@ pub struct ModelOutputs {
     pub nsfw_content_detected: Option<Vec<bool>>,
     pub seed: u64,
     #[serde(rename = "$meta")]
-    pub meta: Value,
+    pub meta: Meta,
     #[serde(rename = "$timings")]
-    pub timings: Value,
+    pub timings: Timings,
+}
+
+/// `$meta`: what actually ran, after defaults were filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    #[serde(rename = "PIPELINE")]
+    pub pipeline: Pipeline,
+    /// The scheduler that ran: the requested one, or the model's own.
+    #[serde(rename = "SCHEDULER")]
+    pub scheduler: SchedulerKind,
+    pub width: u32,
+    pub height: u32,
+    pub num_inference_steps: u32,
+    pub num_images_per_prompt: u32,
+    /// The images' MIME type (`image/png`, ...).
+    pub image_format: MimeType,
+    /// The prompt was longer than the text encoder reads (77 tokens) and was cut.
+    pub prompt_truncated: bool,
+    pub negative_prompt_truncated: bool,
+    /// The model's variant, as `sie model check` names it.
+    pub model: String,
+}
+
+/// An image format as its MIME type, the spelling `$meta.image_format` has always used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub struct MimeType(pub ImageFormat);
+
+impl TryFrom<String> for MimeType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        ImageFormat::ALL
+            .iter()
+            .find(|f| f.mime_type() == s)
+            .map(|f| MimeType(*f))
+            .ok_or_else(|| format!("\"{s}\" is not an image MIME type sie writes; accepted: image/png, image/jpeg, image/webp"))
+    }
+}
+
+impl From<MimeType> for &'static str {
+    fn from(m: MimeType) -> &'static str {
+        m.0.mime_type()
+    }
+}
+
+/// `$timings`, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    /// From the POST's acceptance to the start of inference.
+    pub queue: u64,
+    pub inference: u64,
+    /// `queue + inference`.
+    pub total: u64,
+    /// From the start of inference to the end of the first denoising step (text encoding
+    /// included); `null` when no step ran.
+    pub first_step: Option<u64>,
 }
 
 /// `POST /worker/v1/tasks/{id}/complete`.

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use serde_json::json;
-use sie_api::request::{CreateTask, ImageFormat, Pipeline, Scheduler};
+use sie_api::request::{CreateTask, ImageFormat, Pipeline, SchedulerKind};
 
 /// The seed document's example request, its trailing comma removed.
 const SEED_EXAMPLE: &str = r#"{
@@ -46,7 +46,7 @@ fn the_seed_example_parses() {
     assert_eq!(m.width.map(|d| d.get()), Some(512));
     assert_eq!(m.height.map(|d| d.get()), Some(512));
     assert_eq!(t.call_inputs.pipeline, Pipeline::Text2Image);
-    assert_eq!(t.call_inputs.scheduler, Some(Scheduler::Lms));
+    assert_eq!(t.call_inputs.scheduler, Some(SchedulerKind::LmsDiscrete));
     assert_eq!(t.call_inputs.safety_checker, Some(true));
     assert_eq!(t.call_inputs.image_format, ImageFormat::Png);
 }
@@ -72,9 +72,9 @@ fn defaults_follow_the_spec() {
 #[test]
 fn aliases_and_spellings() {
     for (name, want) in [
-        ("LMS", Scheduler::Lms),
-        ("DDIM", Scheduler::Ddim),
-        ("PNDM", Scheduler::Pndm),
+        ("LMS", SchedulerKind::LmsDiscrete),
+        ("DDIM", SchedulerKind::Ddim),
+        ("PNDM", SchedulerKind::Pndm),
     ] {
         let t = CreateTask::parse(
             json!({"modelInputs": {"prompt": "x"}, "callInputs": {"SCHEDULER": name}})

@@ -8,7 +8,6 @@
 //! encoder writes only the lossless variant). Base64 for transport is the
 //! service's job, not the engine's.
 
-use std::fmt;
 use std::io::Cursor;
 
 use image::codecs::jpeg::JpegEncoder;
@@ -19,65 +18,10 @@ use image::{ExtendedColorType, ImageEncoder};
 use crate::error::{Error, Result};
 
 /// The JPEG quality every request gets.
-pub const JPEG_QUALITY: u8 = 95;
+const JPEG_QUALITY: u8 = 95;
 
-/// An output encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ImageFormat {
-    #[default]
-    Png,
-    Jpeg,
-    Webp,
-}
-
-impl ImageFormat {
-    /// The names `parse` accepts (in any case).
-    pub const NAMES: [&'static str; 3] = ["PNG", "JPEG", "WEBP"];
-
-    /// Parses `"PNG"`, `"JPEG"` or `"WEBP"`, in any case; an error lists the accepted values.
-    pub fn parse(name: &str) -> Result<Self> {
-        match name.to_ascii_uppercase().as_str() {
-            "PNG" => Ok(ImageFormat::Png),
-            "JPEG" => Ok(ImageFormat::Jpeg),
-            "WEBP" => Ok(ImageFormat::Webp),
-            _ => Err(Error::invalid(
-                "image_format",
-                format!(
-                    "\"{name}\" is not supported; accepted: {}",
-                    Self::NAMES.join(", ")
-                ),
-            )),
-        }
-    }
-
-    /// The file extension (without the dot).
-    pub fn extension(self) -> &'static str {
-        match self {
-            ImageFormat::Png => "png",
-            ImageFormat::Jpeg => "jpg",
-            ImageFormat::Webp => "webp",
-        }
-    }
-
-    /// The MIME type of the encoded bytes.
-    pub fn mime_type(self) -> &'static str {
-        match self {
-            ImageFormat::Png => "image/png",
-            ImageFormat::Jpeg => "image/jpeg",
-            ImageFormat::Webp => "image/webp",
-        }
-    }
-}
-
-impl fmt::Display for ImageFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ImageFormat::Png => "PNG",
-            ImageFormat::Jpeg => "JPEG",
-            ImageFormat::Webp => "WEBP",
-        })
-    }
-}
+/// An output encoding (`sie-vocab` owns the names and their MIME types).
+pub use sie_vocab::ImageFormat;
 
 /// Encodes `width * height * 3` RGB bytes in `format`.
 pub fn encode(rgb: &[u8], width: usize, height: usize, format: ImageFormat) -> Result<Vec<u8>> {
@@ -107,11 +51,6 @@ pub fn encode(rgb: &[u8], width: usize, height: usize, format: ImageFormat) -> R
     };
     encoded.map_err(|e| Error::invalid("image", format!("{format} encoding failed: {e}")))?;
     Ok(bytes)
-}
-
-/// Encodes `width * height * 3` RGB bytes as PNG.
-pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
-    encode(rgb, width, height, ImageFormat::Png)
 }
 
 #[cfg(test)]
@@ -144,15 +83,6 @@ mod tests {
                 assert_eq!(decoded.into_raw(), rgb, "{format}");
             }
         }
-    }
-
-    #[test]
-    fn parse_is_case_insensitive_and_lists_the_accepted_values() {
-        assert_eq!(ImageFormat::parse("jpeg").unwrap(), ImageFormat::Jpeg);
-        assert_eq!(ImageFormat::parse("WebP").unwrap(), ImageFormat::Webp);
-        assert_eq!(ImageFormat::parse("PNG").unwrap(), ImageFormat::Png);
-        let e = ImageFormat::parse("gif").unwrap_err().to_string();
-        assert!(e.contains("PNG, JPEG, WEBP"), "{e}");
     }
 
     #[test]

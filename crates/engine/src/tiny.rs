@@ -7,26 +7,22 @@
 //! CLIP vocabulary padded with `!`; SD 2.1's scheduler config) at tiny widths.
 //! diffusers loads the directory unchanged (`tools/parity/check_tiny_model.py`).
 //!
-//! The weight names come from building our own networks on a recording
-//! [`SimpleBackend`]: whatever tensor the loader asks for is generated, kept and
-//! saved, so the file has exactly the tensors the loader reads. Values come
-//! from a generator seeded by the user's seed and the tensor's name, so the
-//! same seed writes the same bytes whatever order the networks ask in.
+//! The weight names come from building our own networks on the random-weight builder
+//! (`random.rs`): whatever tensor the loader asks for is made up and its name and shape
+//! noted, so the file has exactly the tensors the loader reads. Values are a function of
+//! the user's seed and the tensor's name, so the same seed writes the same bytes whatever
+//! order the networks ask in.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::model::clip::ClipTextEncoder;
-use crate::model::config::{ClipTextConfig, UNetConfig, VaeConfig};
-use crate::model::unet::UNet;
-use crate::model::vae::Vae;
+use crate::networks::{ClipTextConfig, ClipTextEncoder, UNet, UNetConfig, Vae, VaeConfig};
+use crate::random::{self, RandomWeights, Values};
 use crate::scheduler::PredictionType;
 use crate::tokenizer;
 
@@ -177,20 +173,25 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
     // Build each network from its config on a recording backend, then save what it asked for.
     let seed = options.seed;
     let text_config = ClipTextConfig::load(&text_path)?;
-    save_weights(&out.join("text_encoder/model.safetensors"), seed, |vb| {
-        ClipTextEncoder::new(vb.pp("text_model"), &text_config).map(drop)
-    })?;
+    save_weights(
+        &out.join("text_encoder/model.safetensors"),
+        seed,
+        |vb| ClipTextEncoder::new(vb.pp("text_model"), &text_config).map(drop),
+        &[],
+    )?;
     let unet_config = UNetConfig::load(&unet_path)?;
     save_weights(
         &out.join("unet/diffusion_pytorch_model.safetensors"),
         seed,
         |vb| UNet::new(vb, &unet_config).map(drop),
+        &[],
     )?;
     let vae_config = VaeConfig::load(&vae_path)?;
     save_weights(
         &out.join("vae/diffusion_pytorch_model.safetensors"),
         seed,
         |vb| Vae::new(vb, &vae_config).map(drop),
+        &[],
     )?;
     Ok(())
 }
@@ -305,7 +306,7 @@ pub fn write_tiny_safety_checker(out: &Path, options: TinyCheckerOptions) -> Res
     )?;
     let config = crate::safety::SafetyCheckerConfig::load(&config_path)?;
     let t = options.threshold;
-    save_weights_filled(
+    save_weights(
         &out.join("safety_checker/model.safetensors"),
         options.seed,
         |vb| crate::safety::build(vb, &config).map(drop),
@@ -335,49 +336,29 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     write_text(path, &(text + "\n"))
 }
 
-/// Runs `build` on a recording VarBuilder and saves every tensor it asked for, in f32,
-/// with the `{"format": "pt"}` metadata transformers and diffusers expect.
+/// Runs `build` on seeded random weights and saves every tensor it asked for, in f32,
+/// with the `{"format": "pt"}` metadata transformers and diffusers expect; the tensors
+/// named in `fill` hold one value each instead of random ones.
 fn save_weights(
-    path: &Path,
-    seed: u64,
-    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
-) -> Result<()> {
-    save_weights_filled(path, seed, build, &[])
-}
-
-/// [`save_weights`], with the tensors named in `fill` set to one value each instead of random ones.
-fn save_weights_filled(
     path: &Path,
     seed: u64,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
     fill: &[(&str, f32)],
 ) -> Result<()> {
-    let recorder = Recorder {
-        seed,
-        tensors: Mutex::new(HashMap::new()),
-    };
-    let backend: Box<dyn SimpleBackend + '_> = Box::new(&recorder);
-    build(VarBuilder::from_backend(backend, DType::F32, Device::Cpu))?;
-    let mut tensors = recorder
-        .tensors
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    for &(name, value) in fill {
-        if let Some(t) = tensors.get_mut(name) {
-            *t = Tensor::full(value, t.shape(), &Device::Cpu)?;
-        }
-    }
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    let data: Vec<(String, Vec<u8>, Vec<usize>)> = names
+    let weights = RandomWeights::new(Values::Seeded(seed));
+    weights.build(DType::F32, &Device::Cpu, build)?;
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = weights
+        .into_shapes()
         .into_iter()
-        .map(|name| {
-            let t = &tensors[name];
-            let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        .map(|(name, shape)| {
+            let values = match fill.iter().find(|(filled, _)| *filled == name) {
+                Some(&(_, value)) => vec![value; shape.elem_count()],
+                None => random::seeded(seed, &name, shape.dims()),
+            };
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            Ok((name.clone(), bytes, t.dims().to_vec()))
+            (name, bytes, shape.dims().to_vec())
         })
-        .collect::<candle_core::Result<_>>()?;
+        .collect();
     let views = data
         .iter()
         .map(|(name, bytes, shape)| {
@@ -392,83 +373,4 @@ fn save_weights_filled(
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     }
     std::fs::write(path, bytes).map_err(|e| io_error(path, e))
-}
-
-/// A VarBuilder backend that invents every tensor asked of it and remembers it.
-struct Recorder {
-    seed: u64,
-    tensors: Mutex<HashMap<String, Tensor>>,
-}
-
-impl SimpleBackend for &Recorder {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        _hint: Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut tensors = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = tensors.get(name) {
-            if t.shape() != &shape {
-                candle_core::bail!(
-                    "tensor {name} asked for as {shape:?} and as {:?}",
-                    t.shape()
-                );
-            }
-            return t.to_dtype(dtype)?.to_device(device);
-        }
-        let values = invent(self.seed, name, shape.dims());
-        let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
-        tensors.insert(name.to_owned(), t.clone());
-        t.to_dtype(dtype)?.to_device(device)
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        _dtype: DType,
-        _device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        candle_core::bail!("the tiny-model writer needs a shape for tensor {name}")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        false
-    }
-}
-
-/// Deterministic values for one tensor. Norm weights sit near 1 and biases near 0, so the
-/// network behaves like a trained one in scale; every other weight is uniform in
-/// ±1/sqrt(fan_in) (PyTorch's default scale), so activations neither vanish nor explode.
-/// Nothing is exactly 0 or 1, so a parity test also checks that biases and norm weights are used.
-fn invent(seed: u64, name: &str, dims: &[usize]) -> Vec<f32> {
-    let mut state = seed ^ fnv1a(name.as_bytes());
-    let numel: usize = dims.iter().product();
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // 24 random bits to a float in [-1, 1).
-        ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-    };
-    let is_norm = dims.len() == 1 && (name.contains("norm") || name.contains("layer_norm"));
-    if is_norm && name.ends_with("weight") {
-        (0..numel).map(|_| 1.0 + 0.1 * uniform()).collect()
-    } else if dims.len() == 1 {
-        (0..numel).map(|_| 0.05 * uniform()).collect()
-    } else {
-        let fan_in: usize = dims[1..].iter().product();
-        let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-        (0..numel).map(|_| bound * uniform()).collect()
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sie_engine::candle_core::Tensor;
-use sie_engine::model::{LoadOptions, ModelFiles, StableDiffusion};
 use sie_engine::pipeline::{Observer, TextToImage};
 use sie_engine::scheduler::PredictionType;
 use sie_engine::tiny::{write_tiny_model, TinyOptions};
 use sie_engine::Error;
+use sie_engine::{LoadOptions, ModelFiles, StableDiffusion};
 
 fn fresh_tiny() -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
@@ -187,7 +187,7 @@ fn cancel_stops_between_steps() {
         seen: 0,
         flag: &flag,
     };
-    let result = model.text_to_image(&request, &mut observer, &flag);
+    let result = request.run(&model, &mut observer, &flag);
     assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
     assert_eq!(
         observer.seen, 2,

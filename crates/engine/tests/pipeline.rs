@@ -17,9 +17,9 @@ use std::sync::atomic::AtomicBool;
 use common::{load_tensors, read_json, rel_diff, tiny_model_dir};
 use sha2::{Digest, Sha256};
 use sie_engine::candle_core::Tensor;
-use sie_engine::model::{LoadOptions, StableDiffusion};
 use sie_engine::pipeline::{Observer, TextToImage};
 use sie_engine::scheduler::SchedulerKind;
+use sie_engine::{LoadOptions, StableDiffusion};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -105,8 +105,8 @@ fn check_case(name: &str) {
     request.scheduler = Some(SchedulerKind::parse(r["scheduler"].as_str().unwrap()).unwrap());
 
     let mut recorder = Recorder::default();
-    let generated = model
-        .text_to_image(&request, &mut recorder, &AtomicBool::new(false))
+    let generated = request
+        .run(&model, &mut recorder, &AtomicBool::new(false))
         .unwrap();
 
     let steps = meta["steps_recorded"].as_u64().unwrap() as usize;

@@ -14,7 +14,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{load_tensors, rel_diff};
-use sie_engine::model::{LoadOptions, ModelFiles, StableDiffusion};
+use sie_engine::{LoadOptions, ModelFiles, StableDiffusion};
 
 #[test]
 #[ignore = "needs SIE_PUBLISHED_MODELS: ~20 GB of directories made by tools/parity"]
@@ -41,8 +41,7 @@ fn published_layouts_load_and_one_unet_step_matches_diffusers() {
         let t = load_tensors(&root.join(format!("{name}.unet-step.safetensors")));
         let timestep = t["timestep"].to_vec1::<i64>().unwrap()[0] as f64;
         let out = model
-            .unet
-            .forward(&t["latents"], timestep, &t["encoder_hidden_states"])
+            .unet_forward(&t["latents"], timestep, &t["encoder_hidden_states"])
             .unwrap();
         let d = rel_diff(&out, &t["sample"]);
         eprintln!("{name}: one UNet step differs from diffusers by {d:e}");

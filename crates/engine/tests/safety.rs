@@ -8,13 +8,13 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use sie_engine::candle_core::{DType, Device, Tensor};
-use sie_engine::model::{LoadOptions, SafetyCheckerSource, StableDiffusion};
 use sie_engine::pipeline::{NoObserver, TextToImage};
 use sie_engine::safety::SafetyChecker;
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
 use sie_engine::Error;
+use sie_engine::{LoadOptions, SafetyCheckerSource, StableDiffusion};
 
 /// A tiny model with a tiny checker whose thresholds are all `threshold` (seed 0, as the fixtures').
 fn tiny_with_checker(dir: &Path, threshold: f32) {
@@ -207,8 +207,8 @@ fn generate(model: &StableDiffusion, safety_checker: bool) -> sie_engine::pipeli
     request.height = 48;
     request.num_images_per_prompt = 2;
     request.safety_checker = safety_checker;
-    model
-        .text_to_image(&request, &mut NoObserver, &AtomicBool::new(false))
+    request
+        .run(model, &mut NoObserver, &AtomicBool::new(false))
         .unwrap()
 }
 
@@ -244,7 +244,7 @@ fn flagged_images_are_black_and_unflagged_ones_untouched() {
     let mut request = TextToImage::new(&bare, "x", 0);
     assert!(!request.safety_checker);
     request.safety_checker = true;
-    match bare.text_to_image(&request, &mut NoObserver, &AtomicBool::new(false)) {
+    match request.run(&bare, &mut NoObserver, &AtomicBool::new(false)) {
         Err(Error::Invalid { field, .. }) => assert_eq!(field, "safety_checker"),
         other => panic!("expected Invalid(safety_checker), got {other:?}"),
     }

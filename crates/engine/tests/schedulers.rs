@@ -111,7 +111,7 @@ fn check_class(class: &str) {
 #[test]
 fn names_and_aliases_parse() {
     for kind in SchedulerKind::ALL {
-        assert_eq!(SchedulerKind::parse(kind.class_name()).unwrap(), kind);
+        assert_eq!(SchedulerKind::parse(kind.as_str()).unwrap(), *kind);
     }
     assert_eq!(
         SchedulerKind::parse("LMS").unwrap(),

@@ -23,22 +23,21 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::Router;
+use sie_api::RequestError;
 use sie_store::{QueueCaps, Store};
+use sie_vocab::{Capabilities, Pipeline, TaskNeeds};
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use routes::tasks::post::task_needs;
 
 /// What the routes share.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub caps: QueueCaps,
-    /// Whether a request may ask for the safety checker.
-    pub safety_checker: SafetyChecker,
-    /// The pipelines the workers can run; a request for another is refused at once,
-    /// listing these.
-    pub pipelines: Vec<sie_api::request::Pipeline>,
+    /// What the workers behind this API can run: a request none of them could run is
+    /// refused at POST.
+    pub workers: Workers,
     /// How long a remote worker's lease lasts without a heartbeat.
     pub lease: Duration,
     /// The store's work signal, relayed to async tasks: long-polling lease calls wait on
@@ -49,19 +48,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        store: Arc<dyn Store>,
-        caps: QueueCaps,
-        safety_checker: SafetyChecker,
-        pipelines: Vec<sie_api::request::Pipeline>,
-        lease: Duration,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, caps: QueueCaps, workers: Workers, lease: Duration) -> Self {
         AppState {
             wake: relay_work_signal(store.clone()),
             store,
             caps,
-            safety_checker,
-            pipelines,
+            workers,
             lease,
             stopping: Arc::new(AtomicBool::new(false)),
         }
@@ -99,16 +91,72 @@ fn relay_work_signal(store: Arc<dyn Store>) -> tokio::sync::watch::Receiver<u64>
     rx
 }
 
-/// What the API knows of the workers' safety checkers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SafetyChecker {
-    /// `sie serve`: this process's workers have one; requests may ask for it.
-    Installed,
-    /// `sie serve` without one: a request asking for it is refused at once (400).
-    NotInstalled,
-    /// `sie api`: workers come and go and announce their own; a task that asks for the
-    /// checker waits for a worker that has one.
-    PerWorker,
+/// What the API knows of the workers behind it. This is the one place a request is refused
+/// for asking what no worker can do; past it, the store's matching hands each task only to
+/// a worker that can run it, and the worker and the engine do not check again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workers {
+    /// `sie serve`: the workers of this process, whose capabilities are known.
+    Local(Capabilities),
+    /// `sie api`: remote workers come and go and announce their own; a task waits for one
+    /// that can run it. Only pipelines that no worker build runs are refused.
+    Remote { pipelines: Vec<Pipeline> },
+}
+
+impl Workers {
+    /// Why no worker could run a task with `needs`, naming the field; `None` when one can.
+    pub fn refusal(&self, needs: &TaskNeeds) -> Option<RequestError> {
+        let pipelines = match self {
+            Workers::Local(can) => can.pipelines(),
+            Workers::Remote { pipelines } => pipelines,
+        };
+        if !pipelines.contains(&needs.pipeline) {
+            let have: Vec<&str> = pipelines.iter().map(|p| p.as_str()).collect();
+            return Some(unavailable(
+                "pipeline_unavailable",
+                "callInputs.PIPELINE",
+                format!(
+                    "{} is not available on this endpoint; available: {}",
+                    needs.pipeline,
+                    have.join(", ")
+                ),
+            ));
+        }
+        let Workers::Local(can) = self else {
+            return None;
+        };
+        if needs.safety_checker && !can.safety_checker() {
+            return Some(unavailable(
+                "safety_checker_unavailable",
+                "callInputs.safety_checker",
+                "this endpoint has no safety checker installed (the operator starts it with \
+                 --safety-checker DIR); send \"false\" or leave it out"
+                    .into(),
+            ));
+        }
+        match needs.scheduler {
+            Some(s) if !can.schedulers().contains(&s) => {
+                let have: Vec<&str> = can.schedulers().iter().map(|s| s.as_str()).collect();
+                Some(unavailable(
+                    "scheduler_unavailable",
+                    "callInputs.SCHEDULER",
+                    format!(
+                        "{s} is not available on this endpoint; available: {}",
+                        have.join(", ")
+                    ),
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn unavailable(code: &'static str, field: &str, message: String) -> RequestError {
+    RequestError {
+        code,
+        field: Some(field.to_owned()),
+        message: format!("{field}: {message}"),
+    }
 }
 
 impl AppState {

@@ -1,25 +1,10 @@
 //! `sie model …` as a user runs it: the real binary on the tiny model.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn sie(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_sie"))
-        .args(args)
-        .output()
-        .expect("the sie binary runs");
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = sie(args);
-    assert!(
-        out.status.success(),
-        "sie {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{sie, sie_ok as ok};
 
 fn png_size(path: &Path) -> (u32, u32) {
     let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

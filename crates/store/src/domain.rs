@@ -5,6 +5,7 @@
 //! store's methods can take them without re-checking, and an error a user reads
 //! says what to type instead.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -228,6 +229,125 @@ impl IdempotencyKey {
     }
 }
 
+/// The longest [`FailureCode`].
+pub const FAILURE_CODE_MAX: usize = 64;
+
+const FAILURE_CODE_RULE: &str = "use 1 to 64 characters of a-z, 0-9 and '_'";
+
+const fn is_failure_code(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() || bytes.len() > FAILURE_CODE_MAX {
+        return false;
+    }
+    // A `while` loop, not an iterator: this also runs at compile time (`from_static`).
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Why a task failed, as clients read it in `error.code` (`inference_failed`,
+/// `out_of_memory`, [`codes::CANCELLED`](crate::codes::CANCELLED)): 1 to 64 characters of
+/// `[a-z0-9_]`, so a client can match on it and a log line cannot be forged through it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FailureCode(Cow<'static, str>);
+
+impl FailureCode {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if !is_failure_code(s) {
+            return Err(InvalidValue::new("failure code", s, FAILURE_CODE_RULE));
+        }
+        Ok(Self(Cow::Owned(s.to_owned())))
+    }
+
+    /// A code written into the program. Checked by the same rule; bound to a `const`, a
+    /// bad one fails the build instead of a request.
+    pub const fn from_static(s: &'static str) -> Self {
+        assert!(
+            is_failure_code(s),
+            "a failure code is 1 to 64 characters of a-z, 0-9 and '_'"
+        );
+        Self(Cow::Borrowed(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which page of a listing to read: `page` counts from 1 and holds up to
+/// [`PageRequest::MAX_SIZE`] items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    page: u32,
+    size: u32,
+}
+
+impl PageRequest {
+    /// The most items one page holds.
+    pub const MAX_SIZE: u32 = 1000;
+
+    pub fn new(page: u32, size: u32) -> Result<Self, InvalidValue> {
+        if page == 0 {
+            return Err(InvalidValue::new("page", "0", "pages count from 1"));
+        }
+        if !(1..=Self::MAX_SIZE).contains(&size) {
+            return Err(InvalidValue::new(
+                "page_size",
+                &size.to_string(),
+                "use 1 to 1000",
+            ));
+        }
+        Ok(Self { page, size })
+    }
+
+    pub fn page(&self) -> u32 {
+        self.page
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// How many items the pages before this one hold.
+    pub fn offset(&self) -> i64 {
+        i64::from(self.page - 1) * i64::from(self.size)
+    }
+}
+
+/// What an organization is billed by (an invoice address, a contract number), recorded
+/// when it is approved: anything but blank, kept as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingNote(String);
+
+impl BillingNote {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.trim().is_empty() {
+            return Err(InvalidValue::new(
+                "billing information",
+                s,
+                "give what the organization is billed by (e.g. an invoice address or contract number)",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A point in time: milliseconds since the Unix epoch, UTC.
 ///
 /// Every store method takes the time as an argument instead of reading a
@@ -395,5 +515,60 @@ mod tests {
         assert_eq!(p.to_string(), "sie_abcd2345");
         assert_eq!(KeyPrefix::parse("abcd2345").unwrap(), p);
         assert!(KeyPrefix::parse("sie_abcd0000").is_err());
+    }
+
+    #[test]
+    fn failure_codes() {
+        assert_eq!(
+            FailureCode::parse("out_of_memory").unwrap().as_str(),
+            "out_of_memory"
+        );
+        assert_eq!(
+            FailureCode::parse(&"a".repeat(64)).unwrap().as_str().len(),
+            64
+        );
+        for bad in ["", "Boom", "out of memory", "x\ny", &"a".repeat(65)] {
+            let err = FailureCode::parse(bad).unwrap_err();
+            assert_eq!(err.accepted, "use 1 to 64 characters of a-z, 0-9 and '_'");
+        }
+        const LOST: FailureCode = FailureCode::from_static("worker_lost");
+        assert_eq!(LOST, FailureCode::parse("worker_lost").unwrap());
+    }
+
+    #[test]
+    #[should_panic(expected = "a failure code is 1 to 64 characters")]
+    fn a_bad_static_failure_code_panics() {
+        let _ = FailureCode::from_static(std::hint::black_box("Not a code"));
+    }
+
+    #[test]
+    fn pages() {
+        let p = PageRequest::new(3, 20).unwrap();
+        assert_eq!((p.page(), p.size(), p.offset()), (3, 20, 40));
+        assert_eq!(
+            PageRequest::new(u32::MAX, 1000).unwrap().offset(),
+            (u32::MAX as i64 - 1) * 1000
+        );
+        let err = PageRequest::new(0, 10).unwrap_err().to_string();
+        assert!(err.contains("pages count from 1"), "{err}");
+        for size in [0, 1001] {
+            let err = PageRequest::new(1, size).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("page_size \"{size}\"")) && err.contains("1 to 1000"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn billing_notes() {
+        assert_eq!(
+            BillingNote::parse(" PO 1234 ").unwrap().as_str(),
+            " PO 1234 "
+        );
+        for blank in ["", "  ", "\t\n"] {
+            let err = BillingNote::parse(blank).unwrap_err().to_string();
+            assert!(err.contains("what the organization is billed by"), "{err}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{KeyPrefix, KEY_ALPHABET, KEY_PREFIX_LEN};
+use crate::error::{Result, StoreError};
 
 const SECRET_LEN: usize = 32;
 
@@ -67,6 +68,22 @@ impl fmt::Debug for NewApiKey {
             .field("key", &"<redacted>")
             .finish()
     }
+}
+
+/// Makes keys until `store` keeps one (answers `true`; `false` when the prefix was
+/// taken). 40 bits of prefix collide rarely, but they can; eight in a row means the
+/// random source is broken.
+pub(crate) fn draw_api_key(mut store: impl FnMut(&NewApiKey) -> Result<bool>) -> Result<NewApiKey> {
+    for _ in 0..8 {
+        let key = NewApiKey::generate();
+        if store(&key)? {
+            return Ok(key);
+        }
+    }
+    Err(StoreError::Corrupt(
+        "eight fresh API key prefixes in a row were already taken; the random source is broken"
+            .into(),
+    ))
 }
 
 /// A freshly made worker token, `siew_` and 32 characters (160 bits) of
@@ -137,5 +154,25 @@ mod tests {
         assert!(looks_like_worker_token(t.expose_token()));
         assert!(!looks_like_key(t.expose_token()));
         assert!(!format!("{t:?}").contains(&t.expose_token()[5..]));
+    }
+
+    #[test]
+    fn a_taken_prefix_is_drawn_again_but_not_for_ever() {
+        let mut offered = 0;
+        let key = draw_api_key(|_| {
+            offered += 1;
+            Ok(offered == 3)
+        })
+        .unwrap();
+        assert_eq!(offered, 3);
+        assert!(looks_like_key(key.expose_key()));
+        let mut offered = 0;
+        let err = draw_api_key(|_| {
+            offered += 1;
+            Ok(false)
+        })
+        .unwrap_err();
+        assert_eq!(offered, 8);
+        assert!(err.to_string().contains("random source"), "{err}");
     }
 }

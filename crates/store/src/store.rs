@@ -1,28 +1,34 @@
-//! The [`Store`] trait: everything the API, the worker and `sie admin` ask of
-//! persistent state.
+//! The role traits: what the API, the worker and `sie admin` each ask of persistent state.
 //!
-//! It is synchronous and object-safe: the async server holds an
-//! `Arc<dyn Store>` and calls it through `spawn_blocking`, and a PostgreSQL
-//! implementation can sit beside [`SqliteStore`](crate::SqliteStore) without
-//! its callers changing. Time is always an argument (`now`), never read from a
-//! clock inside, so tests drive leases and expiry deterministically. Every
-//! implementation must pass [`conformance`](crate::conformance).
+//! One store serves four callers that never need each other's methods: the portal and
+//! `sie admin` manage [`Accounts`] and [`WorkerTokens`], a client's request reaches
+//! [`Tasks`], and a worker holds a lease through [`Queue`]. A caller names the role it
+//! uses (`StoreSource` holds only an `Arc<dyn Queue>`), so what it can touch is visible in
+//! its types; [`Store`] is all four, for the server and the CLI that wire everything.
+//!
+//! They are synchronous and object-safe: the async server holds an `Arc<dyn Store>` and
+//! calls it through `spawn_blocking`, and [`SqliteStore`](crate::SqliteStore) and
+//! [`PostgresStore`](crate::PostgresStore) sit behind them without callers changing. Time
+//! is always an argument (`now`), never read from a clock inside, so tests drive leases
+//! and expiry deterministically. Every implementation must pass the conformance suite
+//! (`conformance`, behind the crate's `conformance` feature).
 
 use std::time::{Duration, Instant};
 
-use crate::domain::{AccountId, AccountName, IdempotencyKey, KeyPrefix, OrgId, OrgName, TaskId};
-use crate::domain::{Timestamp, UtcDay, WorkerName};
+use crate::domain::WorkerName;
+use crate::domain::{AccountId, AccountName, BillingNote, FailureCode, IdempotencyKey};
+use crate::domain::{KeyPrefix, OrgId, OrgName, PageRequest, TaskId, Timestamp, UtcDay};
 use crate::error::Result;
 use crate::keys::{NewApiKey, NewWorkerToken};
 use crate::signal::WorkSignal;
 use crate::types::*;
 
-/// How often a waiting [`Store::lease_within`] looks at the queue even without a ring.
+/// How often a waiting [`Queue::lease_within`] looks at the queue even without a ring.
 pub const RECHECK: Duration = Duration::from_secs(2);
 
-pub trait Store: Send + Sync {
-    // ---- Accounts, organizations, keys (SPEC 2) ----
-
+/// Accounts, organizations and API keys (SPEC 2): the portal's and `sie admin`'s role,
+/// and the API's, which authenticates every request through it.
+pub trait Accounts: Send + Sync {
     /// Creates an account; [`StoreError::AccountExists`](crate::StoreError) if the name is taken.
     fn create_account(&self, name: &AccountName, now: Timestamp) -> Result<AccountId>;
 
@@ -33,7 +39,7 @@ pub trait Store: Send + Sync {
     fn list_accounts(&self) -> Result<Vec<AccountInfo>>;
 
     /// Creates an organization owned by `owner`, who becomes its first member.
-    /// It starts unapproved: its tasks are refused until [`Store::approve_org`].
+    /// It starts unapproved: its tasks are refused until [`Accounts::approve_org`].
     fn create_org(&self, name: &OrgName, owner: AccountId, now: Timestamp) -> Result<OrgId>;
 
     /// Makes `account` a member; `false` if it already was.
@@ -41,7 +47,7 @@ pub trait Store: Send + Sync {
 
     /// Records billing information and approves the organization. Approving
     /// again replaces the note and keeps the first approval time.
-    fn approve_org(&self, org: &OrgName, billing_note: &str, now: Timestamp) -> Result<()>;
+    fn approve_org(&self, org: &OrgName, billing_note: &BillingNote, now: Timestamp) -> Result<()>;
 
     /// All organizations, by name.
     fn list_orgs(&self) -> Result<Vec<OrgInfo>>;
@@ -61,9 +67,10 @@ pub trait Store: Send + Sync {
 
     /// Whether `account` may use the organization named `org`.
     fn org_access(&self, account: AccountId, org: &OrgName) -> Result<OrgAccess>;
+}
 
-    // ---- Worker tokens (remote workers, `/worker/v1`) ----
-
+/// Worker tokens: how remote workers (`/worker/v1`) prove who they are.
+pub trait WorkerTokens: Send + Sync {
     /// Makes a token for the worker `name`; [`StoreError::WorkerExists`](crate::StoreError)
     /// if a token of that name was ever made. Only the token's SHA-256 is kept.
     fn create_worker_token(&self, name: &WorkerName, now: Timestamp) -> Result<NewWorkerToken>;
@@ -78,14 +85,11 @@ pub trait Store: Send + Sync {
 
     /// The worker a presented token belongs to, if it is live.
     fn authenticate_worker(&self, presented_token: &str) -> Result<Option<WorkerName>>;
+}
 
-    // ---- The queue (SPEC 3) ----
-
-    /// Rung whenever a task may have become leasable (enqueued, given back),
-    /// including by other processes where the database can tell (PostgreSQL's
-    /// `LISTEN/NOTIFY`). Waiting workers sleep on it between leases.
-    fn work_signal(&self) -> &WorkSignal;
-
+/// The client's side of the queue (SPEC 3): submit, cancel, read back, and the
+/// housekeeping that reads the same rows (stats, expiry, usage).
+pub trait Tasks: Send + Sync {
     /// Queues a task, durably: it is committed when this returns.
     ///
     /// With an idempotency key already used in this organization, returns the
@@ -104,6 +108,50 @@ pub trait Store: Send + Sync {
         caps: QueueCaps,
         now: Timestamp,
     ) -> Result<Enqueued>;
+
+    /// Cancels a task of `org`; see [`CancelOutcome`] for the cases.
+    fn cancel(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<CancelOutcome>;
+
+    /// A task of `org`; `None` for unknown, expired, or another organization's.
+    ///
+    /// A running task whose lease lapsed by `now` (and may run again) is
+    /// shown as queued, without progress: it waits for its next attempt.
+    ///
+    /// **Queue position rule** (1-based, queued tasks only): the task's place
+    /// if leasing went round-robin from now on. With `r` its place in its own
+    /// organization's queue, the tasks ahead of it are the queued tasks that
+    /// are placed before `r` in their own organization, and those placed
+    /// exactly `r` in organizations whose turn comes earlier (served less
+    /// recently, then older oldest task). It ignores running tasks, so it is
+    /// an estimate; it is exact for a single worker.
+    fn get(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<Option<TaskView>>;
+
+    /// The organization's tasks, newest first. States read as in [`Tasks::get`].
+    fn list(&self, org: OrgId, page: PageRequest, now: Timestamp) -> Result<TaskPage>;
+
+    /// The organization's usage per UTC day, `from..=to`, days without any
+    /// finished task left out, oldest first.
+    fn usage(&self, org: OrgId, from: UtcDay, to: UtcDay) -> Result<Vec<DailyUsage>>;
+
+    /// How many tasks wait and run at `now`, across all organizations.
+    fn queue_stats(&self, now: Timestamp) -> Result<QueueStats>;
+
+    /// Deletes tasks that finished at least `result_ttl` before `now`, results
+    /// and idempotency keys with them; returns how many. Usage totals stay.
+    fn expire(&self, result_ttl: Duration, now: Timestamp) -> Result<u64>;
+}
+
+/// The worker's side of the queue: take a task, keep its lease, report how it ended.
+///
+/// **Fencing:** `attempt` (from [`Leased`]) and the worker's id together are the fencing
+/// token. Every write after the lease is made only where the task is still `running`
+/// under that attempt and that worker, so a worker whose lease passed on (or that never
+/// held it) changes nothing and is told so.
+pub trait Queue: Send + Sync {
+    /// Rung whenever a task may have become leasable (enqueued, given back),
+    /// including by other processes where the database can tell (PostgreSQL's
+    /// `LISTEN/NOTIFY`). Waiting workers sleep on it between leases.
+    fn work_signal(&self) -> &WorkSignal;
 
     /// Claims one task that `offer` can run (see [`WorkerOffer::can_run`]) for
     /// `offer.worker_id` until `now + lease`, or `None` when no such task is waiting.
@@ -125,14 +173,8 @@ pub trait Store: Send + Sync {
     fn lease(&self, offer: &WorkerOffer, lease: Duration, now: Timestamp)
         -> Result<Option<Leased>>;
 
-    /// Finishes the tasks whose lease lapsed and that may not run again (out
-    /// of attempts: `worker_lost`; cancel requested: `cancelled`); returns how
-    /// many. [`Store::lease`] does this first; the expiry sweep calls it too,
-    /// so such tasks end even while no worker asks for work.
-    fn sweep(&self, now: Timestamp) -> Result<u64>;
-
-    /// [`Store::lease`], waiting up to `wait` for a task: between looks it sleeps on
-    /// [`Store::work_signal`], and looks again at least every [`RECHECK`] (a lease that
+    /// [`Queue::lease`], waiting up to `wait` for a task: between looks it sleeps on
+    /// [`Queue::work_signal`], and looks again at least every [`RECHECK`] (a lease that
     /// lapses, or a task queued by a process this one cannot hear, rings nothing).
     fn lease_within(
         &self,
@@ -154,6 +196,12 @@ pub trait Store: Send + Sync {
             self.work_signal().wait_past(seen, left.min(RECHECK));
         }
     }
+
+    /// Finishes the tasks whose lease lapsed and that may not run again (out
+    /// of attempts: `worker_lost`; cancel requested: `cancelled`); returns how
+    /// many. [`Queue::lease`] does this first; the expiry sweep calls it too,
+    /// so such tasks end even while no worker asks for work.
+    fn sweep(&self, now: Timestamp) -> Result<u64>;
 
     /// Renews the lease of attempt `attempt` and records progress. Answers
     /// `Lost` when that attempt of `worker_id` no longer owns the task (fenced
@@ -181,7 +229,7 @@ pub trait Store: Send + Sync {
         now: Timestamp,
     ) -> Result<bool>;
 
-    /// Fails the task from attempt `attempt`, fenced as [`Store::complete`].
+    /// Fails the task from attempt `attempt`, fenced as [`Queue::complete`].
     ///
     /// A `retryable` failure (the node ran out of memory, its GPU faulted)
     /// puts the task back in the queue instead, and the attempt counts: on the
@@ -192,7 +240,7 @@ pub trait Store: Send + Sync {
         worker_id: &str,
         id: TaskId,
         attempt: u32,
-        code: &str,
+        code: &FailureCode,
         message: &str,
         retryable: bool,
         now: Timestamp,
@@ -200,38 +248,13 @@ pub trait Store: Send + Sync {
 
     /// Gives a running task back to the queue (graceful shutdown) without
     /// counting the attempt. A task whose cancel was requested fails with
-    /// `cancelled` instead. Fenced as [`Store::complete`].
+    /// `cancelled` instead. Fenced as [`Queue::complete`].
     fn release(&self, worker_id: &str, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool>;
-
-    /// Cancels a task of `org`; see [`CancelOutcome`] for the cases.
-    fn cancel(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<CancelOutcome>;
-
-    /// A task of `org`; `None` for unknown, expired, or another organization's.
-    ///
-    /// A running task whose lease lapsed by `now` (and may run again) is
-    /// shown as queued, without progress: it waits for its next attempt.
-    ///
-    /// **Queue position rule** (1-based, queued tasks only): the task's place
-    /// if leasing went round-robin from now on. With `r` its place in its own
-    /// organization's queue, the tasks ahead of it are the queued tasks that
-    /// are placed before `r` in their own organization, and those placed
-    /// exactly `r` in organizations whose turn comes earlier (served less
-    /// recently, then older oldest task). It ignores running tasks, so it is
-    /// an estimate; it is exact for a single worker.
-    fn get(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<Option<TaskView>>;
-
-    /// The organization's tasks, newest first; `page` counts from 1 and
-    /// `page_size` is 1..=1000. States read as in [`Store::get`].
-    fn list(&self, org: OrgId, page: u32, page_size: u32, now: Timestamp) -> Result<TaskPage>;
-
-    /// How many tasks wait and run at `now`, across all organizations.
-    fn queue_stats(&self, now: Timestamp) -> Result<QueueStats>;
-
-    /// Deletes tasks that finished at least `result_ttl` before `now`, results
-    /// and idempotency keys with them; returns how many. Usage totals stay.
-    fn expire(&self, result_ttl: Duration, now: Timestamp) -> Result<u64>;
-
-    /// The organization's usage per UTC day, `from..=to`, days without any
-    /// finished task left out, oldest first.
-    fn usage(&self, org: OrgId, from: UtcDay, to: UtcDay) -> Result<Vec<DailyUsage>>;
 }
+
+/// Every role at once, for the callers that wire them all (the server's state, `sie`'s
+/// commands). Any type with the four roles is a `Store`, and an `Arc<dyn Store>` upcasts
+/// to the one role a component needs (`Arc<dyn Queue>`).
+pub trait Store: Accounts + WorkerTokens + Tasks + Queue {}
+
+impl<T: Accounts + WorkerTokens + Tasks + Queue + ?Sized> Store for T {}

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use sie_vocab::Capabilities;
+
 use crate::domain::{KeyPrefix, OrgId, OrgName, TaskId, Timestamp, UtcDay};
 
 /// The default number of attempts before a task whose lease keeps lapsing
@@ -77,42 +79,51 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<Timestamp>,
 }
 
-/// What a task asks of the worker that runs it, fixed at enqueue and kept in
-/// columns beside the opaque request, so leasing can match tasks to workers
-/// without reading request bodies. Names are the wire names
-/// (`StableDiffusionPipeline`, `DDIMScheduler`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskNeeds {
-    pub pipeline: String,
-    /// A scheduler the client named; `None` runs the model's own default.
-    pub scheduler: Option<String>,
-    /// The client asked for the safety checker explicitly. (Left out, a task
-    /// runs with the checker where its worker has one.)
-    pub safety_checker: bool,
-}
+/// What a task asks of the worker that runs it, fixed at enqueue and kept in columns
+/// beside the opaque request (as the wire names, `StableDiffusionPipeline`,
+/// `DDIMScheduler`), so leasing can match tasks to workers without reading request
+/// bodies.
+pub use sie_vocab::TaskNeeds;
 
-/// What a worker announces when it asks for work: who it is, and what it can
-/// run. [`Store::lease`](crate::Store::lease) hands it only tasks whose
-/// [`TaskNeeds`] it meets; `model` and `native_size` are for operators
-/// (logs, the lease record), not for matching.
+/// What a worker announces when it asks for work: who it is, and what it can run.
+/// [`Queue::lease`](crate::Queue::lease) hands it only tasks whose [`TaskNeeds`] its
+/// capabilities meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerOffer {
     /// The lease owner: every later write for the task must come from it.
     pub worker_id: String,
-    pub pipelines: Vec<String>,
-    pub schedulers: Vec<String>,
-    pub safety_checker: bool,
+    pub capabilities: Capabilities,
 }
 
 impl WorkerOffer {
+    pub fn new(worker_id: &str, capabilities: Capabilities) -> Self {
+        WorkerOffer {
+            worker_id: worker_id.to_owned(),
+            capabilities,
+        }
+    }
+
     /// The matching rule every store applies inside its lease query.
     pub fn can_run(&self, needs: &TaskNeeds) -> bool {
-        self.pipelines.contains(&needs.pipeline)
-            && needs
-                .scheduler
-                .as_ref()
-                .is_none_or(|s| self.schedulers.contains(s))
-            && (!needs.safety_checker || self.safety_checker)
+        self.capabilities.can_run(needs)
+    }
+
+    /// The pipelines it runs, by wire name, as the lease queries bind them.
+    pub(crate) fn pipeline_names(&self) -> Vec<&'static str> {
+        self.capabilities
+            .pipelines()
+            .iter()
+            .map(|p| p.as_str())
+            .collect()
+    }
+
+    /// The schedulers it has, by wire name.
+    pub(crate) fn scheduler_names(&self) -> Vec<&'static str> {
+        self.capabilities
+            .schedulers()
+            .iter()
+            .map(|s| s.as_str())
+            .collect()
     }
 }
 
@@ -189,6 +200,13 @@ pub struct TaskUsage {
     pub gpu_ms: u64,
 }
 
+impl TaskUsage {
+    /// The GPU time as the stores keep it (a signed 64-bit column), saturating.
+    pub(crate) fn gpu_ms_stored(&self) -> i64 {
+        i64::try_from(self.gpu_ms).unwrap_or(i64::MAX)
+    }
+}
+
 /// What a cancel did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -248,7 +266,7 @@ pub struct TaskView {
     pub state: TaskState,
     /// Attempts begun so far (0 while it has never run).
     pub attempt: u32,
-    /// For queued tasks: see [`Store::get`](crate::Store::get) for the rule.
+    /// For queued tasks: see [`Tasks::get`](crate::Tasks::get) for the rule.
     pub queue_position: Option<u32>,
     pub progress: Option<Progress>,
     pub cancel_requested: bool,

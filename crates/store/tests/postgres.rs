@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use sie_store::conformance::Harness;
 use sie_store::{
-    AccountName, OrgName, PostgresStore, QueueCaps, Store, StoreError, TaskId, TaskNeeds, Timestamp,
+    AccountName, Accounts, BillingNote, OrgName, PostgresStore, Queue, QueueCaps, Store,
+    StoreError, TaskId, TaskNeeds, Tasks, Timestamp,
 };
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -95,7 +96,7 @@ fn now() -> Timestamp {
 
 fn txt2img() -> TaskNeeds {
     TaskNeeds {
-        pipeline: "StableDiffusionPipeline".into(),
+        pipeline: sie_vocab::Pipeline::Text2Image,
         scheduler: None,
         safety_checker: false,
     }
@@ -111,7 +112,8 @@ fn org(s: &dyn Store, name: &str) -> sie_store::OrgId {
         .unwrap();
     let org_name = OrgName::parse(name).unwrap();
     let id = s.create_org(&org_name, owner, now()).unwrap();
-    s.approve_org(&org_name, "invoice", now()).unwrap();
+    s.approve_org(&org_name, &BillingNote::parse("invoice").unwrap(), now())
+        .unwrap();
     id
 }
 

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sie_engine::candle_core::Tensor;
-use sie_engine::model::StableDiffusion;
 use sie_engine::pipeline::Observer;
+use sie_engine::StableDiffusion;
 use sie_store::{codes, Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
 
 pub use source::{LeasedTask, SourceError, StoreSource, TaskSource, Unreadable};
@@ -103,7 +103,15 @@ impl Worker {
         let request =
             match task::text_to_image(&self.model, &task, sie_api::request::Seed::random().get()) {
                 Ok(r) => r,
-                Err(refusal) => return self.fail(id, attempt, refusal.code, &refusal.message),
+                Err(why) => {
+                    return self.report_failure(
+                        id,
+                        attempt,
+                        "worker_incompatible",
+                        &why.message,
+                        true,
+                    )
+                }
             };
 
         // The lease is renewed (and progress reported) until the outcome is reported, not
@@ -132,11 +140,11 @@ impl Worker {
         let started = Instant::now();
         let mut observer = ProgressObserver {
             progress: &signals.progress,
+            steps: request.num_inference_steps as u64,
             first_step: None,
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            self.model
-                .text_to_image(request, &mut observer, &signals.cancel)
+            request.run(&self.model, &mut observer, &signals.cancel)
         }));
         let first_step = observer.first_step;
         let inference_ms = started.elapsed().as_millis() as u64;
@@ -178,12 +186,12 @@ impl Worker {
             Ok(Err(e)) => return self.fail(id, attempt, "engine_error", &e.to_string()),
             Ok(Ok(g)) => g,
         };
-        let timings = task::Timings {
+        let spent = task::Spent {
             queue_ms,
             inference_ms,
             first_step_ms: first_step.map(|t| t.duration_since(started).as_millis() as u64),
         };
-        let outputs = match task::model_outputs(&self.model, task, request, &generated, timings) {
+        let outputs = match task::model_outputs(&self.model, task, request, &generated, spent) {
             Ok(o) => o,
             Err(e) => return self.fail(id, attempt, "engine_error", &e.to_string()),
         };
@@ -192,7 +200,7 @@ impl Worker {
             steps: request.num_inference_steps as u32,
             gpu_ms: inference_ms,
         };
-        match self.source.complete(id, attempt, &outputs, usage) {
+        match self.source.complete(id, attempt, outputs, usage) {
             Ok(true) => {
                 tracing::info!(inference_ms, "task succeeded");
                 Ok(Ran::Succeeded(id))
@@ -300,15 +308,24 @@ struct Signals {
 
 /// Packs (step, steps) into one atomic for the heartbeat thread, and notes when the first
 /// step ended (for `$timings`).
+///
+/// Progress counts the steps the client asked for. Some schedulers call the UNet more often
+/// than that (PNDM lists one timestep twice, Heun evaluates twice per step), so the engine's
+/// count of calls is scaled to the requested steps, rounding up: the first call shows step
+/// 1, the last shows all of them.
 struct ProgressObserver<'a> {
     progress: &'a AtomicU64,
+    /// `num_inference_steps` of the request.
+    steps: u64,
     first_step: Option<Instant>,
 }
 
 impl Observer for ProgressObserver<'_> {
-    fn step(&mut self, step: usize, steps: usize, _latents: &Tensor) {
+    fn step(&mut self, call: usize, calls: usize, _latents: &Tensor) {
         self.first_step.get_or_insert_with(Instant::now);
+        let (call, calls) = (call as u64, calls.max(1) as u64);
+        let step = (call * self.steps).div_ceil(calls).min(self.steps);
         self.progress
-            .store(((step as u64) << 32) | steps as u64, Ordering::SeqCst);
+            .store((step << 32) | self.steps, Ordering::SeqCst);
     }
 }

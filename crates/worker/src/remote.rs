@@ -238,11 +238,9 @@ impl TaskSource for HttpSource {
         &self,
         id: TaskId,
         attempt: u32,
-        model_outputs: &serde_json::Value,
+        model_outputs: ModelOutputs,
         usage: TaskUsage,
     ) -> Result<bool, SourceError> {
-        let model_outputs: ModelOutputs = serde_json::from_value(model_outputs.clone())
-            .map_err(|e| SourceError::Remote(format!("this worker built bad modelOutputs: {e}")))?;
         let body = CompleteRequest {
             attempt,
             model_outputs,

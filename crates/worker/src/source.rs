@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sie_api::worker::ModelOutputs;
 use sie_api::CreateTask;
 use sie_store::{
-    Heartbeat, Progress, Store, StoreError, TaskId, TaskUsage, Timestamp, WorkerOffer,
+    FailureCode, Heartbeat, Progress, Queue, StoreError, TaskId, TaskUsage, Timestamp, WorkerOffer,
 };
 
 /// A task this worker now holds.
@@ -65,10 +66,10 @@ pub trait TaskSource: Send + Sync {
         &self,
         id: TaskId,
         attempt: u32,
-        model_outputs: &serde_json::Value,
+        model_outputs: ModelOutputs,
         usage: TaskUsage,
     ) -> Result<bool, SourceError>;
-    /// See [`Store::fail`] for `retryable`.
+    /// See [`Queue::fail`] for `retryable`.
     fn fail(
         &self,
         id: TaskId,
@@ -81,15 +82,15 @@ pub trait TaskSource: Send + Sync {
     fn release(&self, id: TaskId, attempt: u32) -> Result<bool, SourceError>;
 }
 
-/// The store in this process: `sie serve`'s workers.
+/// The store in this process: `sie serve`'s workers. It needs only the store's [`Queue`].
 pub struct StoreSource {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Queue>,
     offer: WorkerOffer,
     lease: Duration,
 }
 
 impl StoreSource {
-    pub fn new(store: Arc<dyn Store>, offer: WorkerOffer, lease: Duration) -> Self {
+    pub fn new(store: Arc<dyn Queue>, offer: WorkerOffer, lease: Duration) -> Self {
         Self {
             store,
             offer,
@@ -136,14 +137,17 @@ impl TaskSource for StoreSource {
         &self,
         id: TaskId,
         attempt: u32,
-        model_outputs: &serde_json::Value,
+        model_outputs: ModelOutputs,
         usage: TaskUsage,
     ) -> Result<bool, SourceError> {
+        // Serialised once, here: the store keeps the client's `modelOutputs` as text.
+        let result = serde_json::to_string(&model_outputs)
+            .map_err(|e| SourceError::Remote(format!("serialising modelOutputs: {e}")))?;
         Ok(self.store.complete(
             &self.offer.worker_id,
             id,
             attempt,
-            &model_outputs.to_string(),
+            &result,
             usage,
             Timestamp::now(),
         )?)
@@ -157,11 +161,12 @@ impl TaskSource for StoreSource {
         message: &str,
         retryable: bool,
     ) -> Result<bool, SourceError> {
+        let code = FailureCode::parse(code).map_err(StoreError::from)?;
         Ok(self.store.fail(
             &self.offer.worker_id,
             id,
             attempt,
-            code,
+            &code,
             message,
             retryable,
             Timestamp::now(),

@@ -1,58 +1,53 @@
 //! One task's translation between the wire protocol and the engine.
 //!
-//! `sie-api`'s `CreateTask` is what the API validated and the queue stored;
-//! here it becomes the engine's `TextToImage`, and the engine's `Generated`
-//! becomes the `modelOutputs` object the client reads (SPEC 1.2): base64
-//! images, `nsfw_content_detected`, `seed`, `$meta` and `$timings`.
+//! `sie-api`'s `CreateTask` is what the API validated and the queue stored; here it
+//! becomes the engine's `TextToImage`, and the engine's `Generated` becomes the typed
+//! `ModelOutputs` the client reads (SPEC 1.2): base64 images, `nsfw_content_detected`,
+//! `seed`, `$meta` and `$timings`. Nothing here re-checks the request: the API refused
+//! what no worker can run, and the store hands this worker only tasks its
+//! [`capabilities`] cover; what is left for the engine to refuse is its own assertion.
 
 use base64::Engine as _;
-use serde_json::{json, Value};
-use sie_api::request::{CreateTask, ImageFormat, Pipeline, Scheduler};
-use sie_api::worker::Announcement;
-use sie_engine::model::StableDiffusion;
+use sie_api::request::{CreateTask, Pipeline, SchedulerKind};
+use sie_api::worker::{Announcement, Meta, MimeType, ModelOutputs, Timings};
 use sie_engine::output;
 use sie_engine::pipeline::{Generated, TextToImage};
-use sie_engine::scheduler::SchedulerKind;
+use sie_engine::StableDiffusion;
+use sie_vocab::Capabilities;
 
-/// The pipelines this worker's engine runs.
-pub const PIPELINES: &[Pipeline] = &[Pipeline::Text2Image];
+/// What a worker with `model` can run: the engine's pipelines and every scheduler, and
+/// the safety checker where the model has one.
+pub fn capabilities(model: &StableDiffusion) -> Capabilities {
+    Capabilities::new(
+        sie_engine::pipeline::PIPELINES.iter().copied(),
+        SchedulerKind::ALL.iter().copied(),
+        model.safety_checker.is_some(),
+    )
+}
 
 /// What a worker with `model` says it serves. `name` is the model's name for operators.
 pub fn announcement(model: &StableDiffusion, name: &str) -> Announcement {
     let native = model.files.native_size() as u32;
+    let can = capabilities(model);
     Announcement {
         model: name.to_owned(),
         native_width: native,
         native_height: native,
-        pipelines: PIPELINES.to_vec(),
-        // The engine implements every scheduler the API accepts.
-        schedulers: Scheduler::ALL.to_vec(),
-        safety_checker: model.safety_checker.is_some(),
+        pipelines: can.pipelines().to_vec(),
+        schedulers: can.schedulers().to_vec(),
+        safety_checker: can.safety_checker(),
     }
 }
 
 /// The store's form of an announcement: what `worker_id` may lease.
 pub fn offer(announcement: &Announcement, worker_id: &str) -> sie_store::WorkerOffer {
-    sie_store::WorkerOffer {
-        worker_id: worker_id.to_owned(),
-        pipelines: announcement
-            .pipelines
-            .iter()
-            .map(|p| p.as_str().to_owned())
-            .collect(),
-        schedulers: announcement
-            .schedulers
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect(),
-        safety_checker: announcement.safety_checker,
-    }
+    sie_store::WorkerOffer::new(worker_id, announcement.capabilities())
 }
 
-/// Why a task cannot run on this worker; it fails with `code` and the client reads `message`.
+/// A task this worker was handed but does not run: the store matched it against
+/// capabilities this worker does not have (another build's, say). Another worker may.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: &'static str,
+pub struct Incompatible {
     pub message: String,
 }
 
@@ -62,29 +57,18 @@ pub fn text_to_image(
     model: &StableDiffusion,
     task: &CreateTask,
     random_seed: u64,
-) -> Result<TextToImage, Refusal> {
+) -> Result<TextToImage, Incompatible> {
     let m = &task.model_inputs;
     let c = &task.call_inputs;
     if c.pipeline != Pipeline::Text2Image {
-        return Err(Refusal {
-            code: "pipeline_unavailable",
+        return Err(Incompatible {
             message: format!(
-                "{} is not available on this endpoint yet; use StableDiffusionPipeline",
-                c.pipeline.as_str()
+                "this worker runs {} only, and was handed a {} task",
+                Pipeline::Text2Image,
+                c.pipeline
             ),
         });
     }
-    let safety_checker = match (c.safety_checker, model.safety_checker.is_some()) {
-        (Some(true), false) => {
-            return Err(Refusal {
-                code: "safety_checker_unavailable",
-                message: "callInputs.safety_checker: this endpoint has no safety checker installed"
-                    .into(),
-            })
-        }
-        (Some(asked), _) => asked,
-        (None, installed) => installed,
-    };
     let mut request = TextToImage::new(
         model,
         m.prompt.as_str(),
@@ -102,37 +86,17 @@ pub fn text_to_image(
     request.num_images_per_prompt = m.num_images_per_prompt.get() as usize;
     request.eta = m.eta.get();
     request.guidance_rescale = m.guidance_rescale.get();
-    request.scheduler = c.scheduler.map(scheduler_kind);
-    request.safety_checker = safety_checker;
+    request.scheduler = c.scheduler;
+    // Left out, the engine's default stands: the checker runs where the model has one.
+    if let Some(asked) = c.safety_checker {
+        request.safety_checker = asked;
+    }
     Ok(request)
-}
-
-/// The wire scheduler names are the engine's class names.
-fn scheduler_kind(s: Scheduler) -> SchedulerKind {
-    match s {
-        Scheduler::Lms => SchedulerKind::LmsDiscrete,
-        Scheduler::Ddim => SchedulerKind::Ddim,
-        Scheduler::Pndm => SchedulerKind::Pndm,
-        Scheduler::Euler => SchedulerKind::EulerDiscrete,
-        Scheduler::EulerAncestral => SchedulerKind::EulerAncestralDiscrete,
-        Scheduler::DpmSolverMultistep => SchedulerKind::DpmSolverMultistep,
-        Scheduler::UniPc => SchedulerKind::UniPcMultistep,
-        Scheduler::Ddpm => SchedulerKind::Ddpm,
-        Scheduler::Heun => SchedulerKind::HeunDiscrete,
-    }
-}
-
-fn engine_format(f: ImageFormat) -> output::ImageFormat {
-    match f {
-        ImageFormat::Png => output::ImageFormat::Png,
-        ImageFormat::Jpeg => output::ImageFormat::Jpeg,
-        ImageFormat::Webp => output::ImageFormat::Webp,
-    }
 }
 
 /// Milliseconds a task spent waiting and running, for `$timings`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timings {
+pub struct Spent {
     pub queue_ms: u64,
     pub inference_ms: u64,
     /// From the start of inference to the end of the first denoising step (text encoding
@@ -146,9 +110,9 @@ pub fn model_outputs(
     task: &CreateTask,
     request: &TextToImage,
     generated: &Generated,
-    timings: Timings,
-) -> sie_engine::Result<Value> {
-    let format = engine_format(task.call_inputs.image_format);
+    spent: Spent,
+) -> sie_engine::Result<ModelOutputs> {
+    let format = task.call_inputs.image_format;
     let images = generated
         .images
         .iter()
@@ -157,27 +121,32 @@ pub fn model_outputs(
                 .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
         })
         .collect::<sie_engine::Result<Vec<_>>>()?;
-    Ok(json!({
-        "images": images,
-        "nsfw_content_detected": generated.nsfw_content_detected,
-        "seed": generated.seed,
-        "$meta": {
-            "PIPELINE": task.call_inputs.pipeline.as_str(),
-            "SCHEDULER": generated.scheduler.class_name(),
-            "width": generated.width,
-            "height": generated.height,
-            "num_inference_steps": request.num_inference_steps,
-            "num_images_per_prompt": generated.images.len(),
-            "image_format": format.mime_type(),
-            "prompt_truncated": generated.prompt_truncated,
-            "negative_prompt_truncated": generated.negative_prompt_truncated,
-            "model": model.files.summary().get("variant").cloned().unwrap_or_default(),
+    Ok(ModelOutputs {
+        nsfw_content_detected: generated.nsfw_content_detected.clone(),
+        seed: generated.seed,
+        meta: Meta {
+            pipeline: task.call_inputs.pipeline,
+            scheduler: generated.scheduler,
+            width: generated.width as u32,
+            height: generated.height as u32,
+            num_inference_steps: request.num_inference_steps as u32,
+            num_images_per_prompt: images.len() as u32,
+            image_format: MimeType(format),
+            prompt_truncated: generated.prompt_truncated,
+            negative_prompt_truncated: generated.negative_prompt_truncated,
+            model: model
+                .files
+                .summary()
+                .get("variant")
+                .cloned()
+                .unwrap_or_default(),
         },
-        "$timings": {
-            "queue": timings.queue_ms,
-            "inference": timings.inference_ms,
-            "total": timings.queue_ms + timings.inference_ms,
-            "first_step": timings.first_step_ms,
+        timings: Timings {
+            queue: spent.queue_ms,
+            inference: spent.inference_ms,
+            total: spent.queue_ms + spent.inference_ms,
+            first_step: spent.first_step_ms,
         },
-    }))
+        images,
+    })
 }

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sie_api::CreateTask;
-use sie_engine::model::{LoadOptions, StableDiffusion};
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
+use sie_engine::{LoadOptions, StableDiffusion};
 use sie_store::{
-    AccountName, OrgId, OrgName, QueueCaps, SqliteStore, Store, TaskId, TaskNeeds, TaskState,
+    AccountName, BillingNote, OrgId, OrgName, QueueCaps, SqliteStore, Store, TaskId, TaskState,
     Timestamp,
 };
 use sie_worker::{Ran, StoreSource, Worker};
@@ -42,7 +42,9 @@ fn setup(lease: Duration) -> Setup {
         .unwrap();
     let name = OrgName::parse("default").unwrap();
     let org = store.create_org(&name, account, now).unwrap();
-    store.approve_org(&name, "test", now).unwrap();
+    store
+        .approve_org(&name, &BillingNote::parse("test").unwrap(), now)
+        .unwrap();
     let announcement = sie_worker::task::announcement(&model, "tiny");
     let offer = sie_worker::task::offer(&announcement, "test-worker");
     let worker = Worker::new(
@@ -64,11 +66,7 @@ fn enqueue(s: &Setup, body: Value) -> TaskId {
         .enqueue(
             s.org,
             &stored,
-            &TaskNeeds {
-                pipeline: task.call_inputs.pipeline.as_str().into(),
-                scheduler: task.call_inputs.scheduler.map(|s| s.as_str().into()),
-                safety_checker: task.call_inputs.safety_checker == Some(true),
-            },
+            &task.needs(),
             None,
             QueueCaps::default(),
             Timestamp::now(),
@@ -194,6 +192,28 @@ fn a_task_this_worker_cannot_run_is_left_for_another() {
         .unwrap();
     assert_eq!(view.state, TaskState::Queued);
     assert_eq!(view.attempt, 0, "never leased");
+}
+
+/// The one vocabulary holds end to end: every scheduler spelling the API accepts parses
+/// into a request this worker announces it can run, and the engine builds and runs it.
+#[test]
+fn every_scheduler_the_api_accepts_is_one_the_engine_runs() {
+    let s = setup(Duration::from_secs(60));
+    for spelling in sie_api::request::SchedulerKind::SPELLINGS {
+        let id = enqueue(
+            &s,
+            json!({"modelInputs": {"prompt": "x", "num_inference_steps": 2, "width": 64, "height": 64},
+                   "callInputs": {"SCHEDULER": spelling}}),
+        );
+        assert_eq!(
+            s.worker.run_one(Duration::ZERO).unwrap(),
+            Ran::Succeeded(id),
+            "{spelling}"
+        );
+        let meta = &outputs(&s, id)["$meta"];
+        let canonical = sie_api::request::SchedulerKind::parse(spelling).unwrap();
+        assert_eq!(meta["SCHEDULER"], canonical.as_str(), "{spelling}");
+    }
 }
 
 #[test]

@@ -4,42 +4,46 @@
 //! transformers `CLIPConfig`, of which only `vision_config` and
 //! `projection_dim` matter), `model.safetensors`, and a `CLIPImageProcessor`
 //! `preprocessor_config.json` (in a pipeline directory, under
-//! `feature_extractor/`). An image is preprocessed ([`preprocess`]), embedded
-//! by the CLIP vision tower ([`vision`]) and projected; its cosine similarity
+//! `feature_extractor/`). An image is preprocessed (`preprocess.rs`), embedded
+//! by the CLIP vision tower (`vision.rs`) and projected; its cosine similarity
 //! to 3 "special care" and 17 concept embeddings, less each one's threshold,
 //! gives the scores. As diffusers does it: the scores are f32 rounded to 3
 //! decimals, a special-care hit adds 0.01 to every later score, and an image
 //! is flagged when any concept score is above 0. Flagged images are returned
 //! black. The 17 and 3 are the diffusers class's own shapes, not config sizes;
 //! every size in between comes from `config.json`.
+//!
+//! The checker is a network of its own (the vision tower reuses the text encoder's
+//! layers) with its own files; it reads them through the loader's `JsonConfig` and
+//! `WeightsFile`, and the loader builds it into a `StableDiffusion` when asked. Outside the
+//! engine only [`SafetyChecker`] and its [`SafetyVerdict`] are seen.
 
-pub mod preprocess;
-pub mod vision;
+mod preprocess;
+mod vision;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::linear::{linear_no_bias, Linear};
-
 use crate::error::{Error, Result};
-use crate::json_config::JsonConfig;
-use crate::model::config::{check_heads, ClipActivation};
-use crate::model::WeightsFile;
+use crate::loader::json::JsonConfig;
+use crate::loader::weights::WeightsFile;
+use crate::networks::config::{check_heads, ClipActivation};
+use crate::networks::layers::{linear_no_bias, Linear};
 use preprocess::PreprocessorConfig;
 use vision::ClipVisionModel;
 
 /// How many concept embeddings `StableDiffusionSafetyChecker` has.
-pub const CONCEPTS: usize = 17;
+const CONCEPTS: usize = 17;
 /// How many special-care embeddings it has.
-pub const SPECIAL_CARE: usize = 3;
+const SPECIAL_CARE: usize = 3;
 /// What a special-care hit adds to the scores after it (diffusers' `adjustment`).
 const SPECIAL_CARE_ADJUSTMENT: f32 = 0.01;
 
 /// The `vision_config` of the checker's `config.json` (transformers' `CLIPVisionConfig`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClipVisionConfig {
+pub(crate) struct ClipVisionConfig {
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
@@ -53,12 +57,12 @@ pub struct ClipVisionConfig {
 
 impl ClipVisionConfig {
     /// Patches per image: (image_size / patch_size)^2.
-    pub fn num_patches(&self) -> usize {
+    pub(crate) fn num_patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
     }
 
     /// Parses a `vision_config` object; absent keys take `CLIPVisionConfig`'s defaults.
-    pub fn from_config(c: &JsonConfig) -> Result<Self> {
+    pub(crate) fn from_config(c: &JsonConfig) -> Result<Self> {
         let activation = ClipActivation::from_config(c)?;
         let config = ClipVisionConfig {
             hidden_size: c.usize_or("hidden_size", 768)?,
@@ -96,13 +100,13 @@ impl ClipVisionConfig {
 
 /// The checker's `config.json` (a transformers `CLIPConfig`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SafetyCheckerConfig {
+pub(crate) struct SafetyCheckerConfig {
     pub vision: ClipVisionConfig,
     pub projection_dim: usize,
 }
 
 impl SafetyCheckerConfig {
-    pub fn load(path: &Path) -> Result<Self> {
+    pub(crate) fn load(path: &Path) -> Result<Self> {
         let c = JsonConfig::load(path)?;
         let vision = match c.get("vision_config") {
             Some(serde_json::Value::Object(map)) => {
@@ -139,14 +143,14 @@ impl SafetyCheckerConfig {
 
 /// Where a checker's files are.
 #[derive(Debug, Clone)]
-pub struct SafetyCheckerFiles {
+struct SafetyCheckerFiles {
     /// The directory with `config.json` and the weights.
-    pub dir: PathBuf,
-    pub config: SafetyCheckerConfig,
-    pub weights: WeightsFile,
+    dir: PathBuf,
+    config: SafetyCheckerConfig,
+    weights: WeightsFile,
     /// The preprocessor config read, if any (else `CLIPImageProcessor`'s defaults).
-    pub preprocessor_path: Option<PathBuf>,
-    pub preprocessor: PreprocessorConfig,
+    preprocessor_path: Option<PathBuf>,
+    preprocessor: PreprocessorConfig,
 }
 
 impl SafetyCheckerFiles {
@@ -154,7 +158,7 @@ impl SafetyCheckerFiles {
     /// `feature_extractor/`) or the checker's own directory, whose preprocessor config is
     /// `preprocessor_config.json` beside `config.json` (as the CompVis repository has it) or in a
     /// sibling `feature_extractor/` (as a pipeline directory has it).
-    pub fn open(dir: &Path) -> Result<Self> {
+    fn open(dir: &Path) -> Result<Self> {
         let (checker_dir, candidates) = if dir.join("safety_checker").is_dir() {
             (
                 dir.join("safety_checker"),
@@ -230,7 +234,7 @@ pub struct SafetyVerdict {
 
 /// A loaded safety checker.
 pub struct SafetyChecker {
-    pub files: SafetyCheckerFiles,
+    files: SafetyCheckerFiles,
     vision: ClipVisionModel,
     projection: Linear,
     /// (CONCEPTS, projection_dim) and (SPECIAL_CARE, projection_dim), unit rows, f32.
@@ -243,7 +247,8 @@ pub struct SafetyChecker {
 }
 
 impl SafetyChecker {
-    /// Loads the checker found by [`SafetyCheckerFiles::open`].
+    /// Loads the checker in `dir`: a pipeline directory with `safety_checker/` (and
+    /// `feature_extractor/`), or the checker's own directory.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let files = SafetyCheckerFiles::open(dir)?;
         let vb = files.weights.var_builder(dtype, device)?;
@@ -272,6 +277,23 @@ impl SafetyChecker {
         })
     }
 
+    /// Where the checker came from and its size, as `sie model check` prints it: the
+    /// directory, the parameters, the image size and the preprocessor config read.
+    pub fn summary(&self) -> String {
+        let f = &self.files;
+        format!(
+            "{} ({} parameters, {}x{} images, preprocessor {})",
+            f.dir.display(),
+            f.weights.parameters,
+            f.config.vision.image_size,
+            f.config.vision.image_size,
+            f.preprocessor_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "defaults".into())
+        )
+    }
+
     /// The (3, size, size) pixel values the vision tower sees for one RGB image.
     pub fn pixel_values(&self, rgb: &[u8], width: usize, height: usize) -> Result<Tensor> {
         let values = self.files.preprocessor.preprocess(rgb, width, height)?;
@@ -281,7 +303,7 @@ impl SafetyChecker {
 
     /// Cosine similarities of (batch, 3, size, size) pixel values to the (special-care, concept)
     /// embeddings: two (batch, n) f32 tensors on the CPU.
-    pub fn cosine(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn cosine(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
         let pooled = self.vision.forward(&pixels.to_device(&self.device)?)?;
         let embeds = l2_normalize(&self.projection.forward(&pooled)?.to_dtype(DType::F32)?)?;
         let special = embeds.matmul(&self.special_care_embeds.t()?)?;
@@ -324,7 +346,7 @@ impl SafetyChecker {
 
     /// The scores and the flag from one image's similarities, in diffusers' order and f32 rounding:
     /// special-care scores first, each hit setting the adjustment every later score gets.
-    pub fn verdict(&self, special_cosine: Vec<f32>, concept_cosine: Vec<f32>) -> SafetyVerdict {
+    fn verdict(&self, special_cosine: Vec<f32>, concept_cosine: Vec<f32>) -> SafetyVerdict {
         let mut adjustment = 0f32;
         let score = |cos: f32, threshold: f32, adjustment: f32| -> f32 {
             // numpy: float32 - float and + float stay float32; round(x, 3) is rint(x * 1000) / 1000.
@@ -355,7 +377,12 @@ impl SafetyChecker {
     }
 
     /// Checks the images and blacks out (all zero bytes) the flagged ones; returns the flags.
-    pub fn apply(&self, images: &mut [Vec<u8>], width: usize, height: usize) -> Result<Vec<bool>> {
+    pub(crate) fn apply(
+        &self,
+        images: &mut [Vec<u8>],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<bool>> {
         let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
         let flags: Vec<bool> = self
             .check(&refs, width, height)?

@@ -19,7 +19,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::json_config::JsonConfig;
+use crate::loader::json::JsonConfig;
 
 /// CLIP's normalisation, `CLIPImageProcessor`'s defaults.
 const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -27,7 +27,7 @@ const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// A Pillow resampling filter (`PIL.Image.Resampling`'s numbering, as configs store it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resample {
+pub(crate) enum Resample {
     Bilinear,
     Bicubic,
 }
@@ -68,7 +68,7 @@ impl Resample {
 
 /// How the shorter side (or both sides) are resized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResizeTo {
+pub(crate) enum ResizeTo {
     /// The shortest side becomes this, the other keeps the aspect ratio (truncated).
     ShortestEdge(usize),
     /// Exactly this (height, width).
@@ -77,14 +77,14 @@ pub enum ResizeTo {
 
 /// `preprocessor_config.json` (transformers' `CLIPImageProcessor`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PreprocessorConfig {
-    pub resize: Option<ResizeTo>,
-    pub resample: Resample,
+pub(crate) struct PreprocessorConfig {
+    pub(crate) resize: Option<ResizeTo>,
+    pub(crate) resample: Resample,
     /// (height, width), when cropping.
-    pub crop: Option<(usize, usize)>,
-    pub rescale_factor: Option<f64>,
+    pub(crate) crop: Option<(usize, usize)>,
+    pub(crate) rescale_factor: Option<f64>,
     /// (mean, std) per channel, when normalising.
-    pub normalize: Option<([f64; 3], [f64; 3])>,
+    pub(crate) normalize: Option<([f64; 3], [f64; 3])>,
 }
 
 impl Default for PreprocessorConfig {
@@ -101,12 +101,12 @@ impl Default for PreprocessorConfig {
 }
 
 impl PreprocessorConfig {
-    pub fn load(path: &Path) -> Result<Self> {
+    pub(crate) fn load(path: &Path) -> Result<Self> {
         Self::from_config(&JsonConfig::load(path)?)
     }
 
     /// Parses an already-read config; absent keys take `CLIPImageProcessor`'s defaults.
-    pub fn from_config(c: &JsonConfig) -> Result<Self> {
+    pub(crate) fn from_config(c: &JsonConfig) -> Result<Self> {
         let defaults = PreprocessorConfig::default();
         let resize = if c.bool_or("do_resize", true)? {
             Some(match c.get("size") {
@@ -204,7 +204,7 @@ impl PreprocessorConfig {
     }
 
     /// The (height, width) of what [`preprocess`](Self::preprocess) returns for a `height x width` image.
-    pub fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
+    pub(crate) fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
         let (h, w) = match self.resize {
             Some(to) => resized_size(to, height, width),
             None => (height, width),
@@ -213,7 +213,7 @@ impl PreprocessorConfig {
     }
 
     /// `width * height * 3` RGB bytes to (3, H, W) pixel values, channel-first, row-major.
-    pub fn preprocess(&self, rgb: &[u8], width: usize, height: usize) -> Result<Vec<f32>> {
+    pub(crate) fn preprocess(&self, rgb: &[u8], width: usize, height: usize) -> Result<Vec<f32>> {
         if width == 0 || height == 0 || rgb.len() != width * height * 3 {
             return Err(Error::invalid(
                 "image",
@@ -368,7 +368,7 @@ fn clip8(acc: i32) -> u8 {
 /// rows the vertical pass reads) unless the height shrinks by more than twice as many pixels as
 /// the width, then the vertical one does; the order changes the rounding of the intermediate, so
 /// it is part of the result. A pass whose size is unchanged is skipped.
-pub fn resize_rgb(
+pub(crate) fn resize_rgb(
     rgb: &[u8],
     width: usize,
     height: usize,
@@ -471,7 +471,7 @@ fn vertical_pass(rgb: &[u8], width: usize, out_height: usize, c: &Coefficients) 
 
 /// transformers' `center_crop`: the `crop_width x crop_height` window around the centre, the
 /// image zero-padded (the larger half after) along a side where it is smaller than the crop.
-pub fn center_crop_rgb(
+pub(crate) fn center_crop_rgb(
     rgb: &[u8],
     width: usize,
     height: usize,

@@ -8,18 +8,18 @@
 //! with bidirectional attention, and `post_layernorm` applied to the class
 //! token's final state, which is the pooled output the checker projects.
 //! Every size comes from the `vision_config` of `safety_checker/config.json`.
-//! The encoder layers are the text encoder's (`model/clip.rs`), run without
+//! The encoder layers are the text encoder's (`networks/clip.rs`), run without
 //! the causal mask: vision attention is bidirectional.
 
 use candle_core::{Module, Tensor};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use super::ClipVisionConfig;
-use crate::model::clip::{EncoderLayer, LayerShape};
+use crate::networks::clip::{EncoderLayer, LayerShape};
 
 /// transformers' `CLIPVisionModel`, returning the pooled output.
 #[derive(Debug)]
-pub struct ClipVisionModel {
+pub(crate) struct ClipVisionModel {
     /// (hidden, channels * patch * patch): the convolution's kernel, flattened.
     patch_weight: Tensor,
     class_embedding: Tensor,
@@ -32,7 +32,7 @@ pub struct ClipVisionModel {
 
 impl ClipVisionModel {
     /// Builds the tower from `vb`, which points at the module (`vision_model` in the checker).
-    pub fn new(vb: VarBuilder, config: &ClipVisionConfig) -> candle_core::Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, config: &ClipVisionConfig) -> candle_core::Result<Self> {
         let c = config;
         let emb = vb.pp("embeddings");
         let p = c.patch_size;
@@ -66,12 +66,8 @@ impl ClipVisionModel {
         })
     }
 
-    pub fn config(&self) -> &ClipVisionConfig {
-        &self.config
-    }
-
     /// `pixels`: (batch, channels, image_size, image_size). Returns the pooled (batch, hidden).
-    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = pixels.dims4()?;
         if ch != c.num_channels || h != c.image_size || w != c.image_size {

@@ -23,7 +23,7 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::json_config::JsonConfig;
+use crate::loader::json::JsonConfig;
 
 mod ddim;
 mod ddpm;
@@ -36,83 +36,9 @@ mod pndm;
 mod sigmas;
 mod unipc;
 
-/// The schedulers of the contract, by diffusers class name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SchedulerKind {
-    LmsDiscrete,
-    Ddim,
-    Pndm,
-    EulerDiscrete,
-    EulerAncestralDiscrete,
-    DpmSolverMultistep,
-    UniPcMultistep,
-    Ddpm,
-    HeunDiscrete,
-}
-
-impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 9] = [
-        SchedulerKind::LmsDiscrete,
-        SchedulerKind::Ddim,
-        SchedulerKind::Pndm,
-        SchedulerKind::EulerDiscrete,
-        SchedulerKind::EulerAncestralDiscrete,
-        SchedulerKind::DpmSolverMultistep,
-        SchedulerKind::UniPcMultistep,
-        SchedulerKind::Ddpm,
-        SchedulerKind::HeunDiscrete,
-    ];
-
-    /// The diffusers class name, as requests and `scheduler_config.json` spell it.
-    pub fn class_name(self) -> &'static str {
-        match self {
-            SchedulerKind::LmsDiscrete => "LMSDiscreteScheduler",
-            SchedulerKind::Ddim => "DDIMScheduler",
-            SchedulerKind::Pndm => "PNDMScheduler",
-            SchedulerKind::EulerDiscrete => "EulerDiscreteScheduler",
-            SchedulerKind::EulerAncestralDiscrete => "EulerAncestralDiscreteScheduler",
-            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
-            SchedulerKind::UniPcMultistep => "UniPCMultistepScheduler",
-            SchedulerKind::Ddpm => "DDPMScheduler",
-            SchedulerKind::HeunDiscrete => "HeunDiscreteScheduler",
-        }
-    }
-
-    /// Parses a class name or one of the short aliases `LMS`, `DDIM`, `PNDM`.
-    ///
-    /// ```
-    /// use sie_engine::scheduler::SchedulerKind;
-    /// assert_eq!(SchedulerKind::parse("LMS").unwrap(), SchedulerKind::LmsDiscrete);
-    /// let err = SchedulerKind::parse("Karras").unwrap_err().to_string();
-    /// assert!(err.contains("accepted: LMSDiscreteScheduler"));
-    /// ```
-    pub fn parse(name: &str) -> Result<Self> {
-        let alias = match name {
-            "LMS" => Some(SchedulerKind::LmsDiscrete),
-            "DDIM" => Some(SchedulerKind::Ddim),
-            "PNDM" => Some(SchedulerKind::Pndm),
-            _ => None,
-        };
-        alias
-            .or_else(|| Self::ALL.into_iter().find(|k| k.class_name() == name))
-            .ok_or_else(|| {
-                let accepted: Vec<&str> = Self::ALL.iter().map(|k| k.class_name()).collect();
-                Error::invalid(
-                    "SCHEDULER",
-                    format!(
-                        "unknown scheduler `{name}`; accepted: {}, or the aliases LMS, DDIM, PNDM",
-                        accepted.join(", ")
-                    ),
-                )
-            })
-    }
-}
-
-impl std::fmt::Display for SchedulerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.class_name())
-    }
-}
+/// The schedulers of the contract, by diffusers class name: the one list the API accepts
+/// and [`build`] builds (`sie-vocab` owns the names).
+pub use sie_vocab::SchedulerKind;
 
 /// What the UNet predicts; read from the config's `prediction_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,14 +50,14 @@ pub enum PredictionType {
 
 /// How inference timesteps are spread over the training range (`timestep_spacing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestepSpacing {
+pub(crate) enum TimestepSpacing {
     Linspace,
     Leading,
     Trailing,
 }
 
 /// The contents of `scheduler_config.json`, read key by key with each class's defaults
-/// (the typed getters `f64_or`, `usize_or`, `bool_or`, `str_or`, `error` come from [`JsonConfig`]).
+/// (the typed getters `f64_or`, `usize_or`, `bool_or`, `str_or`, `error` come from the loader's `JsonConfig`).
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     json: JsonConfig,
@@ -146,7 +72,7 @@ impl std::ops::Deref for SchedulerConfig {
 
 impl SchedulerConfig {
     /// Reads `scheduler_config.json`.
-    pub fn load(path: &Path) -> Result<Self> {
+    pub(crate) fn load(path: &Path) -> Result<Self> {
         JsonConfig::load(path).map(|json| SchedulerConfig { json })
     }
 
@@ -156,7 +82,7 @@ impl SchedulerConfig {
     }
 
     /// The `_class_name` the model was saved with: its default scheduler.
-    pub fn default_kind(&self) -> Result<SchedulerKind> {
+    pub(crate) fn default_kind(&self) -> Result<SchedulerKind> {
         let name = self.str_or("_class_name", "")?;
         SchedulerKind::parse(&name).map_err(|_| {
             self.error(
@@ -167,7 +93,7 @@ impl SchedulerConfig {
     }
 
     /// `trained_betas`, when the file gives an explicit table.
-    pub fn trained_betas(&self) -> Result<Option<Vec<f64>>> {
+    pub(crate) fn trained_betas(&self) -> Result<Option<Vec<f64>>> {
         match self.get("trained_betas") {
             None => Ok(None),
             Some(Value::Array(items)) => items
@@ -183,7 +109,7 @@ impl SchedulerConfig {
         }
     }
 
-    pub fn prediction_type(&self, default: PredictionType) -> Result<PredictionType> {
+    pub(crate) fn prediction_type(&self, default: PredictionType) -> Result<PredictionType> {
         match self.get("prediction_type") {
             None => Ok(default),
             Some(v) => match v.as_str() {
@@ -198,7 +124,7 @@ impl SchedulerConfig {
         }
     }
 
-    pub fn timestep_spacing(&self, default: TimestepSpacing) -> Result<TimestepSpacing> {
+    pub(crate) fn timestep_spacing(&self, default: TimestepSpacing) -> Result<TimestepSpacing> {
         match self.get("timestep_spacing") {
             None => Ok(default),
             Some(v) => match v.as_str() {
@@ -217,7 +143,7 @@ impl SchedulerConfig {
 
     /// The training noise schedule as diffusers builds it in torch float32:
     /// `betas` from `beta_schedule` (or `trained_betas`), then `alphas_cumprod`.
-    pub fn alphas_cumprod(&self) -> Result<Vec<f32>> {
+    pub(crate) fn alphas_cumprod(&self) -> Result<Vec<f32>> {
         let n = self.usize_or("num_train_timesteps", 1000)?;
         let start = self.f64_or("beta_start", 0.0001)?;
         let end = self.f64_or("beta_end", 0.02)?;
@@ -253,7 +179,7 @@ impl SchedulerConfig {
 
 /// `torch.linspace(start, end, n, dtype=torch.float32)`: torch fills the first
 /// half from `start` and the second half from `end` backwards, in f32.
-pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+pub(crate) fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start];
     }
@@ -271,7 +197,7 @@ pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
 }
 
 /// `numpy.linspace(start, end, n)` in float64.
-pub fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
+pub(crate) fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
     if n == 1 {
         return vec![start];
     }

@@ -25,19 +25,20 @@ use sie_api::worker::{
 };
 use sie_api::{CreateTask, RequestError};
 use sie_store::{
-    Heartbeat, Leased, Progress, Store, StoreError, TaskId, TaskUsage, Timestamp, WorkerName,
-    WorkerOffer, RECHECK,
+    FailureCode, Heartbeat, Leased, Progress, Store, StoreError, TaskId, TaskUsage, Timestamp,
+    WorkerName, WorkerOffer, RECHECK,
 };
 
 use crate::{ApiError, AppState};
 
 /// A lease call's wait when the worker does not say.
 const DEFAULT_WAIT_SECONDS: u32 = 20;
-/// Longest failure code and message a worker may store; clients read them.
-const MAX_CODE_LEN: usize = 64;
+/// Longest failure message a worker may store; clients read it. (Its code follows
+/// `FailureCode`'s rule.)
 const MAX_MESSAGE_LEN: usize = 4096;
-/// Bounds on an announcement: it is matched in SQL on every look and logged.
-const MAX_ANNOUNCED: usize = 32;
+/// What a task whose stored request no longer loads fails with.
+const INVALID_REQUEST: FailureCode = FailureCode::from_static("invalid_request");
+/// The longest model name an announcement may carry: it is logged.
 const MAX_MODEL_NAME: usize = 128;
 /// Most a completion may claim: a day of GPU time, 150 steps, the images it carries.
 const MAX_GPU_MS: u64 = 24 * 3600 * 1000;
@@ -153,7 +154,7 @@ fn accepted(taken: bool, id: TaskId, attempt: u32) -> Result<Json<Accepted>, Api
     }
 }
 
-/// The store's offer for an announcement, refusing one too large to match or log.
+/// The store's offer for an announcement, refusing a model name too long or odd to log.
 fn offer(worker: &WorkerName, announced: &Announcement) -> Result<WorkerOffer, ApiError> {
     if announced.model.len() > MAX_MODEL_NAME
         || announced.model.is_empty()
@@ -167,36 +168,7 @@ fn offer(worker: &WorkerName, announced: &Announcement) -> Result<WorkerOffer, A
             ),
         ));
     }
-    let mut pipelines: Vec<String> = announced
-        .pipelines
-        .iter()
-        .map(|p| p.as_str().to_owned())
-        .collect();
-    let mut schedulers: Vec<String> = announced
-        .schedulers
-        .iter()
-        .map(|s| s.as_str().to_owned())
-        .collect();
-    for (list, field) in [
-        (&mut pipelines, "worker.pipelines"),
-        (&mut schedulers, "worker.schedulers"),
-    ] {
-        list.sort();
-        list.dedup();
-        if list.len() > MAX_ANNOUNCED {
-            return Err(invalid(
-                "invalid_value",
-                field,
-                format!("{field}: at most {MAX_ANNOUNCED} entries"),
-            ));
-        }
-    }
-    Ok(WorkerOffer {
-        worker_id: worker.to_string(),
-        pipelines,
-        schedulers,
-        safety_checker: announced.safety_checker,
-    })
+    Ok(WorkerOffer::new(worker.as_str(), announced.capabilities()))
 }
 
 /// What one look at the queue found.
@@ -229,7 +201,7 @@ fn look(
                     &offer.worker_id,
                     l.id,
                     l.attempt,
-                    "invalid_request",
+                    &INVALID_REQUEST,
                     &format!("the stored request does not load: {e}"),
                     false,
                     Timestamp::now(),
@@ -437,21 +409,13 @@ pub async fn fail(
         message,
         retryable,
     } = body_json(body).await?;
-    if code.is_empty()
-        || code.len() > MAX_CODE_LEN
-        || !code
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err(invalid(
+    let code = FailureCode::parse(&code).map_err(|e| {
+        invalid(
             "invalid_value",
             "code",
-            format!(
-                "code {:?} is not valid; use 1 to {MAX_CODE_LEN} characters of a-z, 0-9 and '_'",
-                code.chars().take(80).collect::<String>()
-            ),
-        ));
-    }
+            format!("code {:?} is not valid; {}", e.value, e.accepted),
+        )
+    })?;
     if message.len() > MAX_MESSAGE_LEN {
         return Err(ApiError::Invalid(RequestError {
             code: "invalid_value",

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use sie_store::{AccountName, KeyPrefix, OrgName, Timestamp, WorkerName};
+use sie_store::{AccountName, BillingNote, KeyPrefix, OrgName, Timestamp, WorkerName};
 
 use super::common::StoreArgs;
 
@@ -120,7 +120,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("created organization {name}; it needs billing information: sie admin org approve {name}");
         }
         AdminCommand::Org(OrgCommand::Approve { name, billing }) => {
-            store.approve_org(&OrgName::parse(&name)?, &billing, now)?;
+            store.approve_org(&OrgName::parse(&name)?, &BillingNote::parse(&billing)?, now)?;
             println!("approved organization {name}");
         }
         AdminCommand::Org(OrgCommand::AddMember { name, account: who }) => {

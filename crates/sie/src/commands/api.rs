@@ -35,9 +35,11 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.server.listen))?;
     let stop = Arc::new(AtomicBool::new(false));
     let expiry = spawn_expiry(store.clone(), stop.clone(), args.server.result_ttl)?;
-    let state = args
-        .server
-        .app_state(store.clone(), sie_server::SafetyChecker::PerWorker);
+    // Remote workers announce what they run; this build's workers run the engine's pipelines.
+    let workers = sie_server::Workers::Remote {
+        pipelines: sie_engine::pipeline::PIPELINES.to_vec(),
+    };
+    let state = args.server.app_state(store.clone(), workers);
     serve_until_signal(
         &runtime,
         listener,

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sie_store::{
-    AccountName, OrgName, PostgresStore, QueueCaps, SqliteStore, Store, TaskNeeds, TaskUsage,
-    Timestamp, WorkerOffer,
+    AccountName, BillingNote, OrgName, PostgresStore, QueueCaps, SqliteStore, Store, TaskNeeds,
+    TaskUsage, Timestamp, WorkerOffer,
 };
+use sie_vocab::{Capabilities, Pipeline, SchedulerKind};
 
 pub struct QueueBench {
     pub database_url: Option<String>,
@@ -47,7 +48,7 @@ pub fn run(b: QueueBench) -> anyhow::Result<()> {
     let account = store.create_account(&AccountName::parse(&format!("bench-{suffix}"))?, now)?;
     let name = OrgName::parse(&format!("bench-{suffix}"))?;
     let org = store.create_org(&name, account, now)?;
-    store.approve_org(&name, "sie bench queue", now)?;
+    store.approve_org(&name, &BillingNote::parse("sie bench queue")?, now)?;
 
     // A stored text-to-image request as the API writes it, and a result of about 8 KiB.
     let request = serde_json::json!({
@@ -61,8 +62,8 @@ pub fn run(b: QueueBench) -> anyhow::Result<()> {
     .to_string();
     let result = serde_json::json!({"images": ["A".repeat(8192)], "seed": 42}).to_string();
     let needs = TaskNeeds {
-        pipeline: "StableDiffusionPipeline".into(),
-        scheduler: Some("LMSDiscreteScheduler".into()),
+        pipeline: Pipeline::Text2Image,
+        scheduler: Some(SchedulerKind::LmsDiscrete),
         safety_checker: false,
     };
     let caps = QueueCaps {
@@ -92,12 +93,10 @@ pub fn run(b: QueueBench) -> anyhow::Result<()> {
             }));
         }
         for w in 0..b.workers {
-            let offer = WorkerOffer {
-                worker_id: format!("bench:{w}"),
-                pipelines: vec!["StableDiffusionPipeline".into()],
-                schedulers: vec!["LMSDiscreteScheduler".into()],
-                safety_checker: false,
-            };
+            let offer = WorkerOffer::new(
+                &format!("bench:{w}"),
+                Capabilities::new([Pipeline::Text2Image], [SchedulerKind::LmsDiscrete], false),
+            );
             let (store, result, completed, failed) = (&store, &result, &completed, &failed);
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
                 let run = || -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sie_engine::model::{LoadOptions, SafetyCheckerSource, StableDiffusion};
+use sie_engine::{LoadOptions, SafetyCheckerSource, StableDiffusion};
 use sie_store::{PostgresStore, SqliteStore, Store, Timestamp};
 use sie_worker::{Ran, SourceError, Worker};
 
@@ -38,7 +38,7 @@ impl ServerArgs {
     pub fn app_state(
         &self,
         store: Arc<dyn Store>,
-        safety_checker: sie_server::SafetyChecker,
+        workers: sie_server::Workers,
     ) -> sie_server::AppState {
         sie_server::AppState::new(
             store,
@@ -46,8 +46,7 @@ impl ServerArgs {
                 per_org: self.org_queue_cap,
                 global: self.global_queue_cap,
             },
-            safety_checker,
-            sie_worker::task::PIPELINES.to_vec(),
+            workers,
             self.lease,
         )
     }

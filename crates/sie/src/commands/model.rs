@@ -7,13 +7,13 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use sie_engine::candle_core::{Device, Tensor};
-use sie_engine::model::{LoadOptions, ModelFiles, SafetyCheckerSource, StableDiffusion};
 use sie_engine::output::{encode, ImageFormat};
 use sie_engine::pipeline::{Observer, TextToImage};
 use sie_engine::scheduler::{PredictionType, SchedulerKind};
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
+use sie_engine::{LoadOptions, ModelFiles, SafetyCheckerSource, StableDiffusion};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -31,6 +31,8 @@ pub enum ModelCommand {
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Prediction {
     Epsilon,
+    // diffusers' `prediction_type` spells it `v_prediction`.
+    #[value(alias = "v_prediction")]
     VPrediction,
 }
 
@@ -39,7 +41,8 @@ pub struct TinyArgs {
     /// Directory to write (created if needed).
     #[arg(long)]
     out: PathBuf,
-    /// `v-prediction` writes a 2-1-like model (DDIM), `epsilon` a 2-1-base-like one (PNDM).
+    /// `v-prediction` (or `v_prediction`) writes a 2-1-like model (DDIM), `epsilon` a
+    /// 2-1-base-like one (PNDM).
     #[arg(long, value_enum, default_value = "epsilon")]
     prediction_type: Prediction,
     /// Seed of the random weights: the same seed writes the same bytes.
@@ -140,18 +143,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
             // Building the networks checks every tensor's presence and shape.
             let model = StableDiffusion::load(&dir, &LoadOptions::default())?;
             if let Some(checker) = &model.safety_checker {
-                let f = &checker.files;
-                println!(
-                    "safety_checker: {} ({} parameters, {}x{} images, preprocessor {})",
-                    f.dir.display(),
-                    f.weights.parameters,
-                    f.config.vision.image_size,
-                    f.config.vision.image_size,
-                    f.preprocessor_path
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "defaults".into())
-                );
+                println!("safety_checker: {}", checker.summary());
             }
             println!("ok: every tensor is present with the shape its config asks for");
             Ok(())
@@ -171,7 +163,8 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
         .scheduler
         .as_deref()
         .map(SchedulerKind::parse)
-        .transpose()?;
+        .transpose()
+        .context("--scheduler")?;
     let format = ImageFormat::parse(&args.format).context("--format")?;
     let options = LoadOptions {
         safety_checker: match (&args.safety_checker, args.no_safety_checker) {
@@ -198,7 +191,7 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
         dump: args.dump.is_some().then(HashMap::new),
     };
     let cancel = AtomicBool::new(false);
-    let generated = model.text_to_image(&request, &mut observer, &cancel)?;
+    let generated = request.run(&model, &mut observer, &cancel)?;
     eprintln!();
     if generated.prompt_truncated {
         eprintln!("note: the prompt is longer than the text encoder's 77 tokens and was truncated");
@@ -270,5 +263,42 @@ impl Observer for CliObserver {
     fn step(&mut self, step: usize, steps: usize, latents: &Tensor) {
         eprint!("\rstep {step}/{steps}");
         self.keep(format!("latents_{step}"), latents);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Tiny {
+        #[command(flatten)]
+        args: TinyArgs,
+    }
+
+    fn prediction(flag: &str) -> Prediction {
+        Tiny::try_parse_from(["tiny", "--out", "/tmp/x", "--prediction-type", flag])
+            .unwrap_or_else(|e| panic!("--prediction-type {flag}: {e}"))
+            .args
+            .prediction_type
+    }
+
+    /// `--prediction-type` takes our spelling and diffusers' (`v_prediction`, as
+    /// `scheduler_config.json` writes it), and refuses others.
+    #[test]
+    fn prediction_type_takes_both_spellings_of_v_prediction() {
+        assert!(matches!(
+            prediction("v-prediction"),
+            Prediction::VPrediction
+        ));
+        assert!(matches!(
+            prediction("v_prediction"),
+            Prediction::VPrediction
+        ));
+        assert!(matches!(prediction("epsilon"), Prediction::Epsilon));
+        assert!(
+            Tiny::try_parse_from(["tiny", "--out", "x", "--prediction-type", "sample"]).is_err()
+        );
     }
 }

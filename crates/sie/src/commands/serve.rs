@@ -22,7 +22,7 @@ use clap::Args;
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
-use sie_store::{AccountName, OrgName, Store, Timestamp};
+use sie_store::{AccountName, BillingNote, OrgName, Store, Timestamp};
 use sie_worker::{StoreSource, Worker};
 
 use super::common::{serve_until_signal, spawn_expiry, spawn_workers, ServerArgs, StoreArgs};
@@ -52,11 +52,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     .open(true)?;
     let model_dir = model_dir(&args)?;
     let model = super::common::load_model(&model_dir, args.safety_checker.as_ref())?;
-    let safety_checker = if model.safety_checker.is_some() {
-        sie_server::SafetyChecker::Installed
-    } else {
-        sie_server::SafetyChecker::NotInstalled
-    };
     let announcement = sie_worker::task::announcement(&model, &model_name(&model_dir));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,7 +85,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.server.result_ttl,
     )?);
 
-    let state = args.server.app_state(store.clone(), safety_checker);
+    let state = args.server.app_state(
+        store.clone(),
+        sie_server::Workers::Local(sie_worker::task::capabilities(&model)),
+    );
     serve_until_signal(
         &runtime,
         listener,
@@ -152,7 +150,8 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<Option<String>> {
     let account = store.create_account(&AccountName::parse("admin")?, now)?;
     let org = OrgName::parse("default")?;
     store.create_org(&org, account, now)?;
-    store.approve_org(&org, "created by sie serve on an empty data directory", now)?;
+    let billing = BillingNote::parse("created by sie serve on an empty data directory")?;
+    store.approve_org(&org, &billing, now)?;
     let key = store.create_api_key(account, now)?;
     Ok(Some(key.expose_key().to_owned()))
 }

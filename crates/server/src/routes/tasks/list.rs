@@ -6,6 +6,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sie_api::RequestError;
+use sie_store::{PageRequest, StoreError};
 
 use crate::auth::authorize;
 use crate::{ApiError, AppState};
@@ -39,8 +40,10 @@ pub async fn list(
     let org = authorize(&state, &headers, &org).await?;
     let page = number("page", paging.page.as_deref(), 1, u32::MAX)?;
     let page_size = number("page_size", paging.page_size.as_deref(), 20, 100)?;
+    // Within the store's bounds, which `number` has just checked more tightly.
+    let request = PageRequest::new(page, page_size).map_err(StoreError::from)?;
     let listing = state
-        .store(move |s| s.list(org, page, page_size, sie_store::Timestamp::now()))
+        .store(move |s| s.list(org, request, sie_store::Timestamp::now()))
         .await?;
     let tasks: Vec<Value> = listing
         .tasks

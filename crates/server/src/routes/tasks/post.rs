@@ -11,10 +11,10 @@ use axum::Json;
 use serde_json::json;
 use sie_api::request::Seed;
 use sie_api::{CreateTask, RequestError};
-use sie_store::{IdempotencyKey, TaskNeeds, Timestamp};
+use sie_store::{IdempotencyKey, Timestamp};
 
 use crate::auth::authorize;
-use crate::{ApiError, AppState, SafetyChecker};
+use crate::{ApiError, AppState};
 
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
@@ -68,28 +68,9 @@ pub async fn create(
     let mut task = tokio::task::spawn_blocking(move || CreateTask::parse(&body))
         .await
         .map_err(|e| ApiError::Internal(format!("request parsing panicked: {e}")))??;
-    if task.call_inputs.safety_checker == Some(true)
-        && state.safety_checker == SafetyChecker::NotInstalled
-    {
-        return Err(ApiError::Invalid(RequestError {
-            code: "safety_checker_unavailable",
-            field: Some("callInputs.safety_checker".into()),
-            message: "callInputs.safety_checker: this endpoint has no safety checker installed \
-                      (the operator starts it with --safety-checker DIR); send \"false\" or leave it out"
-                .into(),
-        }));
-    }
-    if !state.pipelines.contains(&task.call_inputs.pipeline) {
-        let have: Vec<&str> = state.pipelines.iter().map(|p| p.as_str()).collect();
-        return Err(ApiError::Invalid(RequestError {
-            code: "pipeline_unavailable",
-            field: Some("callInputs.PIPELINE".into()),
-            message: format!(
-                "callInputs.PIPELINE: {} is not available on this endpoint; available: {}",
-                task.call_inputs.pipeline.as_str(),
-                have.join(", ")
-            ),
-        }));
+    let needs = task.needs();
+    if let Some(refusal) = state.workers.refusal(&needs) {
+        return Err(ApiError::Invalid(refusal));
     }
     // The seed is fixed now, so the stored task says exactly what will run and a retry after
     // a crash draws the same image.
@@ -112,7 +93,6 @@ pub async fn create(
     let stored = serde_json::to_string(&task)
         .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
     let caps = state.caps;
-    let needs = task_needs(&task);
     let enqueued = state
         .store(move |s| {
             s.enqueue(
@@ -139,15 +119,6 @@ pub async fn create(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
-}
-
-/// What the task asks of its worker, for the store to match against worker offers.
-pub fn task_needs(task: &CreateTask) -> TaskNeeds {
-    TaskNeeds {
-        pipeline: task.call_inputs.pipeline.as_str().to_owned(),
-        scheduler: task.call_inputs.scheduler.map(|s| s.as_str().to_owned()),
-        safety_checker: task.call_inputs.safety_checker == Some(true),
-    }
 }
 
 /// The absolute URL of `path` as the client reached it (behind a proxy, its

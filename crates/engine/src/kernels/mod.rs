@@ -1,0 +1,260 @@
+//! The device kernels: the one place a network runs one of the ops we have kernels for.
+//!
+//! Each op is here once, as what every implementation of it takes: `Conv2d` and
+//! `GroupNorm` (their weights and options, called through `Module::forward`), and the
+//! functions `attention` (with its `Attention` shape), `gelu` and `geglu`. Each matches the
+//! operands' device, and the dtypes and options a kernel takes, to an implementation:
+//! `cpu/` holds our CPU kernels, `portable.rs` candle's own ops, which run everywhere else.
+//! The networks call these and never see the device; this is candle-nn's pattern for fused
+//! ops (one plain call, one kernel per device behind it), kept in one file so what runs
+//! where can be read at a glance.
+//!
+//! A device's kernels are a folder beside `cpu/` (`cuda/`: cuDNN convolutions, a fused
+//! GroupNorm) and an arm in each `match` naming the device and what its kernel takes,
+//! above the portable fallback; the networks do not change. The arms look only at device,
+//! dtype and options, so the fallback stays right for any device candle runs on.
+
+mod cpu;
+mod portable;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::Conv2dConfig;
+
+/// A 2-D convolution: weight `[c_out, c_in / groups, kh, kw]`, bias `[c_out]`, options.
+/// Our CPU kernel takes f32 without groups or dilation.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv2d {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) config: Conv2dConfig,
+}
+
+impl Module for Conv2d {
+    /// `xs` is (batch, c_in, h, w).
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        match xs.device() {
+            Device::Cpu
+                if xs.dtype() == DType::F32
+                    && self.weight.dtype() == DType::F32
+                    && c.groups == 1
+                    && c.dilation == 1 =>
+            {
+                cpu::im2col_gemm(xs, self)
+            }
+            _ => portable::conv2d(xs, self),
+        }
+    }
+}
+
+/// diffusers' `nn.GroupNorm`: `groups` groups of channels, each normalised with `eps`, then
+/// scaled by `weight` and shifted by `bias` (channels). Our CPU kernel takes f32 of rank 3
+/// or more.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) groups: usize,
+    pub(crate) eps: f64,
+}
+
+impl GroupNorm {
+    /// `silu(group_norm(xs))`, as every resnet and the output stage compute it.
+    pub(crate) fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
+        self.run(xs, true)
+    }
+
+    fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+        match xs.device() {
+            Device::Cpu
+                if xs.dtype() == DType::F32
+                    && self.weight.dtype() == DType::F32
+                    && xs.rank() >= 3 =>
+            {
+                cpu::fused(xs, self, silu)
+            }
+            _ => portable::group_norm(xs, self, silu),
+        }
+    }
+}
+
+impl Module for GroupNorm {
+    /// `xs` is (batch, channels, ...).
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.run(xs, false)
+    }
+}
+
+/// Multi-head scaled dot-product attention: `heads` heads share the width, scores are
+/// scaled by `scale`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attention {
+    pub(crate) heads: usize,
+    pub(crate) scale: f64,
+}
+
+/// `softmax(q kᵀ * scale) v` per head. `q` is `(batch, n_q, heads * d)`, `k` is
+/// `(batch, n_k, heads * d)` and `v` is `(batch, n_k, heads * d_v)`; the result is
+/// `(batch, n_q, heads * d_v)` in `q`'s dtype, with scores and softmax in f32 on every
+/// path. Our CPU kernel takes q, k and v of one dtype among f32, f16 and bf16.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: Attention) -> Result<Tensor> {
+    let heads = op.heads;
+    let (b, _, c_qk) = q.dims3()?;
+    let (bk, n_k, c_k) = k.dims3()?;
+    let (bv, n_v, c_v) = v.dims3()?;
+    if bk != b || bv != b || c_k != c_qk || n_v != n_k {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?} and v {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if heads == 0 || c_qk % heads != 0 || c_v % heads != 0 || n_k == 0 {
+        candle_core::bail!(
+            "attention: {heads} heads cannot split q/k width {c_qk} and v width {c_v} over {n_k} keys"
+        )
+    }
+    let same_dtype = k.dtype() == q.dtype() && v.dtype() == q.dtype();
+    match q.device() {
+        Device::Cpu if same_dtype && matches!(q.dtype(), DType::F32 | DType::F16 | DType::BF16) => {
+            cpu::tiled(q, k, v, op)
+        }
+        _ => portable::chunked(q, k, v, op),
+    }
+}
+
+/// The exact (erf) GELU of every element. Our CPU kernel takes f32.
+pub(crate) fn gelu(xs: &Tensor) -> Result<Tensor> {
+    match xs.device() {
+        Device::Cpu if xs.dtype() == DType::F32 => cpu::gelu(xs),
+        _ => portable::gelu(xs),
+    }
+}
+
+/// GEGLU's gate: `xs[..., :n] * gelu(xs[..., n:])` for `xs` of last dimension `2n`. Our
+/// CPU kernel takes f32.
+pub(crate) fn geglu(xs: &Tensor) -> Result<Tensor> {
+    let width = xs.dim(D::Minus1)?;
+    if width % 2 != 0 {
+        candle_core::bail!("geglu: the last dimension ({width}) is not even")
+    }
+    match xs.device() {
+        Device::Cpu if xs.dtype() == DType::F32 => cpu::geglu(xs),
+        _ => portable::geglu(xs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portable::{merge_heads, split_heads};
+
+    /// The textbook formula on the whole score matrix, in f64.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+        let (q, k, v) = (
+            split_heads(&q.to_dtype(DType::F64)?, heads)?,
+            split_heads(&k.to_dtype(DType::F64)?, heads)?,
+            split_heads(&v.to_dtype(DType::F64)?, heads)?,
+        );
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores
+            .broadcast_sub(&scores.max_keepdim(D::Minus1)?)?
+            .exp()?;
+        let probs = scores.broadcast_div(&scores.sum_keepdim(D::Minus1)?)?;
+        merge_heads(&probs.matmul(&v)?, heads)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()
+    }
+
+    /// Both attention paths, the CPU kernel and the portable one, on shapes that cross tile
+    /// edges on both axes, several heads, d != d_v, one key, and scores large enough (up to
+    /// about 150) that a softmax without the running maximum would overflow; f32 scores of
+    /// that size carry errors near 1e-5 of their own, hence the looser tolerance there.
+    #[test]
+    fn attention_matches_the_formula() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(b, n_q, n_k, heads, d, d_v, spread, tolerance) in &[
+            (2, 300, 77, 5, 8, 8, 1.0, 1e-5),
+            (1, 129, 513, 2, 16, 12, 1.0, 1e-5),
+            (2, 64, 1, 3, 4, 4, 1.0, 1e-5),
+            (1, 260, 600, 1, 32, 32, 6.0, 2e-4),
+        ] {
+            let q = Tensor::randn(0f32, spread, (b, n_q, heads * d), &dev)?;
+            let k = Tensor::randn(0f32, spread, (b, n_k, heads * d), &dev)?;
+            let v = Tensor::randn(0f32, 1., (b, n_k, heads * d_v), &dev)?;
+            let scale = (d as f64).powf(-0.5);
+            let want = reference(&q, &k, &v, heads, scale)?;
+            let op = Attention { heads, scale };
+            let got = attention(&q, &k, &v, op)?;
+            assert_eq!(got.dims(), &[b, n_q, heads * d_v]);
+            let diff = max_diff(&want, &got)?;
+            assert!(
+                diff < tolerance,
+                "{:?}: max diff {diff}",
+                (b, n_q, n_k, heads)
+            );
+            let portable = portable::chunked(&q, &k, &v, op)?;
+            let diff = max_diff(&want, &portable)?;
+            assert!(
+                diff < tolerance,
+                "portable {:?}: max diff {diff}",
+                (b, n_q, n_k)
+            );
+        }
+        Ok(())
+    }
+
+    /// f16 and bf16 in, the same dtype out, computed in f32: as close to the f64 formula on
+    /// the rounded inputs as the output's own rounding allows.
+    #[test]
+    fn half_dtypes_compute_in_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        for (dtype, tolerance) in [(DType::F16, 2e-3), (DType::BF16, 1.6e-2)] {
+            let q = Tensor::randn(0f32, 1., (2, 150, 2 * 16), &dev)?.to_dtype(dtype)?;
+            let k = Tensor::randn(0f32, 1., (2, 270, 2 * 16), &dev)?.to_dtype(dtype)?;
+            let v = Tensor::randn(0f32, 1., (2, 270, 2 * 16), &dev)?.to_dtype(dtype)?;
+            let op = Attention {
+                heads: 2,
+                scale: 0.25,
+            };
+            let got = attention(&q, &k, &v, op)?;
+            assert_eq!(got.dtype(), dtype);
+            let diff = max_diff(&reference(&q, &k, &v, 2, 0.25)?, &got)?;
+            assert!(diff < tolerance, "{dtype:?}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_attention_shapes_are_refused() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 4, 8), DType::F32, &dev)?;
+        let k = Tensor::zeros((1, 5, 8), DType::F32, &dev)?;
+        let v = Tensor::zeros((1, 6, 8), DType::F32, &dev)?;
+        let op = |heads| Attention { heads, scale: 1.0 };
+        assert!(attention(&q, &k, &v, op(2)).is_err());
+        assert!(attention(&q, &k, &k, op(3)).is_err());
+        Ok(())
+    }
+
+    /// Every path refuses an odd width, and the CPU kernel and the portable ops agree.
+    #[test]
+    fn geglu_paths_agree_and_refuse_an_odd_width() -> Result<()> {
+        let dev = Device::Cpu;
+        assert!(geglu(&Tensor::zeros((2, 3), DType::F32, &dev)?).is_err());
+        assert!(geglu(&Tensor::zeros((2, 3), DType::F64, &dev)?).is_err());
+        let xs = (Tensor::randn(0f32, 1., (3, 5, 8), &dev)? * 3.0)?;
+        let diff = (geglu(&xs)? - portable::geglu(&xs)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max diff {diff}");
+        Ok(())
+    }
+}

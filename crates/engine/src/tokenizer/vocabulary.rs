@@ -1,0 +1,146 @@
+//! The vocabulary: reading a `tokenizer/` directory's `vocab.json` and `merges.txt` (and
+//! its optional JSON configs), and writing the OpenAI CLIP vocabulary the crate ships.
+//!
+//! The shipped one (`assets/bpe_simple_vocab_16e6.txt.gz`) is what lets the tiny test
+//! models be written without downloading anything; it is turned into the same two files a
+//! published model has, so both load through the same reader.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use super::text::byte_to_char;
+use super::{END_OF_TEXT, END_OF_WORD, START_OF_TEXT};
+use crate::error::Error;
+
+/// OpenAI's CLIP merge list, as open_clip and the original CLIP repository ship it.
+const BPE_SIMPLE_VOCAB_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
+
+/// How many merges of the OpenAI file CLIP uses: 49408 tokens - 512 byte symbols - 2 specials.
+const CLIP_MERGE_COUNT: usize = 49408 - 512 - 2;
+
+/// The byte symbols in the order CLIP's vocabulary lists them: the printable bytes first.
+fn byte_symbols_in_vocab_order() -> Vec<char> {
+    let table = byte_to_char();
+    let printable = |b: &u8| (*b as u32) == table[*b as usize] as u32;
+    let mut order: Vec<u8> = (0..=255u8).filter(printable).collect();
+    order.extend((0..=255u8).filter(|b| !printable(b)));
+    order.iter().map(|&b| table[b as usize]).collect()
+}
+
+/// The OpenAI CLIP vocabulary shipped in `assets/bpe_simple_vocab_16e6.txt.gz`, as the
+/// `vocab.json` and `merges.txt` texts transformers' CLIPTokenizer reads: 49408 tokens (256
+/// byte symbols, the same with `</w>`, one per merge, then `<|startoftext|>` and
+/// `<|endoftext|>`), and `#version: 0.2` followed by the 48894 merges.
+///
+/// `vocab.json` is compact JSON in id order with non-ASCII written as is, so the text equals
+/// Python's `json.dumps(..., ensure_ascii=False, separators=(",", ":"))` of the same dict.
+pub fn clip_vocabulary_files() -> (String, String) {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(BPE_SIMPLE_VOCAB_GZ)
+        .read_to_string(&mut text)
+        .expect("the embedded CLIP vocabulary is valid gzip'd UTF-8");
+    // Line 0 is the file's own header; CLIP uses only the first CLIP_MERGE_COUNT merges.
+    let merges: Vec<&str> = text.split('\n').skip(1).take(CLIP_MERGE_COUNT).collect();
+
+    let symbols = byte_symbols_in_vocab_order();
+    let mut tokens: Vec<String> = symbols.iter().map(|c| c.to_string()).collect();
+    tokens.extend(symbols.iter().map(|c| format!("{c}{END_OF_WORD}")));
+    tokens.extend(merges.iter().map(|m| m.replacen(' ', "", 1)));
+    tokens.push(START_OF_TEXT.to_string());
+    tokens.push(END_OF_TEXT.to_string());
+
+    let mut vocab_json = String::from("{");
+    for (id, token) in tokens.iter().enumerate() {
+        if id > 0 {
+            vocab_json.push(',');
+        }
+        vocab_json.push_str(&serde_json::to_string(token).expect("strings serialise"));
+        vocab_json.push(':');
+        vocab_json.push_str(&id.to_string());
+    }
+    vocab_json.push('}');
+
+    let mut merges_txt = String::from("#version: 0.2\n");
+    for merge in &merges {
+        merges_txt.push_str(merge);
+        merges_txt.push('\n');
+    }
+    (vocab_json, merges_txt)
+}
+
+pub(super) fn read_text(path: &Path) -> crate::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        message: format!("cannot read the tokenizer file: {e}"),
+    })
+}
+
+pub(super) fn read_optional_json(path: &Path) -> crate::Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = read_text(path)?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    if !value.is_object() {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            message: "must be a JSON object".to_string(),
+        });
+    }
+    Ok(Some(value))
+}
+
+pub(super) fn parse_vocab(path: &Path, text: &str) -> crate::Result<HashMap<String, u32>> {
+    let raw: HashMap<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            message: format!("not a JSON object of token: id: {e}"),
+        })?;
+    raw.into_iter()
+        .map(|(token, id)| {
+            let id = id
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    Error::config(path, format!("{token:?}"), format!("id {id} is not a u32"))
+                })?;
+            Ok((token, id))
+        })
+        .collect()
+}
+
+pub(super) fn parse_merges(
+    path: &Path,
+    text: &str,
+    vocab: &HashMap<String, u32>,
+) -> crate::Result<HashMap<(u32, u32), (u32, u32)>> {
+    let mut merges = HashMap::new();
+    let mut rank = 0u32;
+    for (index, line) in text.lines().enumerate() {
+        // tokenizers skips only the version header; other lines starting with '#' are merges
+        // of the '#' symbol and count.
+        if line.starts_with("#version") || line.is_empty() {
+            continue;
+        }
+        let field = format!("line {}", index + 1);
+        let (left, right) = line
+            .split_once(' ')
+            .filter(|(_, r)| !r.contains(' '))
+            .ok_or_else(|| Error::config(path, &field, "a merge is two tokens and one space"))?;
+        let lookup = |token: &str| {
+            vocab.get(token).copied().ok_or_else(|| {
+                Error::config(path, &field, format!("{token:?} is not in vocab.json"))
+            })
+        };
+        let pair = (lookup(left)?, lookup(right)?);
+        let merged = lookup(&format!("{left}{right}"))?;
+        // A repeated pair keeps its last rank, as a HashMap built from the list does.
+        merges.insert(pair, (rank, merged));
+        rank += 1;
+    }
+    Ok(merges)
+}

@@ -1,0 +1,285 @@
+//! The in-process harness every server test shares: the real router on `127.0.0.1:0`, a
+//! real SQLite file in a fresh directory, and (when asked) worker threads running the tiny
+//! model through the same `StoreSource` seam `sie serve` uses. Tests speak real HTTP to it.
+//!
+//! One tiny model is written and loaded per test binary (it takes a second); every app
+//! gets its own store, organization and key, so tests run in parallel without meeting.
+
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sie_engine::tiny::{
+    write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
+};
+use sie_engine::{LoadOptions, SafetyCheckerSource, StableDiffusion};
+use sie_server::{AppState, Workers};
+use sie_store::{AccountName, BillingNote, OrgName, QueueCaps, SqliteStore, Store, Timestamp};
+use sie_worker::{StoreSource, Worker};
+
+pub const BASE_PATH: &str = "/api/beta/organizations/acme/inference-endpoints/stable-diffusion-2-1";
+
+/// The tiny model with a checker that flags nothing, and the same model without one.
+struct Models {
+    _dir: tempfile::TempDir,
+    with_checker: Arc<StableDiffusion>,
+    without_checker: Arc<StableDiffusion>,
+}
+
+fn models() -> &'static Models {
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("tiny");
+        write_tiny_model(&path, TinyOptions::default()).expect("write the tiny model");
+        write_tiny_safety_checker(
+            &path,
+            TinyCheckerOptions {
+                threshold: 1.0,
+                ..Default::default()
+            },
+        )
+        .expect("write the tiny checker");
+        let load = |safety_checker| {
+            let options = LoadOptions {
+                safety_checker,
+                ..LoadOptions::default()
+            };
+            Arc::new(StableDiffusion::load(&path, &options).expect("load the tiny model"))
+        };
+        Models {
+            with_checker: load(SafetyCheckerSource::ModelDefault),
+            without_checker: load(SafetyCheckerSource::Disabled),
+            _dir: dir,
+        }
+    })
+}
+
+/// How a test app is set up.
+#[derive(Clone)]
+pub struct Options {
+    /// In-process workers running the tiny model; 0 keeps every task queued.
+    pub workers: usize,
+    pub safety_checker: bool,
+    pub caps: QueueCaps,
+    pub lease: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: 1,
+            safety_checker: true,
+            caps: QueueCaps::default(),
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running app: its address, a key of the approved organization `acme`, and its store.
+pub struct TestApp {
+    pub root: String,
+    pub base: String,
+    pub key: String,
+    pub store: Arc<SqliteStore>,
+    pub client: reqwest::Client,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+pub async fn spawn_app(options: Options) -> TestApp {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Arc::new(SqliteStore::open(dir.path().join("sie.db")).expect("open the store"));
+    let key = tenant(store.as_ref(), "acme");
+    let model = if options.safety_checker {
+        models().with_checker.clone()
+    } else {
+        models().without_checker.clone()
+    };
+    let capabilities = sie_worker::task::capabilities(&model);
+    let announcement = sie_worker::task::announcement(&model, "tiny");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = (0..options.workers)
+        .map(|i| {
+            let offer = sie_worker::task::offer(&announcement, &format!("local:{i}"));
+            let source = Arc::new(StoreSource::new(store.clone(), offer, options.lease));
+            let worker = Worker::new(source, model.clone()).with_stop(stop.clone());
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    worker
+                        .run_one(Duration::from_millis(200))
+                        .expect("the in-process store answers");
+                }
+            })
+        })
+        .collect();
+    let state = AppState::new(
+        store.clone(),
+        options.caps,
+        Workers::Local(capabilities),
+        options.lease,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let root = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(sie_server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base: format!("{root}{BASE_PATH}"),
+        root,
+        key,
+        store,
+        client: reqwest::Client::new(),
+        stop,
+        workers,
+        shutdown: Some(tx),
+        _dir: dir,
+    }
+}
+
+/// An account owning the approved organization `org`; its API key.
+pub fn tenant(store: &dyn Store, org: &str) -> String {
+    let now = Timestamp::now();
+    let account = store
+        .create_account(&AccountName::parse(&format!("{org}-owner")).unwrap(), now)
+        .unwrap();
+    let name = OrgName::parse(org).unwrap();
+    store.create_org(&name, account, now).unwrap();
+    let billing = BillingNote::parse("invoice").unwrap();
+    store.approve_org(&name, &billing, now).unwrap();
+    store
+        .create_api_key(account, now)
+        .unwrap()
+        .expose_key()
+        .to_owned()
+}
+
+/// A small, fast text-to-image body: 64x64, `steps` steps, `images` images, seed `seed`.
+pub fn small(seed: u64, images: u32, steps: u32) -> Value {
+    json!({
+        "modelInputs": {"prompt": "An oil painting of a salad", "num_inference_steps": steps,
+                        "width": 64, "height": 64, "num_images_per_prompt": images, "seed": seed},
+        "callInputs": {"SCHEDULER": "EulerAncestralDiscreteScheduler"}
+    })
+}
+
+/// A body that keeps a worker busy for a while (150 steps at 256x256).
+pub fn long() -> Value {
+    json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256}})
+}
+
+/// A response's status and its body as JSON (`null` when it is not JSON).
+pub async fn read(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A problem document's status and body, checking its content type and `status` field.
+pub async fn problem(r: reqwest::Response) -> (u16, Value) {
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let (status, v) = read(r).await;
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "{status}: {v}"
+    );
+    assert_eq!(v["status"], status, "{v}");
+    (status, v)
+}
+
+impl TestApp {
+    pub async fn post_with(&self, key: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(&self.base)
+            .header("Salad-Api-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, body: &str) -> reqwest::Response {
+        self.post_with(&self.key, body).await
+    }
+
+    /// POSTs `body`, expects 202; the result URL.
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, v) = read(self.post(&body.to_string()).await).await;
+        assert_eq!(status, 202, "{v}");
+        v["resultUrl"].as_str().unwrap().to_owned()
+    }
+
+    /// An authenticated GET.
+    pub async fn get_raw(&self, url: &str) -> reqwest::Response {
+        self.client
+            .get(url)
+            .header("Salad-Api-Key", &self.key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, url: &str) -> Value {
+        let (status, v) = read(self.get_raw(url).await).await;
+        assert_eq!(status, 200, "{url}: {v}");
+        v
+    }
+
+    pub async fn delete(&self, url: &str) -> (u16, Value) {
+        read(
+            self.client
+                .delete(url)
+                .header("Salad-Api-Key", &self.key)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Polls until the task reports progress (a worker is running it).
+    pub async fn wait_until_running(&self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.get(url).await.get("progress").is_none() {
+            assert!(Instant::now() < deadline, "{url} never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the task is no longer pending.
+    pub async fn finish(&self, url: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.get(url).await;
+            if v["status"] != "pending" {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{url} still pending: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
