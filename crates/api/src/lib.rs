@@ -15,4 +15,22 @@ pub mod request;
 pub mod worker;
 
 pub use problem::Problem;
+
+/// The seed document's example request, as it shows it (its trailing comma removed, which
+/// JSON does not allow): what the README's `curl` sends, what `sie serve` prints on first
+/// start, and what the tests send to check the whole path.
+pub const SEED_EXAMPLE: &str = r#"{
+  "modelInputs": {
+    "prompt": "An oil painting of a salad",
+    "num_inference_steps": 50,
+    "guidance_scale": 20,
+    "width": 512,
+    "height": 512
+  },
+  "callInputs": {
+    "PIPELINE": "StableDiffusionPipeline",
+    "SCHEDULER": "LMSDiscreteScheduler",
+    "safety_checker": "true"
+  }
+}"#;
 pub use request::{CreateTask, RequestError};

@@ -4,22 +4,7 @@
 use base64::Engine as _;
 use serde_json::json;
 use sie_api::request::{CreateTask, ImageFormat, Pipeline, SchedulerKind};
-
-/// The seed document's example request, its trailing comma removed.
-const SEED_EXAMPLE: &str = r#"{
-  "modelInputs": {
-    "prompt": "An oil painting of a salad",
-    "num_inference_steps": 50,
-    "guidance_scale": 20,
-    "width": 512,
-    "height": 512
-  },
-  "callInputs": {
-    "PIPELINE": "StableDiffusionPipeline",
-    "SCHEDULER": "LMSDiscreteScheduler",
-    "safety_checker": "true"
-  }
-}"#;
+use sie_api::SEED_EXAMPLE;
 
 fn refuse(body: serde_json::Value) -> sie_api::RequestError {
     CreateTask::parse(body.to_string().as_bytes()).expect_err("should be refused")

@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Shape, Tensor};
 
 use crate::error::Result;
-use crate::loader::json::JsonConfig;
+use crate::loader::json::FromJson;
 use crate::networks::{ClipTextConfig, ClipTextEncoder, UNet, UNetConfig, Vae, VaeConfig};
 use crate::random::{RandomWeights, Values};
 
@@ -73,8 +73,7 @@ impl Bench {
             Variant::Sd21Base => SD21_BASE_UNET,
             Variant::Sd21 => SD21_UNET,
         };
-        let config =
-            UNetConfig::from_config(&JsonConfig::from_json("unet/config.json".as_ref(), text)?)?;
+        let config = UNetConfig::from_text("unet/config.json", text)?;
         let weights = RandomWeights::new(Values::Initialisers);
         let unet = Box::new(weights.build(dtype, device, |vb| UNet::new(vb, &config))?);
         let sample = randn((batch, config.in_channels, latent, latent), device, dtype)?;
@@ -93,10 +92,7 @@ impl Bench {
     /// Its parameters are the decoder's (and `post_quant_conv`'s), as the PyTorch side counts
     /// what decoding runs.
     pub fn vae_decoder(latent: usize, batch: usize, device: &Device, dtype: DType) -> Result<Self> {
-        let config = VaeConfig::from_config(&JsonConfig::from_json(
-            "vae/config.json".as_ref(),
-            SD21_VAE,
-        )?)?;
+        let config = VaeConfig::from_text("vae/config.json", SD21_VAE)?;
         let weights = RandomWeights::new(Values::Initialisers);
         let vae = Box::new(weights.build(dtype, device, |vb| Vae::new(vb, &config))?);
         let latents = randn(
@@ -114,10 +110,7 @@ impl Bench {
 
     /// The text encoder; a call encodes `batch` sequences of 77 arbitrary token ids.
     pub fn text_encoder(batch: usize, device: &Device, dtype: DType) -> Result<Self> {
-        let config = ClipTextConfig::from_config(&JsonConfig::from_json(
-            "text_encoder/config.json".as_ref(),
-            SD21_TEXT_ENCODER,
-        )?)?;
+        let config = ClipTextConfig::from_text("text_encoder/config.json", SD21_TEXT_ENCODER)?;
         let weights = RandomWeights::new(Values::Initialisers);
         let encoder =
             Box::new(weights.build(dtype, device, |vb| ClipTextEncoder::new(vb, &config))?);

@@ -21,6 +21,7 @@ use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::loader::json::FromJson;
 use crate::networks::{ClipTextConfig, ClipTextEncoder, UNet, UNetConfig, Vae, VaeConfig};
 use crate::random::{self, RandomWeights, Values};
 use crate::scheduler::PredictionType;
@@ -172,27 +173,27 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
 
     // Build each network from its config on a recording backend, then save what it asked for.
     let seed = options.seed;
-    let text_config = ClipTextConfig::load(&text_path)?;
-    save_weights(
-        &out.join("text_encoder/model.safetensors"),
-        seed,
-        |vb| ClipTextEncoder::new(vb.pp("text_model"), &text_config).map(drop),
-        &[],
-    )?;
-    let unet_config = UNetConfig::load(&unet_path)?;
-    save_weights(
-        &out.join("unet/diffusion_pytorch_model.safetensors"),
-        seed,
-        |vb| UNet::new(vb, &unet_config).map(drop),
-        &[],
-    )?;
-    let vae_config = VaeConfig::load(&vae_path)?;
-    save_weights(
-        &out.join("vae/diffusion_pytorch_model.safetensors"),
-        seed,
-        |vb| Vae::new(vb, &vae_config).map(drop),
-        &[],
-    )?;
+    let text = ClipTextConfig::load(&text_path)?;
+    let unet = UNetConfig::load(&unet_path)?;
+    let vae = VaeConfig::load(&vae_path)?;
+    type Build<'a> = Box<dyn FnOnce(VarBuilder) -> candle_core::Result<()> + 'a>;
+    let networks: [(&str, Build); 3] = [
+        (
+            "text_encoder/model.safetensors",
+            Box::new(|vb| ClipTextEncoder::new(vb.pp("text_model"), &text).map(drop)),
+        ),
+        (
+            "unet/diffusion_pytorch_model.safetensors",
+            Box::new(|vb| UNet::new(vb, &unet).map(drop)),
+        ),
+        (
+            "vae/diffusion_pytorch_model.safetensors",
+            Box::new(|vb| Vae::new(vb, &vae).map(drop)),
+        ),
+    ];
+    for (file, build) in networks {
+        save_weights(&out.join(file), seed, build, &[])?;
+    }
     Ok(())
 }
 

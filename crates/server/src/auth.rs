@@ -4,19 +4,47 @@
 //! account is not a member of is 404 (the two look alike, so names cannot be probed); an
 //! organization without billing information is 403.
 
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use sie_store::{OrgAccess, OrgId, OrgName};
 
 use crate::{ApiError, AppState};
 
+/// The organization a request acts on, checked from its headers and path alone, so a
+/// route that takes it refuses a caller before reading any byte of the body.
+pub struct Authorized {
+    pub org: OrgId,
+    /// The name as the path spells it.
+    pub name: String,
+}
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let name = path_param(parts, state, "org").await?;
+        let org = authorize(state, &parts.headers, &name).await?;
+        Ok(Authorized { org, name })
+    }
+}
+
+/// One parameter of the route's path.
+async fn path_param(parts: &mut Parts, state: &AppState, name: &str) -> Result<String, ApiError> {
+    let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::client(e.status(), "invalid_path", "Invalid path", e.body_text()))?;
+    params
+        .remove(name)
+        .ok_or_else(|| ApiError::Internal(format!("the route has no {{{name}}} in its path")))
+}
+
 pub const API_KEY_HEADER: &str = "Salad-Api-Key";
 
 /// Checks the key and the organization; returns the organization to act on.
-pub async fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    org: &str,
-) -> Result<OrgId, ApiError> {
+async fn authorize(state: &AppState, headers: &HeaderMap, org: &str) -> Result<OrgId, ApiError> {
     let key = headers
         .get(API_KEY_HEADER)
         .and_then(|v| v.to_str().ok())

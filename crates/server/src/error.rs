@@ -63,6 +63,12 @@ impl From<StoreError> for ApiError {
                 detail: e.to_string(),
                 retry_after: retry_after_seconds.max(1) as u64,
             },
+            StoreError::IdempotencyKeyReused(_) => ApiError::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                e.to_string(),
+            ),
             other => ApiError::Internal(other.to_string()),
         }
     }

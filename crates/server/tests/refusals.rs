@@ -13,11 +13,7 @@ const PNG_1X1: &str =
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_and_organizations_are_checked_401_404_403() {
-    let app = spawn_app(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app(Options::idle()).await;
     let c = &app.client;
     let (s, v) = problem(c.get(&app.base).send().await.unwrap()).await;
     assert_eq!((s, v["code"].as_str()), (401, Some("missing_api_key")));
@@ -81,11 +77,7 @@ async fn keys_and_organizations_are_checked_401_404_403() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_tasks_routes_and_methods_are_404_and_405() {
-    let app = spawn_app(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app(Options::idle()).await;
     let ours = app.submit(small(1, 1, 1)).await;
     let id = ours.rsplit('/').next().unwrap();
     // Another organization's task is not found, like one that never existed.
@@ -139,11 +131,7 @@ async fn unknown_tasks_routes_and_methods_are_404_and_405() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_bodies_are_400s_that_name_the_field_and_what_is_accepted() {
-    let app = spawn_app(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app(Options::idle()).await;
     let image = json!({"modelInputs": {"prompt": "x", "image": PNG_1X1}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}});
     let cases = [
         ("{\"modelInputs\": {\"prompt\": \"x\",}}".to_owned(), "invalid_json", "column"),
@@ -180,12 +168,7 @@ async fn bad_bodies_are_400s_that_name_the_field_and_what_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_safety_checker_is_refused_at_post_where_none_is_installed() {
-    let app = spawn_app(Options {
-        workers: 0,
-        safety_checker: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app(Options::idle().without_checker()).await;
     for asked in [json!(true), json!("TRUE")] {
         let mut body = small(1, 1, 1);
         body["callInputs"]["safety_checker"] = asked;
@@ -205,15 +188,7 @@ async fn the_safety_checker_is_refused_at_post_where_none_is_installed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn media_type_size_and_queue_caps_are_415_413_and_429() {
-    let app = spawn_app(Options {
-        workers: 0,
-        caps: sie_store::QueueCaps {
-            per_org: 1,
-            global: 10,
-        },
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app(Options::idle().caps(1, 10)).await;
     let r = app
         .client
         .post(&app.base)

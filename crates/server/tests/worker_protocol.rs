@@ -39,6 +39,14 @@ fn outputs(image: &str) -> Value {
         "$timings": {"queue": 0, "inference": 1, "total": 1, "first_step": 1}})
 }
 
+/// A worker named `name` with a fresh token, speaking the protocol by hand.
+fn raw<'a>(app: &'a TestApp, name: &str) -> Raw<'a> {
+    Raw {
+        app,
+        token: token(app, name),
+    }
+}
+
 struct Raw<'a> {
     app: &'a TestApp,
     token: String,
@@ -105,16 +113,9 @@ fn head_only_status(root: &str, path: &str, token: Option<&str>, length: usize) 
         .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"))
 }
 
-fn idle() -> Options {
-    Options {
-        workers: 0,
-        ..Options::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_without_a_live_token_is_refused_before_its_body_is_read() {
-    let app = spawn_app(idle()).await;
+    let app = spawn_app(Options::idle()).await;
     for bad in [
         "",
         "siew_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
@@ -148,10 +149,7 @@ async fn a_worker_without_a_live_token_is_refused_before_its_body_is_read() {
     .unwrap();
     assert_eq!(statuses, [401, 401]);
     // A revoked token stops working at once.
-    let w = Raw {
-        app: &app,
-        token: token(&app, "w2"),
-    };
+    let w = raw(&app, "w2");
     assert_eq!(w.lease(0, ANY).await.0, 204);
     app.store
         .revoke_worker_token(&WorkerName::parse("w2").unwrap(), Timestamp::now())
@@ -161,11 +159,8 @@ async fn a_worker_without_a_live_token_is_refused_before_its_body_is_read() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_announcements_and_waits_are_refused_naming_what_is_wrong() {
-    let app = spawn_app(idle()).await;
-    let w = Raw {
-        app: &app,
-        token: token(&app, "w"),
-    };
+    let app = spawn_app(Options::idle()).await;
+    let w = raw(&app, "w");
     let cases = [
         (json!({"worker": {"model": "x"}}), "invalid_json"),
         (
@@ -198,19 +193,8 @@ async fn malformed_announcements_and_waits_are_refused_naming_what_is_wrong() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leased_task_is_renewed_reported_and_completed_by_its_worker_only() {
-    let app = spawn_app(Options {
-        lease: Duration::from_secs(2),
-        ..idle()
-    })
-    .await;
-    let w1 = Raw {
-        app: &app,
-        token: token(&app, "w1"),
-    };
-    let w2 = Raw {
-        app: &app,
-        token: token(&app, "w2"),
-    };
+    let app = spawn_app(Options::idle().lease(Duration::from_secs(2))).await;
+    let (w1, w2) = (raw(&app, "w1"), raw(&app, "w2"));
     assert_eq!(
         w1.lease(0, &["DDIMScheduler"]).await.0,
         204,
@@ -333,19 +317,8 @@ async fn a_leased_task_is_renewed_reported_and_completed_by_its_worker_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_attempts_late_result_is_dropped_and_the_live_one_stands() {
-    let app = spawn_app(Options {
-        lease: Duration::from_secs(1),
-        ..idle()
-    })
-    .await;
-    let w1 = Raw {
-        app: &app,
-        token: token(&app, "w1"),
-    };
-    let w2 = Raw {
-        app: &app,
-        token: token(&app, "w2"),
-    };
+    let app = spawn_app(Options::idle().lease(Duration::from_secs(1))).await;
+    let (w1, w2) = (raw(&app, "w1"), raw(&app, "w2"));
     let url = app.submit(small(1, 1, 1)).await;
     let id = url.rsplit('/').next().unwrap();
     assert_eq!(w1.lease(5, ANY).await.0, 200);
@@ -374,11 +347,8 @@ async fn a_stale_attempts_late_result_is_dropped_and_the_live_one_stands() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_releases_and_cancels_reach_the_queue_and_the_client() {
-    let app = spawn_app(idle()).await;
-    let w = Raw {
-        app: &app,
-        token: token(&app, "w"),
-    };
+    let app = spawn_app(Options::idle()).await;
+    let w = raw(&app, "w");
 
     // A bad failure report is refused, naming the field.
     let url = app.submit(small(1, 1, 1)).await;

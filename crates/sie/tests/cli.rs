@@ -6,6 +6,25 @@ use std::path::Path;
 
 use common::{sie, sie_ok as ok};
 
+/// Writes the tiny model into `dir/tiny`; its path.
+fn tiny(dir: &Path) -> String {
+    common::tiny_model(dir).to_str().unwrap().to_owned()
+}
+
+/// `text` split on spaces, for argument lists without spaces inside an argument.
+fn words(text: &str) -> Vec<&str> {
+    text.split_whitespace().collect()
+}
+
+/// `sie model run --model MODEL --prompt "An oil painting of a salad" ARGS…`, which must
+/// succeed; its stdout.
+fn run_model(model: &str, args: &str) -> String {
+    let mut all = vec!["model", "run", "--model", model];
+    all.extend(["--prompt", "An oil painting of a salad"]);
+    all.extend(words(args));
+    ok(&all)
+}
+
 fn png_size(path: &Path) -> (u32, u32) {
     let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (img.width(), img.height())
@@ -35,32 +54,11 @@ fn tiny_check_and_run_with_several_images_and_a_dump() {
 
     let out = tmp.path().join("salad.png");
     let dump = tmp.path().join("dump");
-    let stdout = ok(&[
-        "model",
-        "run",
-        "--model",
+    let lms = "--steps 3 --guidance 20 --width 64 --height 48 --scheduler LMS --images 2 --seed 5";
+    let stdout = run_model(
         model,
-        "--prompt",
-        "An oil painting of a salad",
-        "--steps",
-        "3",
-        "--guidance",
-        "20",
-        "--width",
-        "64",
-        "--height",
-        "48",
-        "--scheduler",
-        "LMS",
-        "--images",
-        "2",
-        "--seed",
-        "5",
-        "--out",
-        out.to_str().unwrap(),
-        "--dump",
-        dump.to_str().unwrap(),
-    ]);
+        &format!("{lms} --out {} --dump {}", out.display(), dump.display()),
+    );
     assert!(stdout.contains("seed: 5"), "{stdout}");
     assert!(
         stdout.contains("scheduler: LMSDiscreteScheduler"),
@@ -92,51 +90,20 @@ fn tiny_check_and_run_with_several_images_and_a_dump() {
 
     // Same seed, same image; and a random seed is printed so it can be reproduced.
     let again = tmp.path().join("again.png");
-    let stdout = ok(&[
-        "model",
-        "run",
-        "--model",
-        model,
-        "--prompt",
-        "An oil painting of a salad",
-        "--steps",
-        "3",
-        "--guidance",
-        "20",
-        "--width",
-        "64",
-        "--height",
-        "48",
-        "--scheduler",
-        "LMS",
-        "--images",
-        "2",
-        "--seed",
-        "5",
-        "--out",
-        again.to_str().unwrap(),
-    ]);
+    let stdout = run_model(model, &format!("{lms} --out {}", again.display()));
     assert!(stdout.contains("seed: 5"));
     assert_eq!(
         std::fs::read(tmp.path().join("again-1.png")).unwrap(),
         std::fs::read(tmp.path().join("salad-1.png")).unwrap()
     );
-    let stdout = ok(&[
-        "model",
-        "run",
-        "--model",
+    let random = tmp.path().join("r.png");
+    let stdout = run_model(
         model,
-        "--prompt",
-        "x",
-        "--steps",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--out",
-        tmp.path().join("r.png").to_str().unwrap(),
-    ]);
+        &format!(
+            "--steps 1 --width 64 --height 64 --out {}",
+            random.display()
+        ),
+    );
     let seed_line = stdout
         .lines()
         .find(|l| l.starts_with("seed: "))
@@ -148,9 +115,7 @@ fn tiny_check_and_run_with_several_images_and_a_dump() {
 #[test]
 fn bad_input_is_refused_with_what_is_accepted() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("tiny");
-    let model = model.to_str().unwrap();
-    ok(&["model", "tiny", "--out", model]);
+    let model = &tiny(tmp.path());
     let out = tmp.path().join("x.png");
     let out = out.to_str().unwrap();
 
@@ -192,30 +157,17 @@ fn bad_input_is_refused_with_what_is_accepted() {
     );
 }
 
-/// `sie model run` on a tiny model with a tiny checker, in every output format.
+/// `sie model run` of two 64x48 images at 2 steps on `model` into `out`, with `extra`.
 fn run_tiny(model: &str, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "model",
-        "run",
-        "--model",
-        model,
-        "--prompt",
-        "An oil painting of a salad",
-        "--steps",
-        "2",
-        "--width",
-        "64",
-        "--height",
-        "48",
-        "--images",
-        "2",
-        "--seed",
-        "9",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    ok(&args)
+    let mut args = format!(
+        "--steps 2 --width 64 --height 48 --images 2 --seed 9 --out {}",
+        out.display()
+    );
+    for e in extra {
+        args.push(' ');
+        args.push_str(e);
+    }
+    run_model(model, &args)
 }
 
 fn rgb(path: &Path) -> Vec<u8> {
@@ -231,24 +183,11 @@ fn the_safety_checker_blacks_out_what_it_flags() {
     let flag_all = tmp.path().join("all");
     let flag_none = tmp.path().join("none");
     let (flag_all, flag_none) = (flag_all.to_str().unwrap(), flag_none.to_str().unwrap());
-    ok(&[
-        "model",
-        "tiny",
-        "--out",
-        flag_all,
-        "--safety-checker",
-        "--checker-threshold",
-        "-1",
-    ]);
-    ok(&[
-        "model",
-        "tiny",
-        "--out",
-        flag_none,
-        "--safety-checker",
-        "--checker-threshold",
-        "1",
-    ]);
+    for (dir, threshold) in [(flag_all, "-1"), (flag_none, "1")] {
+        let mut args = words("model tiny --safety-checker --checker-threshold");
+        args.extend([threshold, "--out", dir]);
+        ok(&args);
+    }
     let summary = ok(&["model", "check", flag_all]);
     assert!(summary.contains("safety_checker: "), "{summary}");
 
@@ -298,9 +237,7 @@ fn the_safety_checker_blacks_out_what_it_flags() {
 #[test]
 fn jpeg_and_webp_outputs_decode_to_the_right_size() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("tiny");
-    let model = model.to_str().unwrap();
-    ok(&["model", "tiny", "--out", model]);
+    let model = &tiny(tmp.path());
     let png_out = tmp.path().join("p.png");
     run_tiny(model, &png_out, &[]);
     let png = rgb(&tmp.path().join("p-1.png"));

@@ -10,14 +10,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{admin, drain, image_size, line_after, Proc, SEED_EXAMPLE};
+use common::{admin, drain, eventually, image_size, line_after, Proc};
 use serde_json::{json, Value};
+use sie_api::SEED_EXAMPLE;
 
 struct Server {
     proc: Proc,
     base: String,
     key: String,
-    client: reqwest::Client,
+    client: reqwest::blocking::Client,
 }
 
 impl Server {
@@ -47,7 +48,7 @@ impl Server {
                 "{address}/api/beta/organizations/default/inference-endpoints/stable-diffusion-2-1"
             ),
             key,
-            client: reqwest::Client::new(),
+            client: reqwest::blocking::Client::new(),
         }
     }
 
@@ -55,60 +56,59 @@ impl Server {
         &self.base[..self.base.find("/api/").unwrap()]
     }
 
-    async fn post(&self, body: &str) -> reqwest::Response {
+    fn post(&self, body: &str) -> reqwest::blocking::Response {
         self.client
             .post(&self.base)
             .header("Salad-Api-Key", &self.key)
             .header("Content-Type", "application/json")
             .body(body.to_owned())
             .send()
-            .await
             .unwrap()
     }
 
-    async fn submit(&self, body: Value) -> String {
-        let r = self.post(&body.to_string()).await;
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-        let v: Value = r.json().await.unwrap();
+    fn submit(&self, body: Value) -> String {
+        let r = self.post(&body.to_string());
+        assert_eq!(r.status(), 202, "{}", r.text().unwrap());
+        let v: Value = r.json().unwrap();
         v["resultUrl"].as_str().unwrap().to_owned()
     }
 
     /// An authenticated GET, the raw response.
-    async fn get_raw(&self, url: &str) -> reqwest::Response {
+    fn get_raw(&self, url: &str) -> reqwest::blocking::Response {
         self.client
             .get(url)
             .header("Salad-Api-Key", &self.key)
             .send()
-            .await
             .unwrap()
     }
 
-    async fn get(&self, url: &str) -> Value {
-        let r = self.get_raw(url).await;
+    fn get(&self, url: &str) -> Value {
+        let r = self.get_raw(url);
         assert_eq!(r.status(), 200, "{url}");
-        r.json().await.unwrap()
+        r.json().unwrap()
+    }
+
+    /// Polls `url` until its body satisfies `done`, failing after `within`; that body.
+    fn poll(&self, url: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        let every = Duration::from_millis(50);
+        let met = eventually(within, every, || {
+            last = self.get(url);
+            done(&last)
+        });
+        assert!(met, "{url} after {within:?}: {last}");
+        last
     }
 
     /// Polls until the task reports progress (a worker is running it).
-    async fn wait_until_running(&self, url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.get(url).await.get("progress").is_none() {
-            assert!(Instant::now() < deadline, "{url} never started");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    fn wait_until_running(&self, url: &str) {
+        let running = |v: &Value| v.get("progress").is_some();
+        self.poll(url, Duration::from_secs(120), running);
     }
 
     /// Polls until the task is no longer pending.
-    async fn finish(&self, url: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let v = self.get(url).await;
-            if v["status"] != "pending" {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{url} still pending: {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    fn finish(&self, url: &str, within: Duration) -> Value {
+        self.poll(url, within, |v| v["status"] != "pending")
     }
 }
 
@@ -131,20 +131,20 @@ fn small(seed: u64, images: u32, steps: u32) -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_seed_example_succeeds_with_a_512_png() {
+#[test]
+fn the_seed_example_succeeds_with_a_512_png() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[], None);
-    let r = server.post(SEED_EXAMPLE).await;
+    let r = server.post(SEED_EXAMPLE);
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
-    let v: Value = r.json().await.unwrap();
+    let v: Value = r.json().unwrap();
     let url = v["resultUrl"].as_str().unwrap();
     assert_eq!(url, location);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert!(url.ends_with(v["requestId"].as_str().unwrap()));
 
-    let done = server.finish(url, Duration::from_secs(900)).await;
+    let done = server.finish(url, Duration::from_secs(900));
     assert_eq!(done["status"], "success", "{done}");
     let out = &done["modelOutputs"];
     assert_eq!(out["images"].as_array().unwrap().len(), 1);
@@ -154,22 +154,22 @@ async fn the_seed_example_succeeds_with_a_512_png() {
     assert_eq!(out["$meta"]["SCHEDULER"], "LMSDiscreteScheduler");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_server_finishes_every_accepted_task_after_restart() {
+#[test]
+fn a_killed_server_finishes_every_accepted_task_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     // A short lease, so the tasks the killed process held are re-leased soon after restart.
     let args = ["--lease", "2s", "--workers", "2"];
     let mut server = Server::start(dir.path(), &args, None);
     let mut urls = Vec::new();
     for i in 0..20 {
-        urls.push(server.submit(small(100 + i, 1, 4)).await);
+        urls.push(server.submit(small(100 + i, 1, 4)));
     }
     // Kill it (SIGKILL) while tasks are running, some done and some still queued.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut succeeded = 0;
         for url in &urls {
-            if server.get(url).await["status"] == "success" {
+            if server.get(url)["status"] == "success" {
                 succeeded += 1;
             }
         }
@@ -180,11 +180,11 @@ async fn a_killed_server_finishes_every_accepted_task_after_restart() {
             Instant::now() < deadline,
             "nothing finished before the kill"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
     let mut before = Vec::new();
     for url in &urls {
-        before.push(server.get(url).await);
+        before.push(server.get(url));
     }
     assert!(
         before.iter().any(|v| v["status"] == "pending"),
@@ -201,7 +201,7 @@ async fn a_killed_server_finishes_every_accepted_task_after_restart() {
             &url[..url.find("/api/").unwrap()],
             &server.base[..server.base.find("/api/").unwrap()],
         );
-        let v = server.finish(&url, Duration::from_secs(300)).await;
+        let v = server.finish(&url, Duration::from_secs(300));
         assert_eq!(v["status"], "success", "{url}: {v}");
         after.push(v);
     }
@@ -216,9 +216,8 @@ async fn a_killed_server_finishes_every_accepted_task_after_restart() {
         .get(format!("{}?page_size=100", server.base))
         .header("Salad-Api-Key", &server.key)
         .send()
-        .await
         .unwrap();
-    let list: Value = r.json().await.unwrap();
+    let list: Value = r.json().unwrap();
     assert_eq!(list["total"], 20, "tasks were lost or duplicated: {list}");
 
     // SIGTERM: the server stops taking requests and exits cleanly.
@@ -227,8 +226,8 @@ async fn a_killed_server_finishes_every_accepted_task_after_restart() {
     server.proc.expect_clean_exit(Duration::from_secs(60));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sie_admin_manages_accounts_orgs_and_keys_of_a_running_server() {
+#[test]
+fn sie_admin_manages_accounts_orgs_and_keys_of_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[], None);
     admin(
@@ -247,34 +246,30 @@ async fn sie_admin_manages_accounts_orgs_and_keys_of_a_running_server() {
     .to_owned();
     assert!(key.starts_with("sie_"), "{key}");
     let acme = server.base.replace("/default/", "/acme/");
-    let post = |key: String| {
-        let (client, acme) = (server.client.clone(), acme.clone());
-        async move {
-            client
-                .post(&acme)
-                .header("Salad-Api-Key", key)
-                .header("Content-Type", "application/json")
-                .body(small(1, 1, 1).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
+    let post = |key: &str| {
+        server
+            .client
+            .post(&acme)
+            .header("Salad-Api-Key", key)
+            .header("Content-Type", "application/json")
+            .body(small(1, 1, 1).to_string())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
     };
-    assert_eq!(post(key.clone()).await, 403, "no billing information yet");
+    assert_eq!(post(&key), 403, "no billing information yet");
     admin(
         &["--data-dir", dir.path().to_str().unwrap()],
         &["org", "approve", "acme"],
     );
-    assert_eq!(post(key.clone()).await, 202);
+    assert_eq!(post(&key), 202);
     // Bob is not a member of `default`; the first key's account is not a member of `acme`.
     let r = server
         .client
         .get(&server.base)
         .header("Salad-Api-Key", &key)
         .send()
-        .await
         .unwrap();
     assert_eq!(r.status(), 404);
     let list = admin(
@@ -287,16 +282,16 @@ async fn sie_admin_manages_accounts_orgs_and_keys_of_a_running_server() {
         &["--data-dir", dir.path().to_str().unwrap()],
         &["key", "revoke", prefix],
     );
-    assert_eq!(post(key).await, 401, "a revoked key still works");
+    assert_eq!(post(&key), 401, "a revoked key still works");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn results_expire_after_the_ttl() {
+#[test]
+fn results_expire_after_the_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--result-ttl", "2s"], None);
-    let url = server.submit(small(3, 1, 1)).await;
+    let url = server.submit(small(3, 1, 1));
     assert_eq!(
-        server.finish(&url, Duration::from_secs(60)).await["status"],
+        server.finish(&url, Duration::from_secs(60))["status"],
         "success"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -306,18 +301,17 @@ async fn results_expire_after_the_ttl() {
             .get(&url)
             .header("Salad-Api-Key", &server.key)
             .send()
-            .await
             .unwrap();
         if r.status() == 404 {
             break;
         }
         assert!(Instant::now() < deadline, "the result outlived its 2 s TTL");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
+#[test]
+fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[], None);
     let root = server.root().to_owned();
@@ -338,12 +332,10 @@ async fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
             .output()
             .unwrap()
     };
-    let ok = tokio::task::block_in_place(|| {
-        run(&[
-            "--steps", "2", "--width", "64", "--height", "64", "--images", "2", "--seed", "4",
-            "--format", "webp",
-        ])
-    });
+    let ok = run(&[
+        "--steps", "2", "--width", "64", "--height", "64", "--images", "2", "--seed", "4",
+        "--format", "webp",
+    ]);
     assert!(
         ok.status.success(),
         "{}",
@@ -362,7 +354,7 @@ async fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
         let img = image::open(f).unwrap();
         assert_eq!((img.width(), img.height()), (64, 64));
     }
-    let bad = tokio::task::block_in_place(|| run(&["--width", "500"]));
+    let bad = run(&["--width", "500"]);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
@@ -371,13 +363,13 @@ async fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_gives_a_running_task_back_and_a_restart_finishes_it() {
+#[test]
+fn sigterm_gives_a_running_task_back_and_a_restart_finishes_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[], None);
     let long = json!({"modelInputs": {"prompt": "x", "num_inference_steps": 150, "width": 256, "height": 256, "seed": 8}});
-    let url = server.submit(long).await;
-    server.wait_until_running(&url).await;
+    let url = server.submit(long);
+    server.wait_until_running(&url);
     server.proc.sigterm();
     // The worker stops at its next step instead of running the other ~149.
     server.proc.expect_clean_exit(Duration::from_secs(30));
@@ -386,9 +378,9 @@ async fn sigterm_gives_a_running_task_back_and_a_restart_finishes_it() {
 
     let server = Server::start(dir.path(), &[], Some(&key));
     let url = format!("{}/{}", server.base, url.rsplit('/').next().unwrap());
-    let v = server.get(&url).await;
+    let v = server.get(&url);
     assert_eq!(v["status"], "pending", "{v}");
-    let v = server.finish(&url, Duration::from_secs(600)).await;
+    let v = server.finish(&url, Duration::from_secs(600));
     assert_eq!(v["status"], "success", "{v}");
     assert_eq!(v["modelOutputs"]["seed"], 8);
 }

@@ -49,6 +49,12 @@ pub enum StoreError {
         retry_after_seconds: u32,
     },
 
+    #[error(
+        "the Idempotency-Key {0:?} was first used with another request; send that request \
+         to get its task, or use a new key for this one"
+    )]
+    IdempotencyKeyReused(String),
+
     #[error("{0}")]
     BadArgument(String),
 

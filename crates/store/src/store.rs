@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use crate::domain::WorkerName;
-use crate::domain::{AccountId, AccountName, BillingNote, FailureCode, IdempotencyKey};
+use crate::domain::{AccountId, AccountName, BillingNote};
 use crate::domain::{KeyPrefix, OrgId, OrgName, PageRequest, TaskId, Timestamp, UtcDay};
 use crate::error::Result;
 use crate::keys::{NewApiKey, NewWorkerToken};
@@ -92,22 +92,15 @@ pub trait WorkerTokens: Send + Sync {
 pub trait Tasks: Send + Sync {
     /// Queues a task, durably: it is committed when this returns.
     ///
-    /// With an idempotency key already used in this organization, returns the
-    /// first task (`created: false`) and stores nothing. Otherwise, when the
+    /// With an idempotency key already used in this organization for the same request,
+    /// returns the first task (`created: false`) and stores nothing; used for another
+    /// request, fails with `StoreError::IdempotencyKeyReused`. Otherwise, when the
     /// organization already has `caps.per_org` queued tasks, or the server
     /// `caps.global`, fails with `StoreError::QueueFull`; its
     /// `retry_after_seconds` is the time one queued task takes to start at the
     /// rate tasks finished over the last minute, clamped to 1..=60 (30 when
     /// nothing finished).
-    fn enqueue(
-        &self,
-        org: OrgId,
-        request_json: &str,
-        needs: &TaskNeeds,
-        idempotency_key: Option<&IdempotencyKey>,
-        caps: QueueCaps,
-        now: Timestamp,
-    ) -> Result<Enqueued>;
+    fn enqueue(&self, task: &NewTask<'_>, caps: QueueCaps, now: Timestamp) -> Result<Enqueued>;
 
     /// Cancels a task of `org`; see [`CancelOutcome`] for the cases.
     fn cancel(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<CancelOutcome>;
@@ -203,53 +196,39 @@ pub trait Queue: Send + Sync {
     /// so such tasks end even while no worker asks for work.
     fn sweep(&self, now: Timestamp) -> Result<u64>;
 
-    /// Renews the lease of attempt `attempt` and records progress. Answers
-    /// `Lost` when that attempt of `worker_id` no longer owns the task (fenced
-    /// on `state = running AND attempt = ? AND lease_owner = ?`), which is also
-    /// the answer to a worker that never leased it.
+    /// Renews the lease of `fence`'s attempt and records progress. Answers `Lost` when
+    /// that attempt of that worker no longer owns the task (fenced on `state = running
+    /// AND attempt = ? AND lease_owner = ?`), which is also the answer to a worker that
+    /// never leased it.
     fn heartbeat(
         &self,
-        worker_id: &str,
-        id: TaskId,
-        attempt: u32,
+        fence: &Fence,
         progress: Option<Progress>,
         lease: Duration,
         now: Timestamp,
     ) -> Result<Heartbeat>;
 
-    /// Stores the result of attempt `attempt`; `false` (and nothing written)
-    /// if that attempt no longer owns the task. The first completion wins.
+    /// Stores the result of `fence`'s attempt; `false` (and nothing written) if that
+    /// attempt no longer owns the task. The first completion wins.
     fn complete(
         &self,
-        worker_id: &str,
-        id: TaskId,
-        attempt: u32,
+        fence: &Fence,
         result_json: &str,
         usage: TaskUsage,
         now: Timestamp,
     ) -> Result<bool>;
 
-    /// Fails the task from attempt `attempt`, fenced as [`Queue::complete`].
+    /// Fails the task from `fence`'s attempt, fenced as [`Queue::complete`].
     ///
-    /// A `retryable` failure (the node ran out of memory, its GPU faulted)
-    /// puts the task back in the queue instead, and the attempt counts: on the
-    /// last of [`MAX_ATTEMPTS`] the task fails with `code` and `message`.
-    #[allow(clippy::too_many_arguments)]
-    fn fail(
-        &self,
-        worker_id: &str,
-        id: TaskId,
-        attempt: u32,
-        code: &FailureCode,
-        message: &str,
-        retryable: bool,
-        now: Timestamp,
-    ) -> Result<bool>;
+    /// A retryable failure puts the task back in the queue instead, and the attempt
+    /// counts: on the last of [`MAX_ATTEMPTS`] the task fails with the failure's code and
+    /// message.
+    fn fail(&self, fence: &Fence, failure: &Failure, now: Timestamp) -> Result<bool>;
 
     /// Gives a running task back to the queue (graceful shutdown) without
     /// counting the attempt. A task whose cancel was requested fails with
     /// `cancelled` instead. Fenced as [`Queue::complete`].
-    fn release(&self, worker_id: &str, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool>;
+    fn release(&self, fence: &Fence, now: Timestamp) -> Result<bool>;
 }
 
 /// Every role at once, for the callers that wire them all (the server's state, `sie`'s

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use sie_vocab::Capabilities;
 
-use crate::domain::{KeyPrefix, OrgId, OrgName, TaskId, Timestamp, UtcDay};
+use crate::domain::{
+    FailureCode, IdempotencyKey, KeyPrefix, OrgId, OrgName, TaskId, Timestamp, UtcDay,
+};
 
 /// The default number of attempts before a task whose lease keeps lapsing
 /// fails with `worker_lost` (SPEC 3).
@@ -151,6 +153,26 @@ impl Default for QueueCaps {
     }
 }
 
+/// A task to queue, as the API parsed it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTask<'a> {
+    pub org: OrgId,
+    /// The typed request, serialized: what the worker will run.
+    pub request_json: &'a str,
+    pub needs: TaskNeeds,
+    pub idempotency: Option<Idempotency<'a>>,
+}
+
+/// A client's `Idempotency-Key` and what identifies the request it came with: a retry
+/// of the same request carries the same, another request does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    pub key: &'a IdempotencyKey,
+    /// The request as the client sent it, in a canonical form (the store keeps its
+    /// SHA-256 only).
+    pub request: &'a str,
+}
+
 /// A successful enqueue: the task's id, and whether this call created it
 /// (`false` when an idempotency key matched an earlier task, which is returned
 /// whatever its state, even when the queue is now full).
@@ -170,6 +192,53 @@ pub struct Leased {
     pub attempt: u32,
     pub request_json: String,
     pub created_at: Timestamp,
+}
+
+impl Leased {
+    /// The fence every later write of `worker_id` for this task carries.
+    pub fn fence(&self, worker_id: &str) -> Fence {
+        Fence::new(worker_id, self.id, self.attempt)
+    }
+}
+
+/// Which attempt of which task a worker's write is for. Every write by a worker carries
+/// one, and the store refuses the write once that attempt of that worker no longer owns
+/// the task (another attempt began, the task finished, or the worker never held it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub worker_id: String,
+    pub id: TaskId,
+    pub attempt: u32,
+}
+
+impl Fence {
+    pub fn new(worker_id: &str, id: TaskId, attempt: u32) -> Self {
+        Fence {
+            worker_id: worker_id.to_owned(),
+            id,
+            attempt,
+        }
+    }
+}
+
+/// Why an attempt failed, as its worker reports it. A `retryable` failure (the node ran
+/// out of memory, its GPU faulted) may succeed elsewhere; see
+/// [`Queue::fail`](crate::Queue::fail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: FailureCode,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl Failure {
+    pub fn new(code: FailureCode, message: impl Into<String>, retryable: bool) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            retryable,
+        }
+    }
 }
 
 /// Denoising progress reported by the worker.

@@ -28,9 +28,16 @@ use std::time::{Duration, Instant};
 use sie_engine::candle_core::Tensor;
 use sie_engine::pipeline::Observer;
 use sie_engine::StableDiffusion;
-use sie_store::{codes, Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
+use sie_store::{codes, Failure, FailureCode, Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
 
-pub use source::{LeasedTask, SourceError, StoreSource, TaskSource, Unreadable};
+pub use source::{Finished, LeasedTask, SourceError, StoreSource, TaskSource};
+
+/// The codes this worker fails tasks with (besides the store's `cancelled`).
+const ENGINE_ERROR: FailureCode = FailureCode::from_static("engine_error");
+const INTERNAL_ERROR: FailureCode = FailureCode::from_static("internal_error");
+const RESULT_REJECTED: FailureCode = FailureCode::from_static("result_rejected");
+/// A task this worker was handed but cannot run, or cannot read: another may.
+pub(crate) const INCOMPATIBLE: FailureCode = FailureCode::from_static("worker_incompatible");
 
 /// What one call of [`Worker::run_one`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,21 +103,13 @@ impl Worker {
 
         let task = match leased.request {
             Ok(t) => t,
-            Err(why) => {
-                return self.report_failure(id, attempt, why.code, &why.message, why.retryable)
-            }
+            Err(why) => return self.report(id, attempt, why),
         };
         let request =
             match task::text_to_image(&self.model, &task, sie_api::request::Seed::random().get()) {
                 Ok(r) => r,
                 Err(why) => {
-                    return self.report_failure(
-                        id,
-                        attempt,
-                        "worker_incompatible",
-                        &why.message,
-                        true,
-                    )
+                    return self.report(id, attempt, Failure::new(INCOMPATIBLE, why.message, true))
                 }
             };
 
@@ -162,13 +161,9 @@ impl Worker {
                 tracing::error!(panic = %what, "the engine panicked");
                 // Possibly this node's fault (a driver, memory): another attempt may succeed,
                 // and after the last one the task fails with this code.
-                return self.report_failure(
-                    id,
-                    attempt,
-                    "internal_error",
-                    "the engine failed unexpectedly; the failure is logged with this request id",
-                    true,
-                );
+                let message =
+                    "the engine failed unexpectedly; the failure is logged with this request id";
+                return self.report(id, attempt, Failure::new(INTERNAL_ERROR, message, true));
             }
             Ok(Err(sie_engine::Error::Cancelled)) => {
                 if !signals.client_cancelled.load(Ordering::SeqCst)
@@ -181,9 +176,10 @@ impl Worker {
                         Ok(Ran::Lost(id))
                     };
                 }
-                return self.fail(id, attempt, codes::CANCELLED, "cancelled by the client");
+                let cancelled = FailureCode::from_static(codes::CANCELLED);
+                return self.fail(id, attempt, cancelled, "cancelled by the client");
             }
-            Ok(Err(e)) => return self.fail(id, attempt, "engine_error", &e.to_string()),
+            Ok(Err(e)) => return self.fail(id, attempt, ENGINE_ERROR, e.to_string()),
             Ok(Ok(g)) => g,
         };
         let spent = task::Spent {
@@ -193,14 +189,17 @@ impl Worker {
         };
         let outputs = match task::model_outputs(&self.model, task, request, &generated, spent) {
             Ok(o) => o,
-            Err(e) => return self.fail(id, attempt, "engine_error", &e.to_string()),
+            Err(e) => return self.fail(id, attempt, ENGINE_ERROR, e.to_string()),
         };
         let usage = TaskUsage {
             images: generated.images.len() as u32,
             steps: request.num_inference_steps as u32,
             gpu_ms: inference_ms,
         };
-        match self.source.complete(id, attempt, outputs, usage) {
+        match self
+            .source
+            .complete(id, attempt, Finished { outputs, usage })
+        {
             Ok(true) => {
                 tracing::info!(inference_ms, "task succeeded");
                 Ok(Ran::Succeeded(id))
@@ -211,12 +210,10 @@ impl Worker {
             }
             // The server will not take this result (too large for a proxy in front of it,
             // say): say so on the task rather than let it run out of attempts.
-            Err(SourceError::Rejected(why)) => self.fail(
-                id,
-                attempt,
-                "result_rejected",
-                &format!("the finished result was refused: {why}"),
-            ),
+            Err(SourceError::Rejected(why)) => {
+                let message = format!("the finished result was refused: {why}");
+                self.fail(id, attempt, RESULT_REJECTED, message)
+            }
             Err(e) => Err(e),
         }
     }
@@ -227,22 +224,16 @@ impl Worker {
         &self,
         id: TaskId,
         attempt: u32,
-        code: &str,
-        message: &str,
+        code: FailureCode,
+        message: impl Into<String>,
     ) -> Result<Ran, SourceError> {
-        self.report_failure(id, attempt, code, message, false)
+        self.report(id, attempt, Failure::new(code, message, false))
     }
 
-    fn report_failure(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        code: &str,
-        message: &str,
-        retryable: bool,
-    ) -> Result<Ran, SourceError> {
-        if self.source.fail(id, attempt, code, message, retryable)? {
-            tracing::info!(code, message, "task failed");
+    fn report(&self, id: TaskId, attempt: u32, failure: Failure) -> Result<Ran, SourceError> {
+        if self.source.fail(id, attempt, &failure)? {
+            let (code, message) = (failure.code.as_str(), &failure.message);
+            tracing::info!(code, message, retryable = failure.retryable, "task failed");
             Ok(Ran::Failed(id, code.to_owned()))
         } else {
             Ok(Ran::Lost(id))

@@ -18,12 +18,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sie_api::worker::{
     Accepted, Action, Announcement, CompleteRequest, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, LeaseRequest, LeaseResponse, ModelOutputs, ReleaseRequest, StepProgress,
-    Usage, LEASE_LOST, PREFIX,
+    HeartbeatResponse, LeaseRequest, LeaseResponse, ReleaseRequest, StepProgress, Usage,
+    LEASE_LOST, PREFIX,
 };
-use sie_store::{Heartbeat, Progress, TaskId, TaskUsage, Timestamp};
+use sie_store::{Failure, Heartbeat, Progress, TaskId, Timestamp};
 
-use crate::source::{LeasedTask, SourceError, TaskSource, Unreadable};
+use crate::source::{Finished, LeasedTask, Reply, SourceError, TaskSource};
 
 /// The first pause after a failed report; it doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -183,13 +183,12 @@ impl TaskSource for HttpSource {
                 Ok(Some(LeasedTask {
                     id,
                     attempt: l.attempt,
-                    request: serde_json::from_value(l.request).map_err(|e| Unreadable {
-                        code: "worker_incompatible",
-                        message: format!(
+                    request: serde_json::from_value(l.request).map_err(|e| {
+                        let message = format!(
                             "the worker could not read the request ({e}); it may be older than \
                              the API node"
-                        ),
-                        retryable: true,
+                        );
+                        Failure::new(crate::INCOMPATIBLE, message, true)
                     }),
                     created_at: Timestamp::from_millis(l.created_at_ms),
                     lease: Duration::from_secs(l.lease_seconds),
@@ -200,15 +199,10 @@ impl TaskSource for HttpSource {
         }
     }
 
-    fn heartbeat(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        progress: Option<Progress>,
-    ) -> Result<Heartbeat, SourceError> {
+    fn heartbeat(&self, id: TaskId, attempt: u32, at: Option<Progress>) -> Reply<Heartbeat> {
         let body = HeartbeatRequest {
             attempt,
-            progress: progress.map(|p| StepProgress {
+            progress: at.map(|p| StepProgress {
                 step: p.step,
                 steps: p.steps,
             }),
@@ -234,16 +228,11 @@ impl TaskSource for HttpSource {
         })
     }
 
-    fn complete(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        model_outputs: ModelOutputs,
-        usage: TaskUsage,
-    ) -> Result<bool, SourceError> {
+    fn complete(&self, id: TaskId, attempt: u32, done: Finished) -> Result<bool, SourceError> {
+        let Finished { outputs, usage } = done;
         let body = CompleteRequest {
             attempt,
-            model_outputs,
+            model_outputs: outputs,
             usage: Usage {
                 images: usage.images,
                 steps: usage.steps,
@@ -259,19 +248,12 @@ impl TaskSource for HttpSource {
         Ok(answer.is_some())
     }
 
-    fn fail(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        code: &str,
-        message: &str,
-        retryable: bool,
-    ) -> Result<bool, SourceError> {
+    fn fail(&self, id: TaskId, attempt: u32, failure: &Failure) -> Result<bool, SourceError> {
         let body = FailRequest {
             attempt,
-            code: code.to_owned(),
-            message: message.to_owned(),
-            retryable,
+            code: failure.code.to_string(),
+            message: failure.message.clone(),
+            retryable: failure.retryable,
         };
         let answer: Option<Accepted> = self.report(
             &format!("/tasks/{id}/fail"),

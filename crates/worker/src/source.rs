@@ -12,28 +12,27 @@ use std::time::Duration;
 use sie_api::worker::ModelOutputs;
 use sie_api::CreateTask;
 use sie_store::{
-    FailureCode, Heartbeat, Progress, Queue, StoreError, TaskId, TaskUsage, Timestamp, WorkerOffer,
+    Failure, FailureCode, Fence, Heartbeat, Progress, Queue, StoreError, TaskId, TaskUsage,
+    Timestamp, WorkerOffer,
 };
+
+/// A finished run: the `modelOutputs` the client reads, and what it used.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub outputs: ModelOutputs,
+    pub usage: TaskUsage,
+}
 
 /// A task this worker now holds.
 #[derive(Debug, Clone)]
 pub struct LeasedTask {
     pub id: TaskId,
     pub attempt: u32,
-    /// The typed request, or why this worker cannot read it (the task then fails as that says).
-    pub request: Result<CreateTask, Unreadable>,
+    /// The typed request, or why this worker cannot read it (the task then fails so).
+    pub request: Result<CreateTask, Failure>,
     pub created_at: Timestamp,
     /// How long the lease lasts without a heartbeat.
     pub lease: Duration,
-}
-
-/// A leased request this worker cannot read.
-#[derive(Debug, Clone)]
-pub struct Unreadable {
-    pub code: &'static str,
-    pub message: String,
-    /// Another worker might read it (a newer build), so the attempt is given up, not the task.
-    pub retryable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,32 +51,17 @@ pub enum SourceError {
     Rejected(String),
 }
 
+/// What a source answers: a value, or why it could not.
+pub type Reply<T> = Result<T, SourceError>;
+
 pub trait TaskSource: Send + Sync {
     /// One task this worker can run, waiting up to `wait` for one to arrive.
     fn lease(&self, wait: Duration) -> Result<Option<LeasedTask>, SourceError>;
-    fn heartbeat(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        progress: Option<Progress>,
-    ) -> Result<Heartbeat, SourceError>;
-    /// Stores `model_outputs`; `false` when another attempt owns the task.
-    fn complete(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        model_outputs: ModelOutputs,
-        usage: TaskUsage,
-    ) -> Result<bool, SourceError>;
-    /// See [`Queue::fail`] for `retryable`.
-    fn fail(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        code: &str,
-        message: &str,
-        retryable: bool,
-    ) -> Result<bool, SourceError>;
+    fn heartbeat(&self, id: TaskId, attempt: u32, at: Option<Progress>) -> Reply<Heartbeat>;
+    /// Stores the finished result; `false` when another attempt owns the task.
+    fn complete(&self, id: TaskId, attempt: u32, done: Finished) -> Result<bool, SourceError>;
+    /// See [`Queue::fail`] for a retryable failure.
+    fn fail(&self, id: TaskId, attempt: u32, failure: &Failure) -> Result<bool, SourceError>;
     /// Gives the task back to the queue without counting the attempt (shutdown).
     fn release(&self, id: TaskId, attempt: u32) -> Result<bool, SourceError>;
 }
@@ -97,6 +81,11 @@ impl StoreSource {
             lease,
         }
     }
+
+    /// What every write of this worker for attempt `attempt` of `id` is fenced on.
+    fn fence(&self, id: TaskId, attempt: u32) -> Fence {
+        Fence::new(&self.offer.worker_id, id, attempt)
+    }
 }
 
 impl TaskSource for StoreSource {
@@ -107,75 +96,45 @@ impl TaskSource for StoreSource {
         Ok(Some(LeasedTask {
             id: l.id,
             attempt: l.attempt,
-            request: serde_json::from_str(&l.request_json).map_err(|e| Unreadable {
-                code: "invalid_request",
-                message: format!("the stored request does not load: {e}"),
-                retryable: false,
+            request: serde_json::from_str(&l.request_json).map_err(|e| {
+                let code = FailureCode::from_static("invalid_request");
+                Failure::new(
+                    code,
+                    format!("the stored request does not load: {e}"),
+                    false,
+                )
             }),
             created_at: l.created_at,
             lease: self.lease,
         }))
     }
 
-    fn heartbeat(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        progress: Option<Progress>,
-    ) -> Result<Heartbeat, SourceError> {
-        Ok(self.store.heartbeat(
-            &self.offer.worker_id,
-            id,
-            attempt,
-            progress,
-            self.lease,
-            Timestamp::now(),
-        )?)
+    fn heartbeat(&self, id: TaskId, attempt: u32, at: Option<Progress>) -> Reply<Heartbeat> {
+        let fence = self.fence(id, attempt);
+        let beat = self
+            .store
+            .heartbeat(&fence, at, self.lease, Timestamp::now())?;
+        Ok(beat)
     }
 
-    fn complete(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        model_outputs: ModelOutputs,
-        usage: TaskUsage,
-    ) -> Result<bool, SourceError> {
+    fn complete(&self, id: TaskId, attempt: u32, done: Finished) -> Result<bool, SourceError> {
+        let Finished { outputs, usage } = done;
         // Serialised once, here: the store keeps the client's `modelOutputs` as text.
-        let result = serde_json::to_string(&model_outputs)
+        let result = serde_json::to_string(&outputs)
             .map_err(|e| SourceError::Remote(format!("serialising modelOutputs: {e}")))?;
-        Ok(self.store.complete(
-            &self.offer.worker_id,
-            id,
-            attempt,
-            &result,
-            usage,
-            Timestamp::now(),
-        )?)
+        let fence = self.fence(id, attempt);
+        Ok(self
+            .store
+            .complete(&fence, &result, usage, Timestamp::now())?)
     }
 
-    fn fail(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        code: &str,
-        message: &str,
-        retryable: bool,
-    ) -> Result<bool, SourceError> {
-        let code = FailureCode::parse(code).map_err(StoreError::from)?;
-        Ok(self.store.fail(
-            &self.offer.worker_id,
-            id,
-            attempt,
-            &code,
-            message,
-            retryable,
-            Timestamp::now(),
-        )?)
+    fn fail(&self, id: TaskId, attempt: u32, failure: &Failure) -> Result<bool, SourceError> {
+        let fence = self.fence(id, attempt);
+        Ok(self.store.fail(&fence, failure, Timestamp::now())?)
     }
 
     fn release(&self, id: TaskId, attempt: u32) -> Result<bool, SourceError> {
-        Ok(self
-            .store
-            .release(&self.offer.worker_id, id, attempt, Timestamp::now())?)
+        let fence = self.fence(id, attempt);
+        Ok(self.store.release(&fence, Timestamp::now())?)
     }
 }

@@ -13,8 +13,8 @@ use sie_engine::tiny::{
 };
 use sie_engine::{LoadOptions, StableDiffusion};
 use sie_store::{
-    AccountName, BillingNote, OrgId, OrgName, QueueCaps, SqliteStore, Store, TaskId, TaskState,
-    Timestamp,
+    AccountName, BillingNote, NewTask, OrgId, OrgName, QueueCaps, SqliteStore, Store, TaskId,
+    TaskState, Timestamp,
 };
 use sie_worker::{Ran, StoreSource, Worker};
 
@@ -62,17 +62,14 @@ fn setup(lease: Duration) -> Setup {
 fn enqueue(s: &Setup, body: Value) -> TaskId {
     let task = CreateTask::parse(body.to_string().as_bytes()).unwrap();
     let stored = serde_json::to_string(&task).unwrap();
-    s.store
-        .enqueue(
-            s.org,
-            &stored,
-            &task.needs(),
-            None,
-            QueueCaps::default(),
-            Timestamp::now(),
-        )
-        .unwrap()
-        .id
+    let new = NewTask {
+        org: s.org,
+        request_json: &stored,
+        needs: task.needs(),
+        idempotency: None,
+    };
+    let now = Timestamp::now();
+    s.store.enqueue(&new, QueueCaps::default(), now).unwrap().id
 }
 
 fn outputs(s: &Setup, id: TaskId) -> Value {
@@ -157,16 +154,8 @@ fn formats_and_the_checker_switch() {
 #[test]
 fn a_task_this_worker_cannot_run_is_left_for_another() {
     let s = setup(Duration::from_secs(60));
-    let png = {
-        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
-        let mut bytes = Vec::new();
-        img.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    };
+    // A 1x1 PNG.
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
     // The worker announces text-to-image only: an older img2img task is passed over, not
     // failed, and the plain task behind it runs.
     let img2img = enqueue(

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::json::JsonConfig;
+use super::json::{FromJson, JsonConfig};
 use super::weights::WeightsFile;
 use crate::error::{Error, Result};
 use crate::networks::{ClipTextConfig, UNetConfig, VaeConfig};

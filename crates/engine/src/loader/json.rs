@@ -18,6 +18,23 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// A config read from one diffusers JSON file: each type says how to parse the object, and
+/// reading the file (or text already in hand) is the same for all of them.
+pub(crate) trait FromJson: Sized {
+    /// Parses an already-read config (the file name in `c` is used in errors).
+    fn from_config(c: &JsonConfig) -> Result<Self>;
+
+    /// Reads and parses the file at `path`.
+    fn load(path: &Path) -> Result<Self> {
+        Self::from_config(&JsonConfig::load(path)?)
+    }
+
+    /// Parses JSON `text` as the file at `path` would hold it (`path` is for errors).
+    fn from_text(path: &str, text: &str) -> Result<Self> {
+        Self::from_config(&JsonConfig::from_json(Path::new(path), text)?)
+    }
+}
+
 /// One parsed config file, remembered with its path for error messages.
 ///
 /// `pub` only so that the public `SchedulerConfig` can deref to it (its schedulers read it

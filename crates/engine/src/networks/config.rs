@@ -7,12 +7,10 @@
 //! architecture in a way SD 2.x never uses are refused with the file and field named,
 //! instead of being silently ignored.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
 use crate::error::Result;
-use crate::loader::json::JsonConfig;
+use crate::loader::json::{FromJson, JsonConfig};
 
 /// A CLIP transformer's `num_attention_heads` must split `hidden_size` evenly.
 pub fn check_heads(c: &JsonConfig, heads: usize, hidden: usize) -> Result<()> {
@@ -59,13 +57,8 @@ impl ClipActivation {
     }
 }
 
-impl ClipTextConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        Self::from_config(&JsonConfig::load(path)?)
-    }
-
-    /// Parses an already-read config (the file name in `c` is used in errors).
-    pub fn from_config(c: &JsonConfig) -> Result<Self> {
+impl FromJson for ClipTextConfig {
+    fn from_config(c: &JsonConfig) -> Result<Self> {
         let activation = ClipActivation::from_config(c)?;
         let config = ClipTextConfig {
             vocab_size: c.usize("vocab_size")?,
@@ -109,18 +102,37 @@ pub struct UNetConfig {
     pub sample_size: usize,
 }
 
-impl UNetConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        Self::from_config(&JsonConfig::load(path)?)
-    }
+/// `block_out_channels` and the down and up block types of a UNet or VAE config: one
+/// entry of each per level.
+fn levels(c: &JsonConfig) -> Result<(Vec<usize>, Vec<String>, Vec<String>)> {
+    let block_out_channels =
+        c.usize_list("block_out_channels", list_len(c, "block_out_channels")?)?;
+    Ok((
+        block_out_channels,
+        c.str_list("down_block_types")?,
+        c.str_list("up_block_types")?,
+    ))
+}
 
-    /// Parses an already-read config (the file name in `c` is used in errors).
-    pub fn from_config(c: &JsonConfig) -> Result<Self> {
-        let block_out_channels =
-            c.usize_list("block_out_channels", list_len(c, "block_out_channels")?)?;
+/// `norm_num_groups`, which must divide every level's channels.
+fn norm_groups(c: &JsonConfig, block_out_channels: &[usize]) -> Result<usize> {
+    let groups = c.usize_or("norm_num_groups", 32)?;
+    match block_out_channels
+        .iter()
+        .find(|&&w| groups == 0 || w % groups != 0)
+    {
+        Some(w) => Err(c.error(
+            "norm_num_groups",
+            format!("{groups} groups do not divide a level of {w} channels"),
+        )),
+        None => Ok(groups),
+    }
+}
+
+impl FromJson for UNetConfig {
+    fn from_config(c: &JsonConfig) -> Result<Self> {
+        let (block_out_channels, down, up) = levels(c)?;
         let n = block_out_channels.len();
-        let down = c.str_list("down_block_types")?;
-        let up = c.str_list("up_block_types")?;
         if down.len() != n || up.len() != n {
             return Err(c.error(
                 "down_block_types",
@@ -194,15 +206,7 @@ impl UNetConfig {
                 "different values per level are not supported; use one integer",
             ));
         }
-        let norm_num_groups = c.usize_or("norm_num_groups", 32)?;
-        for &w in &block_out_channels {
-            if norm_num_groups == 0 || w % norm_num_groups != 0 {
-                return Err(c.error(
-                    "norm_num_groups",
-                    format!("{norm_num_groups} groups do not divide a level of {w} channels"),
-                ));
-            }
-        }
+        let norm_num_groups = norm_groups(c, &block_out_channels)?;
         let cross_attention_dim = match c.get("cross_attention_dim") {
             Some(v) if v.is_u64() => v.as_u64().unwrap_or_default() as usize,
             Some(v) => {
@@ -308,18 +312,10 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
 }
 
-impl VaeConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        Self::from_config(&JsonConfig::load(path)?)
-    }
-
-    /// Parses an already-read config (the file name in `c` is used in errors).
-    pub fn from_config(c: &JsonConfig) -> Result<Self> {
-        let block_out_channels =
-            c.usize_list("block_out_channels", list_len(c, "block_out_channels")?)?;
+impl FromJson for VaeConfig {
+    fn from_config(c: &JsonConfig) -> Result<Self> {
+        let (block_out_channels, down, up) = levels(c)?;
         let n = block_out_channels.len();
-        let down = c.str_list("down_block_types")?;
-        let up = c.str_list("up_block_types")?;
         if down.len() != n || down.iter().any(|d| d != "DownEncoderBlock2D") {
             return Err(c.error(
                 "down_block_types",
@@ -332,15 +328,7 @@ impl VaeConfig {
                 format!("expected {n} entries of \"UpDecoderBlock2D\", found {up:?}"),
             ));
         }
-        let norm_num_groups = c.usize_or("norm_num_groups", 32)?;
-        for &w in &block_out_channels {
-            if norm_num_groups == 0 || w % norm_num_groups != 0 {
-                return Err(c.error(
-                    "norm_num_groups",
-                    format!("{norm_num_groups} groups do not divide a level of {w} channels"),
-                ));
-            }
-        }
+        let norm_num_groups = norm_groups(c, &block_out_channels)?;
         c.require("act_fn", &json!("silu"), "SD 2.x's activation")?;
         c.require(
             "mid_block_add_attention",
@@ -365,7 +353,9 @@ impl VaeConfig {
             use_post_quant_conv: c.bool_or("use_post_quant_conv", true)?,
         })
     }
+}
 
+impl VaeConfig {
     /// How many image pixels one latent covers per side: 2^(levels - 1), 8 for SD.
     pub fn scale_factor(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)

@@ -27,7 +27,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::loader::json::JsonConfig;
+use crate::loader::json::{FromJson, JsonConfig};
 use crate::loader::weights::WeightsFile;
 use crate::networks::config::{check_heads, ClipActivation};
 use crate::networks::layers::{linear_no_bias, Linear};

@@ -14,12 +14,10 @@
 //! would differ by whole uint8 steps. Every value comes from
 //! `preprocessor_config.json`, with the processor's own defaults.
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::loader::json::JsonConfig;
+use crate::loader::json::{FromJson, JsonConfig};
 
 /// CLIP's normalisation, `CLIPImageProcessor`'s defaults.
 const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -100,13 +98,9 @@ impl Default for PreprocessorConfig {
     }
 }
 
-impl PreprocessorConfig {
-    pub(crate) fn load(path: &Path) -> Result<Self> {
-        Self::from_config(&JsonConfig::load(path)?)
-    }
-
-    /// Parses an already-read config; absent keys take `CLIPImageProcessor`'s defaults.
-    pub(crate) fn from_config(c: &JsonConfig) -> Result<Self> {
+impl FromJson for PreprocessorConfig {
+    /// Absent keys take `CLIPImageProcessor`'s defaults.
+    fn from_config(c: &JsonConfig) -> Result<Self> {
         let defaults = PreprocessorConfig::default();
         let resize = if c.bool_or("do_resize", true)? {
             Some(match c.get("size") {
@@ -202,7 +196,9 @@ impl PreprocessorConfig {
             normalize,
         })
     }
+}
 
+impl PreprocessorConfig {
     /// The (height, width) of what [`preprocess`](Self::preprocess) returns for a `height x width` image.
     pub(crate) fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
         let (h, w) = match self.resize {

@@ -10,20 +10,20 @@
 //! and are kept as integers.
 //!
 //! This file also holds the pieces the other DDPM-family schedulers (DDPM,
-//! PNDM) share with DDIM: the integer timestep layouts (numpy's `round` is
-//! half-to-even), the zero-terminal-SNR option, and dynamic thresholding.
+//! PNDM) share with DDIM: the alpha products by timestep, the checks on the
+//! integer timesteps, the zero-terminal-SNR option, and dynamic thresholding
+//! (which DPM-Solver and UniPC use too).
 
 use candle_core::{DType, Tensor};
 
+use super::sigmas::{self, vp_prediction, Division, Predicted};
 use super::{
-    linspace_f64, sigmas, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
+    draw_noise, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing,
 };
 use crate::error::{Error, Result};
 
 pub(super) struct Ddim {
-    alphas_cumprod: Vec<f32>,
-    /// The "previous" alpha product of the last step, which has no previous timestep.
-    final_alpha_cumprod: f32,
+    alphas_cumprod: AlphaProducts,
     timesteps: Vec<f64>,
     int_timesteps: Vec<i64>,
     /// diffusers steps back by `num_train_timesteps // num_inference_steps` whatever
@@ -40,25 +40,22 @@ impl Ddim {
         num_inference_steps: usize,
         eta: f64,
     ) -> Result<Self> {
-        let num_train = config.usize_or("num_train_timesteps", 1000)?;
-        let alphas_cumprod = alphas_cumprod_with_rescale(config)?;
+        let num_train = config.num_train_timesteps()?;
+        let alphas_cumprod = rescale_if_asked(config, config.alphas_cumprod()?)?;
         let set_alpha_to_one = config.bool_or("set_alpha_to_one", true)?;
         let steps_offset = config.usize_or("steps_offset", 0)?;
         let prediction = config.prediction_type(PredictionType::Epsilon)?;
         let post = PredictedSample::from_config(config)?;
         let spacing = config.timestep_spacing(TimestepSpacing::Leading)?;
-        check_steps(num_inference_steps, num_train)?;
-        let int_timesteps =
-            integer_timesteps(spacing, num_train, num_inference_steps, steps_offset);
-        check_in_range(config, &int_timesteps, num_train)?;
-        let final_alpha_cumprod = if set_alpha_to_one {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
+        let int_timesteps = integer_timesteps(
+            config,
+            spacing,
+            num_train,
+            num_inference_steps,
+            steps_offset,
+        )?;
         Ok(Ddim {
-            alphas_cumprod,
-            final_alpha_cumprod,
+            alphas_cumprod: AlphaProducts::new(alphas_cumprod, set_alpha_to_one),
             timesteps: int_timesteps.iter().map(|&t| t as f64).collect(),
             int_timesteps,
             step_ratio: (num_train / num_inference_steps) as i64,
@@ -69,38 +66,30 @@ impl Ddim {
     }
 }
 
-impl Scheduler for Ddim {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+impl SchedulerClass for Ddim {
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::Unscaled(&self.timesteps)
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor, _step_index: usize) -> Result<Tensor> {
-        Ok(sample)
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step_index: usize,
-        sample: &Tensor,
-        noise: &mut NoiseSource<'_>,
-    ) -> Result<Tensor> {
+    fn step(&mut self, at: StepIn<'_, '_>) -> Result<Tensor> {
+        let (model_output, step_index, sample, noise) = (at.output, at.index, at.sample, at.noise);
         let t = self.int_timesteps[step_index];
-        let prev_t = t - self.step_ratio;
-        let alpha_prod_t = self.alphas_cumprod[t as usize];
-        let alpha_prod_t_prev = if prev_t >= 0 {
-            self.alphas_cumprod[prev_t as usize]
-        } else {
-            self.final_alpha_cumprod
-        };
+        let alpha_prod_t = self.alphas_cumprod.at(t);
+        let alpha_prod_t_prev = self.alphas_cumprod.at(t - self.step_ratio);
         let beta_prod_t = 1.0 - alpha_prod_t;
-        let (pred_original, pred_epsilon) =
-            predict_x0_and_eps(self.prediction, model_output, sample, alpha_prod_t)?;
-        let pred_original = self.post.apply(pred_original)?;
+        let (prediction, point) = (self.prediction, alpha_sigma_of(alpha_prod_t));
+        let predict = |want| {
+            vp_prediction(
+                want,
+                prediction,
+                model_output,
+                sample,
+                point,
+                Division::Reciprocal,
+            )
+        };
+        let pred_original = self.post.apply(predict(Predicted::CleanSample)?)?;
+        let pred_epsilon = predict(Predicted::Noise)?;
 
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
         let variance = (beta_prod_t_prev / beta_prod_t) * (1.0 - alpha_prod_t / alpha_prod_t_prev);
@@ -109,40 +98,44 @@ impl Scheduler for Ddim {
         let mut prev_sample = (pred_original.affine(alpha_prod_t_prev.sqrt() as f64, 0.0)?
             + pred_epsilon.affine(direction_coeff as f64, 0.0)?)?;
         if self.eta > 0.0 {
-            let variance_noise = noise()?
-                .to_dtype(model_output.dtype())?
-                .to_device(model_output.device())?;
+            let variance_noise = draw_noise(noise, model_output)?;
             prev_sample = (prev_sample + variance_noise.affine(std_dev_t as f64, 0.0)?)?;
         }
         Ok(prev_sample)
     }
 }
 
-/// The predicted clean sample and predicted noise, as DDIM derives both from
-/// whichever of them (or v) the model predicts.
-fn predict_x0_and_eps(
-    prediction: PredictionType,
-    model_output: &Tensor,
-    sample: &Tensor,
-    alpha_prod_t: f32,
-) -> Result<(Tensor, Tensor)> {
+/// The training `alphas_cumprod` by timestep, and the "previous" alpha product
+/// of the last step, which has no previous timestep: 1 with `set_alpha_to_one`
+/// (always, for DDPM), else the first entry.
+pub(super) struct AlphaProducts {
+    table: Vec<f32>,
+    before_first: f32,
+}
+
+impl AlphaProducts {
+    pub(super) fn new(table: Vec<f32>, set_alpha_to_one: bool) -> Self {
+        let before_first = if set_alpha_to_one { 1.0 } else { table[0] };
+        AlphaProducts {
+            table,
+            before_first,
+        }
+    }
+
+    /// The alpha product at timestep `t`; a negative `t` is before the first.
+    pub(super) fn at(&self, t: i64) -> f32 {
+        if t >= 0 {
+            self.table[t as usize]
+        } else {
+            self.before_first
+        }
+    }
+}
+
+/// alpha_t = sqrt(alpha_prod_t) and sigma_t = sqrt(1 - alpha_prod_t), in float32.
+pub(super) fn alpha_sigma_of(alpha_prod_t: f32) -> (f32, f32) {
     let beta_prod_t = 1.0 - alpha_prod_t;
-    let (sqrt_a, sqrt_b) = (alpha_prod_t.sqrt() as f64, beta_prod_t.sqrt() as f64);
-    Ok(match prediction {
-        PredictionType::Epsilon => {
-            let x0 = ((sample - model_output.affine(sqrt_b, 0.0)?)? / sqrt_a)?;
-            (x0, model_output.clone())
-        }
-        PredictionType::Sample => {
-            let eps = ((sample - model_output.affine(sqrt_a, 0.0)?)? / sqrt_b)?;
-            (model_output.clone(), eps)
-        }
-        PredictionType::VPrediction => {
-            let x0 = (sample.affine(sqrt_a, 0.0)? - model_output.affine(sqrt_b, 0.0)?)?;
-            let eps = (model_output.affine(sqrt_a, 0.0)? + sample.affine(sqrt_b, 0.0)?)?;
-            (x0, eps)
-        }
-    })
+    (alpha_prod_t.sqrt(), beta_prod_t.sqrt())
 }
 
 /// diffusers refuses more inference steps than training timesteps (DDIM, DDPM);
@@ -182,44 +175,23 @@ pub(super) fn check_in_range(
     }
 }
 
-/// The descending integer timesteps of DDIM's and DDPM's `set_timesteps`
-/// (PNDM's `_timesteps` are the same list ascending).
+/// The descending integer timesteps of DDIM's and DDPM's `set_timesteps`,
+/// refused where diffusers would fail.
 pub(super) fn integer_timesteps(
+    config: &SchedulerConfig,
     spacing: TimestepSpacing,
     num_train: usize,
     n: usize,
     steps_offset: usize,
-) -> Vec<i64> {
-    match spacing {
-        TimestepSpacing::Linspace => linspace_f64(0.0, (num_train - 1) as f64, n)
-            .into_iter()
-            .rev()
-            .map(|t| t.round_ties_even() as i64)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = num_train / n;
-            (0..n)
-                .rev()
-                .map(|i| (i * ratio + steps_offset) as i64)
-                .collect()
-        }
-        TimestepSpacing::Trailing => {
-            let ratio = num_train as f64 / n as f64;
-            sigmas::arange_f64(num_train as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| t.round_ties_even() as i64 - 1)
-                .collect()
-        }
-    }
+) -> Result<Vec<i64>> {
+    check_steps(n, num_train)?;
+    let timesteps = spacing.timesteps(num_train, n, steps_offset);
+    check_in_range(config, &timesteps, num_train)?;
+    Ok(timesteps)
 }
 
-/// `alphas_cumprod` of the training schedule, rescaled to zero terminal SNR when
-/// `rescale_betas_zero_snr` asks (DDIM and DDPM accept that key).
-pub(super) fn alphas_cumprod_with_rescale(config: &SchedulerConfig) -> Result<Vec<f32>> {
-    let alphas_cumprod = config.alphas_cumprod()?;
-    rescale_if_asked(config, alphas_cumprod)
-}
-
+/// `alphas_cumprod` rescaled to zero terminal SNR when `rescale_betas_zero_snr`
+/// asks (DDIM and DDPM accept that key).
 pub(super) fn rescale_if_asked(
     config: &SchedulerConfig,
     alphas_cumprod: Vec<f32>,
@@ -229,19 +201,6 @@ pub(super) fn rescale_if_asked(
     } else {
         Ok(alphas_cumprod)
     }
-}
-
-/// `torch.cumprod` of a float32 tensor on the CPU: the running product is kept
-/// in double and rounded to float32 only when stored.
-pub(super) fn cumprod_of_alphas(alphas: impl IntoIterator<Item = f32>) -> Vec<f32> {
-    let mut acc = 1f64;
-    alphas
-        .into_iter()
-        .map(|a| {
-            acc *= a as f64;
-            acc as f32
-        })
-        .collect()
 }
 
 /// What happens to the predicted clean sample before it is used: dynamic
@@ -332,18 +291,6 @@ fn quantile_sorted(sorted: &[f32], q: f32) -> f32 {
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    #[test]
-    fn linspace_timesteps_round_half_to_even() {
-        // np.linspace(0, 999, 3) = [0, 499.5, 999]; numpy rounds 499.5 to 500.
-        assert_eq!(
-            integer_timesteps(TimestepSpacing::Linspace, 1000, 3, 0),
-            vec![999, 500, 0]
-        );
-        // np.round(np.arange(1000, 0, -62.5)) - 1 rounds 937.5 to 938.
-        let t = integer_timesteps(TimestepSpacing::Trailing, 1000, 16, 0);
-        assert_eq!(&t[..3], &[999, 937, 874]);
-    }
 
     #[test]
     fn thresholding_matches_torch_quantile() {

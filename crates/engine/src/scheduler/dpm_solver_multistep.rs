@@ -11,6 +11,10 @@
 //! generator, on every step, as diffusers does. Dynamic thresholding reuses
 //! DDIM's implementation.
 //!
+//! This file also holds what UniPC shares with DPM-Solver: the reading of
+//! `thresholding` and of the flow-matching keys, and the history of converted
+//! model outputs.
+//!
 //! Timesteps are integers (int64 in diffusers). Sigmas are float32; the solver
 //! coefficients are computed from them in float32, as diffusers computes them
 //! on 0-dim float32 tensors, and the updates run in float32.
@@ -18,11 +22,12 @@
 use candle_core::Tensor;
 
 use super::ddim::PredictedSample;
-use super::sigmas::{self, alpha_sigma, lambda, mul, SigmaRamp};
+use super::sigmas::{self, alpha_sigma, mul, point, vp_prediction, Division, Predicted, SigmaRamp};
 use super::{
-    linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
+    draw_noise, linspace_f64, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn,
+    TimestepSpacing,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Algorithm {
@@ -55,22 +60,19 @@ pub(super) struct DpmSolverMultistep {
     /// One more entry than the steps: the last is the sigma we end at.
     sigmas: Vec<f32>,
     prediction: PredictionType,
-    /// Dynamic thresholding of the predicted x0 (`thresholding`), when enabled.
-    threshold: Option<PredictedSample>,
+    /// Dynamic thresholding of the predicted x0 (`thresholding`), or `Keep`.
+    threshold: PredictedSample,
     algorithm: Algorithm,
     solver_type: SolverType,
-    solver_order: usize,
     lower_order_final: bool,
     euler_at_final: bool,
     final_sigma_zero: bool,
-    /// The last `solver_order` converted model outputs, oldest first.
-    model_outputs: Vec<Option<Tensor>>,
-    lower_order_nums: usize,
+    history: History,
 }
 
 impl DpmSolverMultistep {
     pub(super) fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
-        let n_train = config.usize_or("num_train_timesteps", 1000)?;
+        let n_train = config.num_train_timesteps()?;
         let beta_schedule = config.str_or("beta_schedule", "linear")?;
         let solver_order = config.usize_or("solver_order", 2)?;
         if solver_order == 0 {
@@ -78,19 +80,18 @@ impl DpmSolverMultistep {
         }
         let prediction = config.prediction_type(PredictionType::Epsilon)?;
         let threshold = read_threshold(config)?;
-        let algorithm = match config.str_or("algorithm_type", "dpmsolver++")?.as_str() {
-            // diffusers maps "deis" onto DPM-Solver++ itself.
-            "dpmsolver++" | "deis" => Algorithm::DpmSolverPP,
-            "sde-dpmsolver++" => Algorithm::SdeDpmSolverPP,
-            "dpmsolver" => Algorithm::DpmSolver,
-            "sde-dpmsolver" => Algorithm::SdeDpmSolver,
-            other => {
-                return Err(config.error(
-                    "algorithm_type",
-                    format!("unsupported value \"{other}\"; accepted: \"dpmsolver++\", \"sde-dpmsolver++\", \"dpmsolver\", \"sde-dpmsolver\", \"deis\""),
-                ))
-            }
-        };
+        let algorithm = config.one_of(
+            "algorithm_type",
+            Algorithm::DpmSolverPP,
+            &[
+                ("dpmsolver++", Algorithm::DpmSolverPP),
+                ("sde-dpmsolver++", Algorithm::SdeDpmSolverPP),
+                ("dpmsolver", Algorithm::DpmSolver),
+                ("sde-dpmsolver", Algorithm::SdeDpmSolver),
+                // diffusers maps "deis" onto DPM-Solver++ itself.
+                ("deis", Algorithm::DpmSolverPP),
+            ],
+        )?;
         let solver_type = match config.str_or("solver_type", "midpoint")?.as_str() {
             // diffusers maps the other solvers' names onto midpoint.
             "midpoint" | "logrho" | "bh1" | "bh2" => SolverType::Midpoint,
@@ -114,15 +115,9 @@ impl DpmSolverMultistep {
         let euler_at_final = config.bool_or("euler_at_final", false)?;
         let ramp = SigmaRamp::read(config)?;
         let use_lu_lambdas = config.bool_or("use_lu_lambdas", false)?;
-        if config.bool_or("use_flow_sigmas", false)? {
-            return Err(config.error(
-                "use_flow_sigmas",
-                "flow-matching sigmas are not supported; accepted: false",
-            ));
-        }
-        // flow_shift, use_dynamic_shifting and time_shift_type only act on flow
-        // sigmas (refused above), so they cannot change anything here.
-        config.f64_or("flow_shift", 1.0)?;
+        refuse_flow_sigmas(config)?;
+        // use_dynamic_shifting and time_shift_type only act on flow sigmas
+        // (refused above), so they cannot change anything here.
         config.bool_or("use_dynamic_shifting", false)?;
         config.str_or("time_shift_type", "exponential")?;
         let final_sigma_zero = sigmas::final_sigma_is_zero(config)?;
@@ -158,49 +153,16 @@ impl DpmSolverMultistep {
         let last_timestep = n_train.saturating_sub(clipped);
 
         let n = num_inference_steps;
-        let mut timesteps: Vec<i64> = match spacing {
-            TimestepSpacing::Linspace => {
-                let mut t: Vec<i64> = linspace_f64(0.0, last_timestep as f64 - 1.0, n + 1)
-                    .into_iter()
-                    .map(|t| t.round_ties_even() as i64)
-                    .rev()
-                    .collect();
-                t.pop();
-                t
-            }
-            TimestepSpacing::Leading => {
-                let ratio = last_timestep / (n + 1);
-                (1..=n)
-                    .rev()
-                    .map(|i| (i * ratio + steps_offset) as i64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => {
-                sigmas::arange_f64(last_timestep as f64, 0.0, -(n_train as f64 / n as f64))
-                    .into_iter()
-                    .map(|t| t.round_ties_even() as i64 - 1)
-                    .collect()
-            }
-        };
+        let mut timesteps = spacing.multistep_timesteps(last_timestep, n_train, n, steps_offset);
 
         let train_sigmas = sigmas::training_sigmas(&alphas_cumprod);
-        let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
+        let log_sigmas = sigmas::log_sigmas(&train_sigmas);
         let round = beta_schedule != "squaredcos_cap_v2";
-        let to_timesteps = |sigmas: &[f64], round: bool| -> Vec<i64> {
-            sigmas
-                .iter()
-                .map(|&s| {
-                    let t = sigmas::sigma_to_t(s, &log_sigmas);
-                    // The cast to int64 truncates whatever is left unrounded.
-                    (if round { t.round_ties_even() } else { t }) as i64
-                })
-                .collect()
-        };
         let smallest = train_sigmas[0] as f64;
         let largest = *train_sigmas.last().expect("non-empty training schedule") as f64;
         let inference: Vec<f64> = if ramp == SigmaRamp::Karras {
             let s = sigmas::karras(smallest, largest, n);
-            timesteps = to_timesteps(&s, round);
+            timesteps = sigmas::ramp_timesteps(&s, &log_sigmas, round);
             s
         } else if use_lu_lambdas {
             // Uniform steps in log-sigma between the float32 table's ends.
@@ -210,28 +172,21 @@ impl DpmSolverMultistep {
                 .into_iter()
                 .map(|r| (hi + r * (lo - hi)).exp())
                 .collect();
-            timesteps = to_timesteps(&s, round);
+            timesteps = sigmas::ramp_timesteps(&s, &log_sigmas, round);
             s
         } else if ramp == SigmaRamp::Exponential {
             let s = sigmas::exponential(smallest, largest, n);
-            timesteps = to_timesteps(&s, false);
+            timesteps = sigmas::ramp_timesteps(&s, &log_sigmas, false);
             s
         } else {
-            timesteps
-                .iter()
-                .map(|&t| sigmas::interp_table(t as f64, &train_sigmas))
-                .collect()
+            sigmas::interpolated(timesteps.iter().map(|&t| t as f64), &train_sigmas)
         };
         let sigma_last = if final_sigma_zero {
             0.0
         } else {
             train_sigmas[0]
         };
-        let sigmas: Vec<f32> = inference
-            .into_iter()
-            .map(|s| s as f32)
-            .chain(std::iter::once(sigma_last))
-            .collect();
+        let sigmas = sigmas::with_final(inference, sigma_last);
 
         Ok(DpmSolverMultistep {
             timesteps: timesteps.into_iter().map(|t| t as f64).collect(),
@@ -240,12 +195,10 @@ impl DpmSolverMultistep {
             threshold,
             algorithm,
             solver_type,
-            solver_order,
             lower_order_final,
             euler_at_final,
             final_sigma_zero,
-            model_outputs: vec![None; solver_order],
-            lower_order_nums: 0,
+            history: History::new(solver_order),
         })
     }
 
@@ -257,57 +210,38 @@ impl DpmSolverMultistep {
         sample: &Tensor,
         i: usize,
     ) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
-        let out = if self.algorithm.predicts_data() {
-            let x0 = match self.prediction {
-                PredictionType::Epsilon => {
-                    sigmas::div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?
-                }
-                PredictionType::Sample => model_output.clone(),
-                PredictionType::VPrediction => {
-                    (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
-                }
-            };
-            match self.threshold {
-                Some(threshold) => threshold.apply(x0)?,
-                None => x0,
-            }
-        } else {
-            let eps = match self.prediction {
-                PredictionType::Epsilon => model_output.clone(),
-                PredictionType::Sample => {
-                    sigmas::div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?
-                }
-                PredictionType::VPrediction => {
-                    (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?
-                }
-            };
-            match self.threshold {
-                // Thresholding acts on x0, so go there and back.
-                Some(threshold) => {
-                    let x0 = sigmas::div(&(sample - mul(&eps, sigma_t)?)?, alpha_t)?;
-                    let x0 = threshold.apply(x0)?;
-                    sigmas::div(&(sample - mul(&x0, alpha_t)?)?, sigma_t)?
-                }
-                None => eps,
-            }
+        let point = alpha_sigma(self.sigmas[i]);
+        let convert = |want, prediction, model_output: &Tensor| {
+            vp_prediction(
+                want,
+                prediction,
+                model_output,
+                sample,
+                point,
+                Division::Exact,
+            )
         };
-        Ok(out)
+        if self.algorithm.predicts_data() {
+            let x0 = convert(Predicted::CleanSample, self.prediction, model_output)?;
+            return self.threshold.apply(x0);
+        }
+        let eps = convert(Predicted::Noise, self.prediction, model_output)?;
+        if let PredictedSample::Keep = self.threshold {
+            return Ok(eps);
+        }
+        // Thresholding acts on x0, so go there and back.
+        let x0 = convert(Predicted::CleanSample, PredictionType::Epsilon, &eps)?;
+        let x0 = self.threshold.apply(x0)?;
+        convert(Predicted::Noise, PredictionType::Sample, &x0)
     }
 
     /// alpha, sigma and lambda at entry `j` of the sigma table.
     fn point(&self, j: usize) -> (f32, f32, f32) {
-        let (a, s) = alpha_sigma(self.sigmas[j]);
-        (a, s, lambda(a, s))
+        point(self.sigmas[j])
     }
 
-    fn first_order(
-        &self,
-        i: usize,
-        m0: &Tensor,
-        x: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn first_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+        let m0 = self.history.back(0);
         let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
         let (alpha_s, sigma_s, lambda_s) = self.point(i);
         let h = lambda_t - lambda_s;
@@ -334,9 +268,7 @@ impl DpmSolverMultistep {
     }
 
     fn second_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let k = self.model_outputs.len();
-        let m0 = self.model_outputs[k - 1].as_ref().expect("current output");
-        let m1 = self.model_outputs[k - 2].as_ref().expect("previous output");
+        let (m0, m1) = (self.history.back(0), self.history.back(1));
         let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
         let (alpha_s0, sigma_s0, lambda_s0) = self.point(i);
         let (_, _, lambda_s1) = self.point(i - 1);
@@ -390,12 +322,11 @@ impl DpmSolverMultistep {
     }
 
     fn third_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let k = self.model_outputs.len();
-        let m0 = self.model_outputs[k - 1].as_ref().expect("current output");
-        let m1 = self.model_outputs[k - 2].as_ref().expect("previous output");
-        let m2 = self.model_outputs[k - 3]
-            .as_ref()
-            .expect("output before that");
+        let (m0, m1, m2) = (
+            self.history.back(0),
+            self.history.back(1),
+            self.history.back(2),
+        );
         let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
         let (alpha_s0, sigma_s0, lambda_s0) = self.point(i);
         let (_, _, lambda_s1) = self.point(i - 1);
@@ -444,46 +375,86 @@ impl DpmSolverMultistep {
 }
 
 /// `thresholding` with its `dynamic_thresholding_ratio` and `sample_max_value`
-/// (DPM-Solver and UniPC share DDIM's reading of them; they have no `clip_sample`).
-pub(super) fn read_threshold(config: &SchedulerConfig) -> Result<Option<PredictedSample>> {
+/// (DPM-Solver and UniPC share DDIM's reading of them; they have no
+/// `clip_sample`, so without thresholding x0 is kept as it is).
+pub(super) fn read_threshold(config: &SchedulerConfig) -> Result<PredictedSample> {
     if config.bool_or("thresholding", false)? {
         // With thresholding on, DDIM's reader returns the thresholding variant.
-        return PredictedSample::from_config(config).map(Some);
+        return PredictedSample::from_config(config);
     }
     // Only read by thresholding; still type-checked.
     config.f64_or("dynamic_thresholding_ratio", 0.995)?;
     config.f64_or("sample_max_value", 1.0)?;
-    Ok(None)
+    Ok(PredictedSample::Keep)
 }
 
-impl Scheduler for DpmSolverMultistep {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+/// Refuses `use_flow_sigmas` (flow-matching models) and type-checks
+/// `flow_shift`, which only acts on flow sigmas.
+pub(super) fn refuse_flow_sigmas(config: &SchedulerConfig) -> Result<()> {
+    if config.bool_or("use_flow_sigmas", false)? {
+        return Err(config.error(
+            "use_flow_sigmas",
+            "flow-matching sigmas are not supported; accepted: false",
+        ));
+    }
+    config.f64_or("flow_shift", 1.0)?;
+    Ok(())
+}
+
+/// The converted model outputs a multistep solver keeps, oldest first
+/// (diffusers' `model_outputs`, as many as the solver order), and how many
+/// steps have stored one, up to that order (`lower_order_nums`).
+pub(super) struct History {
+    outputs: Vec<Option<Tensor>>,
+    lower_order_nums: usize,
+}
+
+impl History {
+    pub(super) fn new(solver_order: usize) -> Self {
+        History {
+            outputs: vec![None; solver_order],
+            lower_order_nums: 0,
+        }
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    pub(super) fn solver_order(&self) -> usize {
+        self.outputs.len()
     }
 
-    fn scale_model_input(&self, sample: Tensor, _step_index: usize) -> Result<Tensor> {
-        Ok(sample)
+    pub(super) fn lower_order_nums(&self) -> usize {
+        self.lower_order_nums
     }
 
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step_index: usize,
-        sample: &Tensor,
-        noise: &mut NoiseSource<'_>,
-    ) -> Result<Tensor> {
+    /// Stores the newest output, dropping the oldest.
+    pub(super) fn push(&mut self, output: Tensor) {
+        self.outputs.rotate_left(1);
+        *self.outputs.last_mut().expect("solver_order >= 1") = Some(output);
+    }
+
+    /// The output stored `back` steps before the newest.
+    pub(super) fn back(&self, back: usize) -> &Tensor {
+        self.outputs[self.outputs.len() - 1 - back]
+            .as_ref()
+            .expect("an output stored that many steps back")
+    }
+
+    /// Counts a finished step toward the warm-up.
+    pub(super) fn count_step(&mut self) {
+        if self.lower_order_nums < self.solver_order() {
+            self.lower_order_nums += 1;
+        }
+    }
+}
+
+impl SchedulerClass for DpmSolverMultistep {
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::Unscaled(&self.timesteps)
+    }
+
+    fn step(&mut self, at: StepIn<'_, '_>) -> Result<Tensor> {
+        let (model_output, step_index, sample, noise) = (at.output, at.index, at.sample, at.noise);
         let n = self.timesteps.len();
         let i = step_index;
-        if i >= n {
-            return Err(Error::invalid(
-                "step_index",
-                format!("{i} is past the last of {n} timesteps"),
-            ));
-        }
         let out_dtype = model_output.dtype();
         let model_output = sigmas::f32(model_output)?;
         let sample = sigmas::f32(sample)?;
@@ -495,68 +466,62 @@ impl Scheduler for DpmSolverMultistep {
         let lower_order_second = i + 2 == n && self.lower_order_final && n < 15;
 
         let converted = self.convert_model_output(&model_output, &sample, i)?;
-        self.model_outputs.rotate_left(1);
-        *self.model_outputs.last_mut().expect("solver_order >= 1") = Some(converted.clone());
+        self.history.push(converted);
 
         let noise = if self.algorithm.is_sde() {
-            Some(sigmas::f32(&noise()?)?)
+            Some(draw_noise(noise, &sample)?)
         } else {
             None
         };
         let noise = noise.as_ref();
 
-        let prev = if self.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
-            self.first_order(i, &converted, &sample, noise)?
-        } else if self.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
+        let order = self.history.solver_order();
+        let warmed_up = self.history.lower_order_nums();
+        let prev = if order == 1 || warmed_up < 1 || lower_order_final {
+            self.first_order(i, &sample, noise)?
+        } else if order == 2 || warmed_up < 2 || lower_order_second {
             self.second_order(i, &sample, noise)?
         } else {
             self.third_order(i, &sample, noise)?
         };
-        if self.lower_order_nums < self.solver_order {
-            self.lower_order_nums += 1;
-        }
+        self.history.count_step();
         Ok(prev.to_dtype(out_dtype)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::scheduler::sigmas::config_error;
-
-    fn build(c: &SchedulerConfig) -> Result<DpmSolverMultistep> {
-        DpmSolverMultistep::new(c, 10)
-    }
+    use crate::scheduler::sigmas::{assert_refusals, build_from_json};
+    use crate::scheduler::SchedulerKind;
 
     #[test]
     fn unsupported_values_name_their_field() {
-        for (json, field) in [
-            (r#"{"algorithm_type": "dpmsolver+++"}"#, "algorithm_type"),
-            (r#"{"solver_type": "rk4"}"#, "solver_type"),
-            (r#"{"solver_order": 0}"#, "solver_order"),
-            (
-                r#"{"thresholding": true, "dynamic_thresholding_ratio": 2}"#,
-                "dynamic_thresholding_ratio",
-            ),
-            (r#"{"variance_type": "learned_range"}"#, "variance_type"),
-            (r#"{"use_flow_sigmas": true}"#, "use_flow_sigmas"),
-            (r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
-            (r#"{"algorithm_type": "dpmsolver"}"#, "final_sigmas_type"),
-            (
-                r#"{"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3}"#,
-                "solver_order",
-            ),
-        ] {
-            let e = config_error(build, json);
-            assert!(e.contains(&format!("`{field}`")), "{json}: {e}");
-        }
+        assert_refusals(
+            SchedulerKind::DpmSolverMultistep,
+            &[
+                (r#"{"algorithm_type": "dpmsolver+++"}"#, "algorithm_type"),
+                (r#"{"solver_type": "rk4"}"#, "solver_type"),
+                (r#"{"solver_order": 0}"#, "solver_order"),
+                (
+                    r#"{"thresholding": true, "dynamic_thresholding_ratio": 2}"#,
+                    "dynamic_thresholding_ratio",
+                ),
+                (r#"{"variance_type": "learned_range"}"#, "variance_type"),
+                (r#"{"use_flow_sigmas": true}"#, "use_flow_sigmas"),
+                (r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
+                (r#"{"algorithm_type": "dpmsolver"}"#, "final_sigmas_type"),
+                (
+                    r#"{"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3}"#,
+                    "solver_order",
+                ),
+            ],
+        );
     }
 
     #[test]
     fn aliases_diffusers_remaps_are_accepted() {
         for json in [r#"{"algorithm_type": "deis"}"#, r#"{"solver_type": "bh2"}"#] {
-            let c = SchedulerConfig::from_json(std::path::Path::new("s.json"), json).unwrap();
-            build(&c).unwrap();
+            build_from_json(SchedulerKind::DpmSolverMultistep, json).unwrap();
         }
     }
 }

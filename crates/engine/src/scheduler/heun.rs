@@ -13,9 +13,9 @@
 
 use candle_core::Tensor;
 
-use super::ddpm::{training_alphas_cumprod, BetaDefaults};
-use super::lms::{predict_original, KarrasBounds, SigmaSchedule};
-use super::{NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::lms::{predict_original, read_sigma_options, KarrasBounds};
+use super::sigmas::{self, SigmaSchedule};
+use super::{BetaDefaults, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn};
 use crate::error::Result;
 
 /// What the first-order half leaves for the second.
@@ -26,11 +26,9 @@ struct FirstOrder {
 }
 
 pub(super) struct Heun {
-    /// sigma_0, then every later sigma twice, then the final 0.
-    sigmas: Vec<f32>,
-    /// t_0, then every later timestep twice.
-    timesteps: Vec<f64>,
-    init_noise_sigma: f32,
+    /// Timesteps: t_0, then every later timestep twice. Sigmas: sigma_0, then
+    /// every later sigma twice, then the final 0.
+    schedule: SigmaSchedule,
     prediction: PredictionType,
     clip: Option<f32>,
     /// Set between the two halves of a step (diffusers' `dt` being non-None).
@@ -39,35 +37,27 @@ pub(super) struct Heun {
 
 impl Heun {
     pub(super) fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
-        let alphas_cumprod = training_alphas_cumprod(config, BetaDefaults::HEUN, &["exp"])?;
+        let alphas_cumprod = config.alphas_cumprod_with(BetaDefaults::HEUN, &["exp"])?;
         let prediction = config.prediction_type(PredictionType::Epsilon)?;
         let clip = if config.bool_or("clip_sample", false)? {
             Some(config.f64_or("clip_sample_range", 1.0)? as f32)
         } else {
             None
         };
-        let schedule = SigmaSchedule::build(
-            config,
-            &alphas_cumprod,
-            num_inference_steps,
-            KarrasBounds::ConfigOverrides,
-        )?;
-        let spacing = config.timestep_spacing(TimestepSpacing::Linspace)?;
-        let init_noise_sigma = schedule.init_noise_sigma(spacing);
+        let options = read_sigma_options(config, KarrasBounds::ConfigOverrides)?;
+        let train_sigmas = sigmas::training_sigmas(&alphas_cumprod);
+        let mut schedule = SigmaSchedule::new(&train_sigmas, num_inference_steps, &options);
 
         let n = schedule.sigmas.len();
-        let sigmas: Vec<f32> = std::iter::once(schedule.sigmas[0])
+        schedule.sigmas = std::iter::once(schedule.sigmas[0])
             .chain(schedule.sigmas[1..n - 1].iter().flat_map(|&s| [s, s]))
             .chain(std::iter::once(schedule.sigmas[n - 1]))
             .collect();
-        let timesteps: Vec<f64> = std::iter::once(schedule.timesteps[0])
+        schedule.timesteps = std::iter::once(schedule.timesteps[0])
             .chain(schedule.timesteps[1..].iter().flat_map(|&t| [t, t]))
-            .map(|t| t as f64)
             .collect();
         Ok(Heun {
-            sigmas,
-            timesteps,
-            init_noise_sigma,
+            schedule,
             prediction,
             clip,
             pending: None,
@@ -75,32 +65,19 @@ impl Heun {
     }
 }
 
-impl Scheduler for Heun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+impl SchedulerClass for Heun {
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::Sigmas(&self.schedule)
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma as f64
-    }
-
-    fn scale_model_input(&self, sample: Tensor, step_index: usize) -> Result<Tensor> {
-        let sigma = self.sigmas[step_index];
-        Ok((sample / (sigma * sigma + 1.0).sqrt() as f64)?)
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step_index: usize,
-        sample: &Tensor,
-        _noise: &mut NoiseSource<'_>,
-    ) -> Result<Tensor> {
+    fn step(&mut self, at: StepIn<'_, '_>) -> Result<Tensor> {
+        let (model_output, step_index, sample) = (at.output, at.index, at.sample);
         let first_order = self.pending.is_none();
+        let sigmas = &self.schedule.sigmas;
         let (sigma, sigma_next) = if first_order {
-            (self.sigmas[step_index], self.sigmas[step_index + 1])
+            (sigmas[step_index], sigmas[step_index + 1])
         } else {
-            (self.sigmas[step_index - 1], self.sigmas[step_index])
+            (sigmas[step_index - 1], sigmas[step_index])
         };
         // The model was evaluated at sigma in the first half and at sigma_next in the second.
         let sigma_input = if first_order { sigma } else { sigma_next };

@@ -12,26 +12,22 @@
 //! per-step scalar arithmetic is on 0-dim float32 tensors, hence `f32`; the LMS
 //! coefficients are Python floats, hence `f64`.
 //!
-//! This file also holds what Heun shares with LMS: the float timesteps and
-//! sigmas their `set_timesteps` lay out (on the numpy helpers of
-//! [`super::sigmas`]) and the k-diffusion prediction of the clean sample.
+//! This file also holds what Heun shares with LMS: the reading of their sigma
+//! options (the schedule itself is [`super::sigmas::SigmaSchedule`]) and the
+//! k-diffusion prediction of the clean sample.
 
 use candle_core::Tensor;
 
-use super::sigmas::{self, SigmaRamp};
-use super::{
-    linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
-};
+use super::sigmas::{self, Division, SigmaOptions, SigmaRamp, SigmaSchedule};
+use super::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing};
 use crate::error::Result;
 
 /// diffusers' pipeline calls `step` with the default `order=4`.
 const LMS_ORDER: usize = 4;
 
 pub(super) struct Lms {
-    /// One per timestep plus a final 0.
-    sigmas: Vec<f32>,
-    timesteps: Vec<f64>,
-    init_noise_sigma: f32,
+    /// Sigmas: one per timestep plus a final 0.
+    schedule: SigmaSchedule,
     prediction: PredictionType,
     /// The latest derivatives, oldest first, at most [`LMS_ORDER`].
     derivatives: Vec<Tensor>,
@@ -41,18 +37,10 @@ impl Lms {
     pub(super) fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
         let alphas_cumprod = config.alphas_cumprod()?;
         let prediction = config.prediction_type(PredictionType::Epsilon)?;
-        let schedule = SigmaSchedule::build(
-            config,
-            &alphas_cumprod,
-            num_inference_steps,
-            KarrasBounds::FromSchedule,
-        )?;
-        let spacing = config.timestep_spacing(TimestepSpacing::Linspace)?;
-        let init_noise_sigma = schedule.init_noise_sigma(spacing);
+        let options = read_sigma_options(config, KarrasBounds::FromSchedule)?;
+        let train_sigmas = sigmas::training_sigmas(&alphas_cumprod);
         Ok(Lms {
-            sigmas: schedule.sigmas,
-            timesteps: schedule.timesteps.iter().map(|&t| t as f64).collect(),
-            init_noise_sigma,
+            schedule: SigmaSchedule::new(&train_sigmas, num_inference_steps, &options),
             prediction,
             derivatives: Vec::new(),
         })
@@ -62,39 +50,26 @@ impl Lms {
     /// [sigma_i, sigma_{i+1}] of the Lagrange basis polynomial through the last
     /// `order` sigmas that is 1 at that derivative's sigma.
     fn lms_coefficient(&self, order: usize, i: usize, current: usize) -> f64 {
-        let s = |k: usize| self.sigmas[i - k] as f64;
+        let sigmas = &self.schedule.sigmas;
+        let s = |k: usize| sigmas[i - k] as f64;
         let basis = |tau: f64| {
             (0..order)
                 .filter(|&k| k != current)
                 .map(|k| (tau - s(k)) / (s(current) - s(k)))
                 .product::<f64>()
         };
-        gauss_legendre_4(basis, self.sigmas[i] as f64, self.sigmas[i + 1] as f64)
+        gauss_legendre_4(basis, sigmas[i] as f64, sigmas[i + 1] as f64)
     }
 }
 
-impl Scheduler for Lms {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+impl SchedulerClass for Lms {
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::Sigmas(&self.schedule)
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma as f64
-    }
-
-    fn scale_model_input(&self, sample: Tensor, step_index: usize) -> Result<Tensor> {
-        let sigma = self.sigmas[step_index];
-        Ok((sample / (sigma * sigma + 1.0).sqrt() as f64)?)
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step_index: usize,
-        sample: &Tensor,
-        _noise: &mut NoiseSource<'_>,
-    ) -> Result<Tensor> {
-        let sigma = self.sigmas[step_index];
+    fn step(&mut self, at: StepIn<'_, '_>) -> Result<Tensor> {
+        let (model_output, step_index, sample) = (at.output, at.index, at.sample);
+        let sigma = self.schedule.sigmas[step_index];
         let pred_original = predict_original(self.prediction, model_output, sample, sigma)?;
         let derivative = ((sample - &pred_original)? / sigma as f64)?;
         self.derivatives.push(derivative);
@@ -118,9 +93,11 @@ impl Scheduler for Lms {
     }
 }
 
-/// The predicted clean sample of the k-diffusion parametrisation, as LMS,
-/// Heun (and diffusers' other sigma schedulers) compute it from the model
-/// output at noise level `sigma`.
+/// The predicted clean sample of the k-diffusion parametrisation, as LMS and
+/// Heun compute it from the model output at noise level `sigma`, in the
+/// latents' dtype. It multiplies by 1 / (sigma^2 + 1) where the Euler
+/// schedulers' float32 version divides (diffusers divides in all four); the
+/// two round differently in the last bit, so each keeps its own.
 pub(super) fn predict_original(
     prediction: PredictionType,
     model_output: &Tensor,
@@ -161,99 +138,26 @@ pub(super) enum KarrasBounds {
     ConfigOverrides,
 }
 
-/// One scheduler's sigmas and timesteps, as LMS's and Heun's `set_timesteps` lay them out.
-pub(super) struct SigmaSchedule {
-    /// One per timestep plus a final 0, float32.
-    pub sigmas: Vec<f32>,
-    /// float32, as diffusers stores them.
-    pub timesteps: Vec<f32>,
-}
-
-impl SigmaSchedule {
-    pub(super) fn build(
-        config: &SchedulerConfig,
-        alphas_cumprod: &[f32],
-        n: usize,
-        karras_bounds: KarrasBounds,
-    ) -> Result<Self> {
-        let num_train = config.usize_or("num_train_timesteps", 1000)?;
-        let spacing = config.timestep_spacing(TimestepSpacing::Linspace)?;
-        let steps_offset = config.usize_or("steps_offset", 0)?;
-        let ramp = SigmaRamp::read(config)?;
-
-        let train_sigmas = sigmas::training_sigmas(alphas_cumprod);
-        let timesteps = float_timesteps(spacing, num_train, n, steps_offset);
-        let interpolated: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| sigmas::interp_table(t as f64, &train_sigmas))
-            .collect();
-
-        let (sigmas, timesteps): (Vec<f64>, Vec<f32>) = match ramp {
-            SigmaRamp::Interpolated => (interpolated, timesteps),
-            SigmaRamp::Karras | SigmaRamp::Exponential => {
-                let mut lo = interpolated[interpolated.len() - 1];
-                let mut hi = interpolated[0];
-                if ramp == SigmaRamp::Exponential || karras_bounds == KarrasBounds::ConfigOverrides
-                {
-                    lo = config.f64_or("sigma_min", lo)?;
-                    hi = config.f64_or("sigma_max", hi)?;
-                }
-                let sigmas = ramp.ramp(lo, hi, n);
-                let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
-                let timesteps = sigmas
-                    .iter()
-                    .map(|&s| sigmas::sigma_to_t(s, &log_sigmas) as f32)
-                    .collect();
-                (sigmas, timesteps)
-            }
-        };
-        let sigmas = sigmas.into_iter().map(|s| s as f32).chain([0.0]).collect();
-        Ok(SigmaSchedule { sigmas, timesteps })
+/// The [`SigmaOptions`] of LMS and Heun: their spacing and ramp (the
+/// exponential ramp always takes its ends from the config when it sets them).
+pub(super) fn read_sigma_options(
+    config: &SchedulerConfig,
+    karras_bounds: KarrasBounds,
+) -> Result<SigmaOptions> {
+    let num_train = config.num_train_timesteps()?;
+    let spacing = config.timestep_spacing(TimestepSpacing::Linspace)?;
+    let steps_offset = config.usize_or("steps_offset", 0)?;
+    let ramp = SigmaRamp::read(config)?;
+    let mut options =
+        SigmaOptions::interpolated(num_train, spacing, steps_offset, Division::Reciprocal);
+    options.ramp = ramp;
+    if ramp == SigmaRamp::Exponential
+        || (ramp == SigmaRamp::Karras && karras_bounds == KarrasBounds::ConfigOverrides)
+    {
+        options.sigma_min = sigmas::optional_f64(config, "sigma_min")?;
+        options.sigma_max = sigmas::optional_f64(config, "sigma_max")?;
     }
-
-    /// diffusers' `init_noise_sigma`: the largest sigma, or sqrt(max² + 1) for
-    /// `leading` spacing, in float32.
-    pub(super) fn init_noise_sigma(&self, spacing: TimestepSpacing) -> f32 {
-        let max = self
-            .sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        match spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
-        }
-    }
-}
-
-/// The descending float32 timesteps of LMS's and Heun's `set_timesteps`.
-fn float_timesteps(
-    spacing: TimestepSpacing,
-    num_train: usize,
-    n: usize,
-    steps_offset: usize,
-) -> Vec<f32> {
-    match spacing {
-        // np.linspace(0, N - 1, n, dtype=np.float32): computed in float64, then cast.
-        TimestepSpacing::Linspace => linspace_f64(0.0, (num_train - 1) as f64, n)
-            .into_iter()
-            .rev()
-            .map(|t| t as f32)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = num_train / n;
-            (0..n)
-                .rev()
-                .map(|i| (i * ratio) as f32 + steps_offset as f32)
-                .collect()
-        }
-        TimestepSpacing::Trailing => {
-            sigmas::arange_f64(num_train as f64, 0.0, -(num_train as f64 / n as f64))
-                .into_iter()
-                .map(|t| t.round_ties_even() as f32 - 1.0)
-                .collect()
-        }
-    }
+    Ok(options)
 }
 
 #[cfg(test)]

@@ -14,23 +14,24 @@
 
 use candle_core::Tensor;
 
-use super::ddim::{check_in_range, check_steps, integer_timesteps};
-use super::{NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::ddim::{alpha_sigma_of, check_in_range, check_steps, AlphaProducts};
+use super::sigmas::{vp_prediction, Division, Predicted};
+use super::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing};
 use crate::error::{Error, Result};
 
 /// Number of past model outputs the multistep formula uses (diffusers' `pndm_order`).
 const PNDM_ORDER: usize = 4;
 
 pub(super) struct Pndm {
-    alphas_cumprod: Vec<f32>,
-    final_alpha_cumprod: f32,
+    alphas_cumprod: AlphaProducts,
     timesteps: Vec<f64>,
     int_timesteps: Vec<i64>,
     /// How many leading entries of the timesteps are Runge-Kutta steps (0 with `skip_prk_steps`).
     prk_len: usize,
     /// `num_train_timesteps // num_inference_steps`: the step diffusers takes, whatever the spacing.
     step_ratio: i64,
-    v_prediction: bool,
+    /// Epsilon or v: the model output is turned into the noise either way.
+    prediction: PredictionType,
     /// Model outputs kept for the multistep formula (diffusers' `ets`).
     ets: Vec<Tensor>,
     /// The sample a multi-call step starts from (diffusers' `cur_sample`).
@@ -42,20 +43,13 @@ pub(super) struct Pndm {
 
 impl Pndm {
     pub(super) fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
-        let num_train = config.usize_or("num_train_timesteps", 1000)?;
+        let num_train = config.num_train_timesteps()?;
         let alphas_cumprod = config.alphas_cumprod()?;
         let skip_prk_steps = config.bool_or("skip_prk_steps", false)?;
         let set_alpha_to_one = config.bool_or("set_alpha_to_one", false)?;
-        let v_prediction = match config.prediction_type(PredictionType::Epsilon)? {
-            PredictionType::Epsilon => false,
-            PredictionType::VPrediction => true,
-            PredictionType::Sample => {
-                return Err(config.error(
-                    "prediction_type",
-                    "PNDMScheduler does not support \"sample\"; accepted: \"epsilon\", \"v_prediction\"",
-                ))
-            }
-        };
+        let prediction = config.noise_or_v_prediction(
+            "PNDMScheduler does not support \"sample\"; accepted: \"epsilon\", \"v_prediction\"",
+        )?;
         let spacing = config.timestep_spacing(TimestepSpacing::Leading)?;
         let steps_offset = config.usize_or("steps_offset", 0)?;
         check_steps(num_inference_steps, num_train)?;
@@ -70,8 +64,8 @@ impl Pndm {
         }
 
         // diffusers' `_timesteps`: the DDIM/DDPM list in ascending order.
-        let mut ascending =
-            integer_timesteps(spacing, num_train, num_inference_steps, steps_offset);
+        let mut ascending: Vec<i64> =
+            spacing.timesteps(num_train, num_inference_steps, steps_offset);
         ascending.reverse();
         let n = ascending.len();
         let step_ratio = (num_train / num_inference_steps) as i64;
@@ -119,17 +113,12 @@ impl Pndm {
         }
 
         Ok(Pndm {
-            final_alpha_cumprod: if set_alpha_to_one {
-                1.0
-            } else {
-                alphas_cumprod[0]
-            },
-            alphas_cumprod,
+            alphas_cumprod: AlphaProducts::new(alphas_cumprod, set_alpha_to_one),
             timesteps: int_timesteps.iter().map(|&t| t as f64).collect(),
             int_timesteps,
             prk_len,
             step_ratio,
-            v_prediction,
+            prediction,
             ets: Vec::new(),
             cur_sample: None,
             cur_model_output: None,
@@ -234,20 +223,18 @@ impl Pndm {
         prev_timestep: i64,
         model_output: &Tensor,
     ) -> Result<Tensor> {
-        let alpha_prod_t = self.alphas_cumprod[timestep as usize];
-        let alpha_prod_t_prev = if prev_timestep >= 0 {
-            self.alphas_cumprod[prev_timestep as usize]
-        } else {
-            self.final_alpha_cumprod
-        };
+        let alpha_prod_t = self.alphas_cumprod.at(timestep);
+        let alpha_prod_t_prev = self.alphas_cumprod.at(prev_timestep);
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
-        let model_output = if self.v_prediction {
-            (model_output.affine(alpha_prod_t.sqrt() as f64, 0.0)?
-                + sample.affine(beta_prod_t.sqrt() as f64, 0.0)?)?
-        } else {
-            model_output.clone()
-        };
+        let model_output = vp_prediction(
+            Predicted::Noise,
+            self.prediction,
+            model_output,
+            sample,
+            alpha_sigma_of(alpha_prod_t),
+            Division::Reciprocal,
+        )?;
         let sample_coeff = (alpha_prod_t_prev / alpha_prod_t).sqrt();
         let denom = alpha_prod_t * beta_prod_t_prev.sqrt()
             + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev).sqrt();
@@ -257,26 +244,13 @@ impl Pndm {
     }
 }
 
-impl Scheduler for Pndm {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+impl SchedulerClass for Pndm {
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::Unscaled(&self.timesteps)
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor, _step_index: usize) -> Result<Tensor> {
-        Ok(sample)
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step_index: usize,
-        sample: &Tensor,
-        _noise: &mut NoiseSource<'_>,
-    ) -> Result<Tensor> {
+    fn step(&mut self, at: StepIn<'_, '_>) -> Result<Tensor> {
+        let (model_output, step_index, sample) = (at.output, at.index, at.sample);
         let timestep = self.int_timesteps[step_index];
         if self.counter < self.prk_len {
             self.step_prk(model_output, timestep, sample)
@@ -289,6 +263,8 @@ impl Scheduler for Pndm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::sigmas::assert_refused;
+    use crate::scheduler::SchedulerKind;
     use std::path::Path;
 
     fn build(json: &str, steps: usize) -> Result<Pndm> {
@@ -317,13 +293,11 @@ mod tests {
     fn prk_needs_four_steps_and_sample_prediction_is_refused() {
         let err = build("{}", 3).err().unwrap().to_string();
         assert!(err.contains("skip_prk_steps"), "{err}");
-        let err = build(r#"{"prediction_type": "sample"}"#, 10)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("prediction_type") && err.contains("v_prediction"),
-            "{err}"
+        let json = r#"{"prediction_type": "sample"}"#;
+        assert_refused(
+            SchedulerKind::Pndm,
+            json,
+            &["`prediction_type`", "v_prediction"],
         );
     }
 }

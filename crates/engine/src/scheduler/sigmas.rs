@@ -2,6 +2,14 @@
 //! Karras/exponential ramps and the zero-terminal-SNR rescale (used by all the
 //! sigma-based schedulers, and by DDIM, DDPM, LMS and Heun for the rescale and ramps).
 //!
+//! It also holds [`SigmaSchedule`], the timesteps and sigmas that LMS, Heun,
+//! Euler and Euler ancestral step along: their `set_timesteps` differ only in
+//! the options [`SigmaOptions`] names, and the schedule answers the pipeline's
+//! `timesteps`, `init_noise_sigma` and `scale_model_input` for all four. And
+//! it holds [`vp_prediction`], which turns what the model predicts (eps, x0 or
+//! v) into what the variance-preserving classes step with (the DDPM family,
+//! DPM-Solver, UniPC).
+//!
 //! diffusers builds these tables partly in torch float32 and partly in numpy
 //! float64, and the mix matters for bit-level agreement: the training sigma
 //! table is float32 (it comes from the float32 `alphas_cumprod`), while
@@ -11,7 +19,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::SchedulerConfig;
+use super::{linspace_f32, PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::error::Result;
 
 /// `sqrt((1 - alphas_cumprod) / alphas_cumprod)` as torch computes it in
@@ -75,15 +83,11 @@ pub(super) fn rescale_zero_terminal_snr(alphas_cumprod: &[f32]) -> Vec<f32> {
             s * s
         })
         .collect();
-    let mut acc = 1f64;
-    (0..bar.len())
-        .map(|i| {
-            let alpha = if i == 0 { bar[0] } else { bar[i] / bar[i - 1] };
-            let beta = 1.0 - alpha;
-            acc *= (1.0 - beta) as f64;
-            acc as f32
-        })
-        .collect()
+    super::cumprod_of_alphas((0..bar.len()).map(|i| {
+        let alpha = if i == 0 { bar[0] } else { bar[i] / bar[i - 1] };
+        let beta = 1.0 - alpha;
+        1.0 - beta
+    }))
 }
 
 /// `np.interp(x, np.arange(len(fp)), fp)` in float64, including numpy's
@@ -219,14 +223,218 @@ pub(super) fn optional_f64(config: &SchedulerConfig, key: &str) -> Result<Option
 
 /// `final_sigmas_type`: whether the schedule ends at sigma 0 (`"zero"`) or not (`"sigma_min"`).
 pub(super) fn final_sigma_is_zero(config: &SchedulerConfig) -> Result<bool> {
-    match config.str_or("final_sigmas_type", "zero")?.as_str() {
-        "zero" => Ok(true),
-        "sigma_min" => Ok(false),
-        other => Err(config.error(
-            "final_sigmas_type",
-            format!("unsupported value \"{other}\"; accepted: \"zero\", \"sigma_min\""),
-        )),
+    config.one_of(
+        "final_sigmas_type",
+        true,
+        &[("zero", true), ("sigma_min", false)],
+    )
+}
+
+/// The float32 log of the training sigmas: the table `_sigma_to_t` searches.
+pub(super) fn log_sigmas(train_sigmas: &[f32]) -> Vec<f32> {
+    train_sigmas.iter().map(|s| s.ln()).collect()
+}
+
+/// The training sigmas interpolated at each timestep (`np.interp`), float64.
+pub(super) fn interpolated(
+    timesteps: impl IntoIterator<Item = f64>,
+    train_sigmas: &[f32],
+) -> Vec<f64> {
+    timesteps
+        .into_iter()
+        .map(|t| interp_table(t, train_sigmas))
+        .collect()
+}
+
+/// The int64 timesteps of a ramp's sigmas, through `_sigma_to_t`: rounded
+/// when `round`, else truncated by the cast (DPM-Solver, UniPC).
+pub(super) fn ramp_timesteps(sigmas: &[f64], log_sigmas: &[f32], round: bool) -> Vec<i64> {
+    sigmas
+        .iter()
+        .map(|&s| {
+            let t = sigma_to_t(s, log_sigmas);
+            (if round { t.round_ties_even() } else { t }) as i64
+        })
+        .collect()
+}
+
+/// The float64 sigmas stored as float32, followed by the sigma the last step ends at.
+pub(super) fn with_final(sigmas: Vec<f64>, last: f32) -> Vec<f32> {
+    sigmas
+        .into_iter()
+        .map(|s| s as f32)
+        .chain(std::iter::once(last))
+        .collect()
+}
+
+/// What a config asks of a [`SigmaSchedule`]; each class reads its own keys into it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SigmaOptions {
+    pub num_train: usize,
+    pub spacing: TimestepSpacing,
+    pub steps_offset: usize,
+    /// Euler's `interpolation_type = "log_linear"`: `n + 1` sigmas evenly
+    /// spaced in float32 log space between the table's ends, in place of the
+    /// interpolated ones (diffusers keeps the extra entry).
+    pub log_linear: bool,
+    pub ramp: SigmaRamp,
+    /// The ramp's ends where the config sets them; otherwise the interpolated schedule's.
+    pub sigma_min: Option<f64>,
+    pub sigma_max: Option<f64>,
+    /// Whether the last step ends at 0 or at the table's smallest sigma.
+    pub final_sigma_zero: bool,
+    /// How `scale_model_input` divides by sqrt(sigma^2 + 1).
+    pub division: Division,
+}
+
+impl SigmaOptions {
+    /// The interpolated schedule ending at 0, with nothing else asked.
+    pub(super) fn interpolated(
+        num_train: usize,
+        spacing: TimestepSpacing,
+        steps_offset: usize,
+        division: Division,
+    ) -> Self {
+        SigmaOptions {
+            num_train,
+            spacing,
+            steps_offset,
+            log_linear: false,
+            ramp: SigmaRamp::Interpolated,
+            sigma_min: None,
+            sigma_max: None,
+            final_sigma_zero: true,
+            division,
+        }
     }
+}
+
+/// The timesteps and sigmas a sigma scheduler (LMS, Heun, Euler, Euler
+/// ancestral) steps along, as its `set_timesteps` lays them out.
+pub(super) struct SigmaSchedule {
+    /// The float32 timesteps the UNet sees (e.g. 832.5), widened.
+    pub timesteps: Vec<f64>,
+    /// float32: one per timestep (one more for a log-linear schedule), then the
+    /// sigma the last step ends at.
+    pub sigmas: Vec<f32>,
+    /// The largest sigma, or sqrt(max^2 + 1) for `leading` spacing, float32.
+    pub init_noise_sigma: f32,
+    division: Division,
+}
+
+impl SigmaSchedule {
+    /// The float32 timesteps of the spacing, their sigmas interpolated in the
+    /// training table (or log-linear), then replaced by a ramp if one is asked
+    /// for (with the ramp's timesteps mapped back through `_sigma_to_t`).
+    pub(super) fn new(train_sigmas: &[f32], n: usize, options: &SigmaOptions) -> Self {
+        let spacing = options.spacing;
+        let mut timesteps: Vec<f32> = spacing.timesteps(options.num_train, n, options.steps_offset);
+        let mut sigmas: Vec<f64> = if options.log_linear {
+            let last = *train_sigmas.last().expect("non-empty training schedule");
+            linspace_f32(last.ln(), train_sigmas[0].ln(), n + 1)
+                .into_iter()
+                .map(|l| l.exp() as f64)
+                .collect()
+        } else {
+            interpolated(timesteps.iter().map(|&t| t as f64), train_sigmas)
+        };
+        if options.ramp != SigmaRamp::Interpolated {
+            let lo = options
+                .sigma_min
+                .unwrap_or(*sigmas.last().expect("at least one step"));
+            let hi = options.sigma_max.unwrap_or(sigmas[0]);
+            sigmas = options.ramp.ramp(lo, hi, n);
+            let log_sigmas = log_sigmas(train_sigmas);
+            timesteps = sigmas
+                .iter()
+                .map(|&s| sigma_to_t(s, &log_sigmas) as f32)
+                .collect();
+        }
+        let last = if options.final_sigma_zero {
+            0.0
+        } else {
+            train_sigmas[0]
+        };
+        let sigmas = with_final(sigmas, last);
+        let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let init_noise_sigma = match spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
+            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
+        };
+        SigmaSchedule {
+            timesteps: timesteps.into_iter().map(f64::from).collect(),
+            sigmas,
+            init_noise_sigma,
+            division: options.division,
+        }
+    }
+
+    /// diffusers' `scale_model_input`: the latents divided by sqrt(sigma^2 + 1).
+    pub(super) fn scale_model_input(&self, sample: Tensor, step_index: usize) -> Result<Tensor> {
+        let sigma = self.sigmas[step_index];
+        self.division.apply(&sample, (sigma * sigma + 1.0).sqrt())
+    }
+}
+
+/// How a class divides latents by a float32 scalar. diffusers always divides
+/// by a 0-dim float32 tensor; our DDPM family (DDIM, DDPM, PNDM), LMS and Heun
+/// multiply by the float64 reciprocal instead, which can round differently in
+/// the last bit, and keep doing so so that their results do not move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Division {
+    /// A true division, as [`div`] (Euler, Euler ancestral, DPM-Solver, UniPC).
+    Exact,
+    /// A multiplication by the float64 reciprocal.
+    Reciprocal,
+}
+
+impl Division {
+    pub(super) fn apply(self, t: &Tensor, s: f32) -> Result<Tensor> {
+        Ok(match self {
+            Division::Exact => div(t, s)?,
+            Division::Reciprocal => (t / s as f64)?,
+        })
+    }
+}
+
+/// Which of the two unknowns of the variance-preserving process a class wants
+/// from the model output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Predicted {
+    /// x0, the predicted clean sample.
+    CleanSample,
+    /// eps, the predicted noise.
+    Noise,
+}
+
+/// x0 or eps from what the model predicts (eps, x0 or v), with
+/// `sample = alpha x0 + sigma eps` and `v = alpha eps - sigma x0`: the
+/// parametrisation of the DDPM family (alpha^2 = `alphas_cumprod`) and of
+/// DPM-Solver and UniPC (alpha, sigma from [`alpha_sigma`]), in the latents' dtype.
+pub(super) fn vp_prediction(
+    want: Predicted,
+    prediction: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    (alpha, sigma): (f32, f32),
+    division: Division,
+) -> Result<Tensor> {
+    Ok(match (want, prediction) {
+        (Predicted::CleanSample, PredictionType::Sample)
+        | (Predicted::Noise, PredictionType::Epsilon) => model_output.clone(),
+        (Predicted::CleanSample, PredictionType::Epsilon) => {
+            division.apply(&(sample - mul(model_output, sigma)?)?, alpha)?
+        }
+        (Predicted::Noise, PredictionType::Sample) => {
+            division.apply(&(sample - mul(model_output, alpha)?)?, sigma)?
+        }
+        (Predicted::CleanSample, PredictionType::VPrediction) => {
+            (mul(sample, alpha)? - mul(model_output, sigma)?)?
+        }
+        (Predicted::Noise, PredictionType::VPrediction) => {
+            (mul(model_output, alpha)? + mul(sample, sigma)?)?
+        }
+    })
 }
 
 /// `tensor * s` with a float32 scalar, as torch multiplies by a 0-dim float32 tensor.
@@ -259,6 +467,12 @@ pub(super) fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
 }
 
+/// alpha_t, sigma_t and lambda_t at noise level `sigma`, float32.
+pub(super) fn point(sigma: f32) -> (f32, f32, f32) {
+    let (alpha_t, sigma_t) = alpha_sigma(sigma);
+    (alpha_t, sigma_t, lambda(alpha_t, sigma_t))
+}
+
 /// Builds a scheduler from JSON text and returns its error message, for the
 /// tests of refused configurations.
 #[cfg(test)]
@@ -268,6 +482,35 @@ pub(super) fn config_error<T>(build: impl Fn(&SchedulerConfig) -> Result<T>, jso
     match build(&config) {
         Ok(_) => panic!("{json} was accepted"),
         Err(e) => e.to_string(),
+    }
+}
+
+/// Builds `kind` for 10 steps from JSON text, through [`super::build`].
+#[cfg(test)]
+pub(super) fn build_from_json(
+    kind: super::SchedulerKind,
+    json: &str,
+) -> Result<Box<dyn super::Scheduler>> {
+    let config = SchedulerConfig::from_json(std::path::Path::new("scheduler_config.json"), json)
+        .expect("valid test JSON");
+    super::build(kind, &config, 10, 0.0)
+}
+
+/// Asserts that `kind` refuses the config `json` with an error containing each of `needles`.
+#[cfg(test)]
+pub(super) fn assert_refused(kind: super::SchedulerKind, json: &str, needles: &[&str]) {
+    let Err(e) = build_from_json(kind, json) else {
+        panic!("{json} was accepted");
+    };
+    let e = e.to_string();
+    assert!(needles.iter().all(|n| e.contains(n)), "{json}: {e}");
+}
+
+/// Asserts that `kind` refuses each `(json, field)` config with an error naming the field.
+#[cfg(test)]
+pub(super) fn assert_refusals(kind: super::SchedulerKind, cases: &[(&str, &str)]) {
+    for (json, field) in cases {
+        assert_refused(kind, json, &[&format!("`{field}`")]);
     }
 }
 

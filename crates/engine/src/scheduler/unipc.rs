@@ -21,12 +21,10 @@
 use candle_core::Tensor;
 
 use super::ddim::PredictedSample;
-use super::dpm_solver_multistep::read_threshold;
-use super::sigmas::{self, alpha_sigma, lambda, mul, SigmaRamp};
-use super::{
-    linspace_f64, NoiseSource, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
-};
-use crate::error::{Error, Result};
+use super::dpm_solver_multistep::{read_threshold, refuse_flow_sigmas, History};
+use super::sigmas::{self, alpha_sigma, mul, point, vp_prediction, Division, Predicted, SigmaRamp};
+use super::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SolverType {
@@ -41,18 +39,15 @@ pub(super) struct UniPcMultistep {
     /// One more entry than the steps: the last is the sigma we end at.
     sigmas: Vec<f32>,
     prediction: PredictionType,
-    /// Dynamic thresholding of the predicted x0 (`thresholding`); diffusers
-    /// applies it only in the data-prediction form.
-    threshold: Option<PredictedSample>,
+    /// Dynamic thresholding of the predicted x0 (`thresholding`), or `Keep`;
+    /// diffusers applies it only in the data-prediction form.
+    threshold: PredictedSample,
     predict_x0: bool,
     solver_type: SolverType,
-    solver_order: usize,
     lower_order_final: bool,
     /// Step indices after which the corrector is skipped.
     disable_corrector: Vec<usize>,
-    /// The last `solver_order` converted model outputs, oldest first.
-    model_outputs: Vec<Option<Tensor>>,
-    lower_order_nums: usize,
+    history: History,
     /// The sample the previous predictor started from, for the corrector.
     last_sample: Option<Tensor>,
     /// The order the previous predictor used; the corrector reuses it.
@@ -75,7 +70,7 @@ struct BhTerms {
 
 impl UniPcMultistep {
     pub(super) fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
-        let n_train = config.usize_or("num_train_timesteps", 1000)?;
+        let n_train = config.num_train_timesteps()?;
         let solver_order = config.usize_or("solver_order", 2)?;
         if solver_order == 0 {
             return Err(config.error("solver_order", "must be at least 1; accepted: 1, 2, 3, ..."));
@@ -103,14 +98,7 @@ impl UniPcMultistep {
             ));
         }
         let ramp = SigmaRamp::read(config)?;
-        let use_flow_sigmas = config.bool_or("use_flow_sigmas", false)?;
-        if use_flow_sigmas {
-            return Err(config.error(
-                "use_flow_sigmas",
-                "flow-matching sigmas are not supported; accepted: false",
-            ));
-        }
-        config.f64_or("flow_shift", 1.0)?;
+        refuse_flow_sigmas(config)?;
         if config.get("shift_terminal").is_some() {
             // diffusers itself refuses shift_terminal without flow sigmas.
             return Err(config.error(
@@ -152,30 +140,7 @@ impl UniPcMultistep {
         let alphas_cumprod = sigmas::alphas_cumprod(config, rescale)?;
 
         let n = num_inference_steps;
-        let mut timesteps: Vec<i64> = match spacing {
-            TimestepSpacing::Linspace => {
-                let mut t: Vec<i64> = linspace_f64(0.0, (n_train - 1) as f64, n + 1)
-                    .into_iter()
-                    .map(|t| t.round_ties_even() as i64)
-                    .rev()
-                    .collect();
-                t.pop();
-                t
-            }
-            TimestepSpacing::Leading => {
-                let ratio = n_train / (n + 1);
-                (1..=n)
-                    .rev()
-                    .map(|i| (i * ratio + steps_offset) as i64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => {
-                sigmas::arange_f64(n_train as f64, 0.0, -(n_train as f64 / n as f64))
-                    .into_iter()
-                    .map(|t| t.round_ties_even() as i64 - 1)
-                    .collect()
-            }
-        };
+        let mut timesteps = spacing.multistep_timesteps(n_train, n_train, n, steps_offset);
 
         let train_sigmas = sigmas::training_sigmas(&alphas_cumprod);
         let sigmas: Vec<f32> = if ramp == SigmaRamp::Interpolated {
@@ -184,38 +149,23 @@ impl UniPcMultistep {
             } else {
                 train_sigmas[0]
             };
-            timesteps
-                .iter()
-                .map(|&t| sigmas::interp_table(t as f64, &train_sigmas) as f32)
-                .chain(std::iter::once(sigma_last))
-                .collect()
+            let interpolated =
+                sigmas::interpolated(timesteps.iter().map(|&t| t as f64), &train_sigmas);
+            sigmas::with_final(interpolated, sigma_last)
         } else {
-            let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
+            let log_sigmas = sigmas::log_sigmas(&train_sigmas);
             let lo = sigma_min.unwrap_or(train_sigmas[0] as f64);
             let hi = sigma_max.unwrap_or(*train_sigmas.last().expect("non-empty schedule") as f64);
             let s = ramp.ramp(lo, hi, n);
-            timesteps = s
-                .iter()
-                .map(|&s| {
-                    let t = sigmas::sigma_to_t(s, &log_sigmas);
-                    // Karras timesteps are rounded; the int64 cast truncates the rest.
-                    (if ramp == SigmaRamp::Karras {
-                        t.round_ties_even()
-                    } else {
-                        t
-                    }) as i64
-                })
-                .collect();
+            // Karras timesteps are rounded; the int64 cast truncates the rest.
+            timesteps = sigmas::ramp_timesteps(&s, &log_sigmas, ramp == SigmaRamp::Karras);
             // Here "sigma_min" means the ramp's own last sigma, not the table's.
             let sigma_last = if final_sigma_zero {
                 0.0
             } else {
-                *s.last().expect("n >= 1")
+                *s.last().expect("n >= 1") as f32
             };
-            s.into_iter()
-                .chain(std::iter::once(sigma_last))
-                .map(|s| s as f32)
-                .collect()
+            sigmas::with_final(s, sigma_last)
         };
 
         Ok(UniPcMultistep {
@@ -225,11 +175,9 @@ impl UniPcMultistep {
             threshold,
             predict_x0,
             solver_type,
-            solver_order,
             lower_order_final,
             disable_corrector,
-            model_outputs: vec![None; solver_order],
-            lower_order_nums: 0,
+            history: History::new(solver_order),
             last_sample: None,
             this_order: 0,
         })
@@ -242,54 +190,41 @@ impl UniPcMultistep {
         sample: &Tensor,
         i: usize,
     ) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
-        let out = if self.predict_x0 {
-            let x0 = match self.prediction {
-                PredictionType::Epsilon => {
-                    sigmas::div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?
-                }
-                PredictionType::Sample => model_output.clone(),
-                PredictionType::VPrediction => {
-                    (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
-                }
-            };
-            match self.threshold {
-                Some(threshold) => threshold.apply(x0)?,
-                None => x0,
-            }
+        let point = alpha_sigma(self.sigmas[i]);
+        let want = if self.predict_x0 {
+            Predicted::CleanSample
         } else {
-            match self.prediction {
-                PredictionType::Epsilon => model_output.clone(),
-                PredictionType::Sample => {
-                    sigmas::div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?
-                }
-                PredictionType::VPrediction => {
-                    (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?
-                }
-            }
+            Predicted::Noise
         };
-        Ok(out)
+        let out = vp_prediction(
+            want,
+            self.prediction,
+            model_output,
+            sample,
+            point,
+            Division::Exact,
+        )?;
+        if self.predict_x0 {
+            self.threshold.apply(out)
+        } else {
+            Ok(out)
+        }
     }
 
     /// The B(h) update from sigma entry `s0` to `s0 + 1` starting at `x`,
     /// with the stored outputs (newest last) as m0, m1, ...
     fn bh_terms(&self, s0: usize, x: &Tensor, order: usize) -> Result<BhTerms> {
-        let k = self.model_outputs.len();
-        let m0 = self.model_outputs[k - 1].as_ref().expect("newest output");
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[s0 + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[s0]);
-        let lambda_t = lambda(alpha_t, sigma_t);
-        let lambda_s0 = lambda(alpha_s0, sigma_s0);
+        let m0 = self.history.back(0);
+        let (alpha_t, sigma_t, lambda_t) = point(self.sigmas[s0 + 1]);
+        let (alpha_s0, sigma_s0, lambda_s0) = point(self.sigmas[s0]);
         let h = lambda_t - lambda_s0;
 
         let mut rks = Vec::with_capacity(order);
         let mut d1s = Vec::with_capacity(order.saturating_sub(1));
         for i in 1..order {
-            let mi = self.model_outputs[k - 1 - i]
-                .as_ref()
-                .expect("older output");
-            let (alpha_si, sigma_si) = alpha_sigma(self.sigmas[s0 - i]);
-            let rk = (lambda(alpha_si, sigma_si) - lambda_s0) / h;
+            let mi = self.history.back(i);
+            let (_, _, lambda_si) = point(self.sigmas[s0 - i]);
+            let rk = (lambda_si - lambda_s0) / h;
             rks.push(rk);
             d1s.push(sigmas::div(&(mi - m0)?, rk)?);
         }
@@ -359,11 +294,7 @@ impl UniPcMultistep {
         order: usize,
     ) -> Result<Tensor> {
         let t = self.bh_terms(i - 1, last_sample, order)?;
-        let m0 = self
-            .model_outputs
-            .last()
-            .and_then(Option::as_ref)
-            .expect("newest output");
+        let m0 = self.history.back(0);
         let rhos: Vec<f32> = if order == 1 {
             vec![0.5]
         } else {
@@ -436,34 +367,15 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
     x
 }
 
-impl Scheduler for UniPcMultistep {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+impl SchedulerClass for UniPcMultistep {
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::Unscaled(&self.timesteps)
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor, _step_index: usize) -> Result<Tensor> {
-        Ok(sample)
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step_index: usize,
-        sample: &Tensor,
-        _noise: &mut NoiseSource<'_>,
-    ) -> Result<Tensor> {
+    fn step(&mut self, at: StepIn<'_, '_>) -> Result<Tensor> {
+        let (model_output, step_index, sample) = (at.output, at.index, at.sample);
         let n = self.timesteps.len();
         let i = step_index;
-        if i >= n {
-            return Err(Error::invalid(
-                "step_index",
-                format!("{i} is past the last of {n} timesteps"),
-            ));
-        }
         let out_dtype = sample.dtype();
         let model_output = sigmas::f32(model_output)?;
         let mut sample = sigmas::f32(sample)?;
@@ -475,21 +387,19 @@ impl Scheduler for UniPcMultistep {
             }
         }
 
-        self.model_outputs.rotate_left(1);
-        *self.model_outputs.last_mut().expect("solver_order >= 1") = Some(converted);
+        self.history.push(converted);
 
+        let solver_order = self.history.solver_order();
         let order = if self.lower_order_final {
-            self.solver_order.min(n - i)
+            solver_order.min(n - i)
         } else {
-            self.solver_order
+            solver_order
         };
         // Warm-up: never use more history than has been collected.
-        self.this_order = order.min(self.lower_order_nums + 1);
+        self.this_order = order.min(self.history.lower_order_nums() + 1);
         let prev = self.predictor(i, &sample, self.this_order)?;
         self.last_sample = Some(sample);
-        if self.lower_order_nums < self.solver_order {
-            self.lower_order_nums += 1;
-        }
+        self.history.count_step();
         Ok(prev.to_dtype(out_dtype)?)
     }
 }
@@ -497,35 +407,32 @@ impl Scheduler for UniPcMultistep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::sigmas::config_error;
-
-    fn build(c: &SchedulerConfig) -> Result<UniPcMultistep> {
-        UniPcMultistep::new(c, 10)
-    }
+    use crate::scheduler::sigmas::assert_refusals;
+    use crate::scheduler::SchedulerKind;
 
     #[test]
     fn unsupported_values_name_their_field() {
-        for (json, field) in [
-            (r#"{"solver_type": "bh3"}"#, "solver_type"),
-            (r#"{"solver_order": 0}"#, "solver_order"),
-            (
-                r#"{"thresholding": true, "dynamic_thresholding_ratio": -1}"#,
-                "dynamic_thresholding_ratio",
-            ),
-            (r#"{"solver_type": "bh1"}"#, "solver_type"),
-            (r#"{"predict_x0": false}"#, "predict_x0"),
-            (
-                r#"{"solver_p": {"_class_name": "DDIMScheduler"}}"#,
-                "solver_p",
-            ),
-            (r#"{"use_dynamic_shifting": true}"#, "use_dynamic_shifting"),
-            (r#"{"shift_terminal": 0.1}"#, "shift_terminal"),
-            (r#"{"use_flow_sigmas": true}"#, "use_flow_sigmas"),
-            (r#"{"disable_corrector": [1, -2]}"#, "disable_corrector"),
-        ] {
-            let e = config_error(build, json);
-            assert!(e.contains(&format!("`{field}`")), "{json}: {e}");
-        }
+        assert_refusals(
+            SchedulerKind::UniPcMultistep,
+            &[
+                (r#"{"solver_type": "bh3"}"#, "solver_type"),
+                (r#"{"solver_order": 0}"#, "solver_order"),
+                (
+                    r#"{"thresholding": true, "dynamic_thresholding_ratio": -1}"#,
+                    "dynamic_thresholding_ratio",
+                ),
+                (r#"{"solver_type": "bh1"}"#, "solver_type"),
+                (r#"{"predict_x0": false}"#, "predict_x0"),
+                (
+                    r#"{"solver_p": {"_class_name": "DDIMScheduler"}}"#,
+                    "solver_p",
+                ),
+                (r#"{"use_dynamic_shifting": true}"#, "use_dynamic_shifting"),
+                (r#"{"shift_terminal": 0.1}"#, "shift_terminal"),
+                (r#"{"use_flow_sigmas": true}"#, "use_flow_sigmas"),
+                (r#"{"disable_corrector": [1, -2]}"#, "disable_corrector"),
+            ],
+        );
     }
 
     #[test]

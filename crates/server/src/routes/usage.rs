@@ -1,21 +1,18 @@
 //! `GET /api/beta/organizations/{org}/usage`: images, steps and GPU-seconds per UTC day,
 //! the last 30 days.
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 use sie_store::{Timestamp, UtcDay};
 
-use crate::auth::authorize;
+use crate::auth::Authorized;
 use crate::{ApiError, AppState};
 
 pub async fn usage(
     State(state): State<AppState>,
-    Path(org_name): Path<String>,
-    headers: HeaderMap,
+    Authorized { org, name }: Authorized,
 ) -> Result<Json<Value>, ApiError> {
-    let org = authorize(&state, &headers, &org_name).await?;
     let today = Timestamp::now().day();
     let from = UtcDay::from_days_since_epoch(today.days_since_epoch() - 29);
     let days = state.store(move |s| s.usage(org, from, today)).await?;
@@ -32,5 +29,5 @@ pub async fn usage(
             })
         })
         .collect();
-    Ok(Json(json!({"organization": org_name, "days": days})))
+    Ok(Json(json!({"organization": name, "days": days})))
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,8 +25,8 @@ use sie_api::worker::{
 };
 use sie_api::{CreateTask, RequestError};
 use sie_store::{
-    FailureCode, Heartbeat, Leased, Progress, Store, StoreError, TaskId, TaskUsage, Timestamp,
-    WorkerName, WorkerOffer, RECHECK,
+    Failure, FailureCode, Fence, Heartbeat, Leased, Progress, Store, StoreError, TaskId, TaskUsage,
+    Timestamp, WorkerName, WorkerOffer, RECHECK,
 };
 
 use crate::{ApiError, AppState};
@@ -134,7 +134,72 @@ fn task_id(id: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(id).map_err(|e| ApiError::not_found(e.to_string()))
 }
 
-fn lease_lost(id: TaskId, attempt: u32) -> ApiError {
+/// The requests a worker makes about a task it leased; each names its attempt.
+trait Attempted {
+    fn attempt(&self) -> u32;
+}
+
+macro_rules! attempted {
+    ($($t:ty),*) => {$(
+        impl Attempted for $t {
+            fn attempt(&self) -> u32 {
+                self.attempt
+            }
+        }
+    )*};
+}
+attempted!(
+    HeartbeatRequest,
+    CompleteRequest,
+    FailRequest,
+    ReleaseRequest
+);
+
+/// A worker's report on one task: the fence it is for (the worker from its token, the task
+/// from the path, the attempt from the body) and the parsed body. The id is checked before
+/// the body is read, and the body under the route's size limit.
+pub struct Report<T>(Fence, T);
+
+impl<T> FromRequest<AppState> for Report<T>
+where
+    T: DeserializeOwned + Attempted + Send + 'static,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::not_found(e.body_text()))?;
+        let id = task_id(&id)?;
+        let worker = parts
+            .extensions
+            .get::<Worker>()
+            .map(|w| w.name.clone())
+            .ok_or_else(|| {
+                ApiError::Internal("a worker route ran without its token check".into())
+            })?;
+        let body = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        let body: T = body_json(body).await?;
+        Ok(Report(
+            Fence::new(worker.as_str(), id, body.attempt()),
+            body,
+        ))
+    }
+}
+
+/// Runs the write `write`, fenced on `fence`, on the store's thread; whether the fence held.
+async fn fenced(
+    state: &AppState,
+    fence: &Fence,
+    write: impl FnOnce(&dyn Store, &Fence) -> Result<bool, StoreError> + Send + 'static,
+) -> Result<bool, ApiError> {
+    let fence = fence.clone();
+    state.store(move |s| write(s, &fence)).await
+}
+
+fn lease_lost(fence: &Fence) -> ApiError {
+    let Fence { id, attempt, .. } = fence;
     ApiError::client(
         StatusCode::CONFLICT,
         LEASE_LOST,
@@ -146,11 +211,11 @@ fn lease_lost(id: TaskId, attempt: u32) -> ApiError {
     )
 }
 
-fn accepted(taken: bool, id: TaskId, attempt: u32) -> Result<Json<Accepted>, ApiError> {
+fn accepted(taken: bool, fence: &Fence) -> Result<Json<Accepted>, ApiError> {
     if taken {
         Ok(Json(Accepted { accepted: true }))
     } else {
-        Err(lease_lost(id, attempt))
+        Err(lease_lost(fence))
     }
 }
 
@@ -197,15 +262,9 @@ fn look(
         match serde_json::from_str::<CreateTask>(&l.request_json) {
             Ok(request) => return Ok(Look::Leased(Box::new((l, request)))),
             Err(e) => {
-                s.fail(
-                    &offer.worker_id,
-                    l.id,
-                    l.attempt,
-                    &INVALID_REQUEST,
-                    &format!("the stored request does not load: {e}"),
-                    false,
-                    Timestamp::now(),
-                )?;
+                let message = format!("the stored request does not load: {e}");
+                let failure = Failure::new(INVALID_REQUEST, message, false);
+                s.fail(&l.fence(&offer.worker_id), &failure, Timestamp::now())?;
             }
         }
     }
@@ -248,7 +307,7 @@ pub async fn lease(
             let outcome = look(store.as_ref(), &token, &offer, lease);
             if let Err(Ok(Look::Leased(leased))) = answer.send(outcome) {
                 let (l, _) = *leased;
-                match store.release(&offer.worker_id, l.id, l.attempt, Timestamp::now()) {
+                match store.release(&l.fence(&offer.worker_id), Timestamp::now()) {
                     Ok(_) => tracing::info!(request_id = %l.id, worker = %offer.worker_id,
                         "the worker hung up during its lease call; task given back"),
                     Err(e) => tracing::error!(request_id = %l.id, error = %e,
@@ -291,54 +350,29 @@ pub async fn lease(
 
 pub async fn heartbeat(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Extension(worker): Extension<Worker>,
-    body: Result<Bytes, BytesRejection>,
+    Report(fence, HeartbeatRequest { progress, .. }): Report<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let worker = worker.name;
-    let id = task_id(&id)?;
-    let HeartbeatRequest { attempt, progress } = body_json(body).await?;
     let progress = progress.map(|p| Progress {
         step: p.step,
         steps: p.steps,
     });
-    let lease = state.lease;
+    let (lease, fenced) = (state.lease, fence.clone());
     let beat = state
-        .store(move |s| {
-            s.heartbeat(
-                worker.as_str(),
-                id,
-                attempt,
-                progress,
-                lease,
-                Timestamp::now(),
-            )
-        })
+        .store(move |s| s.heartbeat(&fenced, progress, lease, Timestamp::now()))
         .await?;
-    match beat {
-        Heartbeat::Continue => Ok(Json(HeartbeatResponse {
-            action: Action::Continue,
-        })),
-        Heartbeat::Cancelled => Ok(Json(HeartbeatResponse {
-            action: Action::Cancel,
-        })),
-        Heartbeat::Lost => Err(lease_lost(id, attempt)),
-    }
+    let action = match beat {
+        Heartbeat::Continue => Action::Continue,
+        Heartbeat::Cancelled => Action::Cancel,
+        Heartbeat::Lost => return Err(lease_lost(&fence)),
+    };
+    Ok(Json(HeartbeatResponse { action }))
 }
 
 pub async fn complete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Extension(worker): Extension<Worker>,
-    body: Result<Bytes, BytesRejection>,
+    Report(fence, done): Report<CompleteRequest>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let worker = worker.name;
-    let id = task_id(&id)?;
-    let CompleteRequest {
-        attempt,
-        model_outputs,
-        usage,
-    } = body_json(body).await?;
+    let (model_outputs, usage) = (done.model_outputs, done.usage);
     if model_outputs.images.is_empty() {
         return Err(invalid(
             "invalid_value",
@@ -374,41 +408,29 @@ pub async fn complete(
         steps: usage.steps,
         gpu_ms: usage.gpu_ms,
     };
-    let worker_name = worker.clone();
-    let taken = state
-        .store(move |s| {
-            s.complete(
-                worker.as_str(),
-                id,
-                attempt,
-                &result,
-                usage,
-                Timestamp::now(),
-            )
-        })
-        .await?;
+    let taken = fenced(&state, &fence, move |s, f| {
+        s.complete(f, &result, usage, Timestamp::now())
+    })
+    .await?;
+    let (id, attempt, worker) = (fence.id, fence.attempt, &fence.worker_id);
     if taken {
-        tracing::info!(request_id = %id, attempt, worker = %worker_name, "task succeeded on a remote worker");
+        tracing::info!(request_id = %id, attempt, worker, "task succeeded on a remote worker");
     } else {
-        tracing::warn!(request_id = %id, attempt, worker = %worker_name, "late result dropped: the lease had passed on");
+        tracing::warn!(request_id = %id, attempt, worker, "late result dropped: the lease had passed on");
     }
-    accepted(taken, id, attempt)
+    accepted(taken, &fence)
 }
 
 pub async fn fail(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Extension(worker): Extension<Worker>,
-    body: Result<Bytes, BytesRejection>,
+    Report(fence, failed): Report<FailRequest>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let worker = worker.name;
-    let id = task_id(&id)?;
     let FailRequest {
-        attempt,
         code,
         message,
         retryable,
-    } = body_json(body).await?;
+        ..
+    } = failed;
     let code = FailureCode::parse(&code).map_err(|e| {
         invalid(
             "invalid_value",
@@ -417,52 +439,38 @@ pub async fn fail(
         )
     })?;
     if message.len() > MAX_MESSAGE_LEN {
-        return Err(ApiError::Invalid(RequestError {
-            code: "invalid_value",
-            field: Some("message".into()),
-            message: format!(
+        return Err(invalid(
+            "invalid_value",
+            "message",
+            format!(
                 "message is {} bytes; keep it under {MAX_MESSAGE_LEN}",
                 message.len()
             ),
-        }));
+        ));
     }
-    let worker_name = worker.clone();
-    let (log_code, log_message) = (code.clone(), message.clone());
-    let taken = state
-        .store(move |s| {
-            s.fail(
-                worker.as_str(),
-                id,
-                attempt,
-                &code,
-                &message,
-                retryable,
-                Timestamp::now(),
-            )
-        })
-        .await?;
+    let failure = Failure::new(code, message, retryable);
+    let reported = failure.clone();
+    let taken = fenced(&state, &fence, move |s, f| {
+        s.fail(f, &reported, Timestamp::now())
+    })
+    .await?;
     if taken {
-        tracing::info!(request_id = %id, attempt, worker = %worker_name, code = %log_code,
-            message = %log_message, retryable, "a remote worker reported a failure");
+        let (id, attempt, worker) = (fence.id, fence.attempt, &fence.worker_id);
+        let (code, message) = (failure.code.as_str(), &failure.message);
+        tracing::info!(request_id = %id, attempt, worker, code, message, retryable,
+            "a remote worker reported a failure");
     }
-    accepted(taken, id, attempt)
+    accepted(taken, &fence)
 }
 
 pub async fn release(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Extension(worker): Extension<Worker>,
-    body: Result<Bytes, BytesRejection>,
+    Report(fence, _): Report<ReleaseRequest>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let worker = worker.name;
-    let id = task_id(&id)?;
-    let ReleaseRequest { attempt } = body_json(body).await?;
-    let worker_name = worker.clone();
-    let taken = state
-        .store(move |s| s.release(worker.as_str(), id, attempt, Timestamp::now()))
-        .await?;
+    let taken = fenced(&state, &fence, |s, f| s.release(f, Timestamp::now())).await?;
     if taken {
-        tracing::info!(request_id = %id, attempt, worker = %worker_name, "a remote worker gave its task back");
+        let (id, attempt, worker) = (fence.id, fence.attempt, &fence.worker_id);
+        tracing::info!(request_id = %id, attempt, worker, "a remote worker gave its task back");
     }
-    accepted(taken, id, attempt)
+    accepted(taken, &fence)
 }

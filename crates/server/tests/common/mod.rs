@@ -79,6 +79,33 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// No workers: every task stays queued, for tests that drive the queue themselves.
+    pub fn idle() -> Self {
+        Options {
+            workers: 0,
+            ..Options::default()
+        }
+    }
+
+    /// The tiny model without its safety checker.
+    pub fn without_checker(self) -> Self {
+        Options {
+            safety_checker: false,
+            ..self
+        }
+    }
+
+    pub fn lease(self, lease: Duration) -> Self {
+        Options { lease, ..self }
+    }
+
+    pub fn caps(self, per_org: u32, global: u32) -> Self {
+        let caps = QueueCaps { per_org, global };
+        Options { caps, ..self }
+    }
+}
+
 /// A running app: its address, a key of the approved organization `acme`, and its store.
 pub struct TestApp {
     pub root: String,
@@ -261,25 +288,33 @@ impl TestApp {
         .await
     }
 
-    /// Polls until the task reports progress (a worker is running it).
-    pub async fn wait_until_running(&self, url: &str) {
+    /// Polls `url` until its body satisfies `done`, failing after two minutes; that body.
+    pub async fn poll(&self, url: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while self.get(url).await.get("progress").is_none() {
-            assert!(Instant::now() < deadline, "{url} never started");
+        loop {
+            let v = self.get(url).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{url} is still {v}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
+    /// POSTs `body` and waits until a worker runs it; the result URL.
+    pub async fn submit_running(&self, body: Value) -> String {
+        let url = self.submit(body).await;
+        self.wait_until_running(&url).await;
+        url
+    }
+
+    /// Polls until the task reports progress (a worker is running it).
+    pub async fn wait_until_running(&self, url: &str) {
+        self.poll(url, |v| v.get("progress").is_some()).await;
+    }
+
     /// Polls until the task is no longer pending.
     pub async fn finish(&self, url: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let v = self.get(url).await;
-            if v["status"] != "pending" {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{url} still pending: {v}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.poll(url, |v| v["status"] != "pending").await
     }
 }

@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use sie_store::{PostgresStore, Store};
 
@@ -27,12 +26,7 @@ pub struct ApiArgs {
 
 pub fn run(args: ApiArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&args.database_url)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(&args.server.listen))
-        .with_context(|| format!("listening on {}", args.server.listen))?;
+    let (runtime, listener) = super::common::bind(&args.server.listen)?;
     let stop = Arc::new(AtomicBool::new(false));
     let expiry = spawn_expiry(store.clone(), stop.clone(), args.server.result_ttl)?;
     // Remote workers announce what they run; this build's workers run the engine's pipelines.

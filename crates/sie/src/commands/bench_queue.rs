@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sie_store::{
-    AccountName, BillingNote, OrgName, PostgresStore, QueueCaps, SqliteStore, Store, TaskNeeds,
-    TaskUsage, Timestamp, WorkerOffer,
+    AccountName, BillingNote, NewTask, OrgName, PostgresStore, QueueCaps, SqliteStore, Store,
+    TaskNeeds, TaskUsage, Timestamp, WorkerOffer,
 };
 use sie_vocab::{Capabilities, Pipeline, SchedulerKind};
 
@@ -82,9 +82,13 @@ pub fn run(b: QueueBench) -> anyhow::Result<()> {
                 while created.fetch_add(1, Ordering::SeqCst) < b.tasks
                     && !failed.load(Ordering::SeqCst)
                 {
-                    if let Err(e) =
-                        store.enqueue(org, &request, &needs, None, caps, Timestamp::now())
-                    {
+                    let task = NewTask {
+                        org,
+                        request_json: &request,
+                        needs,
+                        idempotency: None,
+                    };
+                    if let Err(e) = store.enqueue(&task, caps, Timestamp::now()) {
                         failed.store(true, Ordering::SeqCst);
                         return Err(e.into());
                     }
@@ -117,9 +121,7 @@ pub fn run(b: QueueBench) -> anyhow::Result<()> {
                             gpu_ms: 1,
                         };
                         if store.complete(
-                            &offer.worker_id,
-                            l.id,
-                            l.attempt,
+                            &l.fence(&offer.worker_id),
                             result,
                             usage,
                             Timestamp::now(),

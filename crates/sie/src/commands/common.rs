@@ -86,6 +86,18 @@ impl StoreArgs {
     }
 }
 
+/// The runtime the HTTP server runs on, and its listener on `listen`, bound before anything
+/// else starts so that a taken port is refused at once.
+pub fn bind(listen: &str) -> anyhow::Result<(tokio::runtime::Runtime, tokio::net::TcpListener)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("listening on {listen}"))?;
+    Ok((runtime, listener))
+}
+
 /// Loads a model directory, with the safety checker from `safety_checker` or the model's own.
 pub fn load_model(
     dir: &std::path::Path,

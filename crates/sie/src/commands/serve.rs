@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
@@ -53,13 +52,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let model_dir = model_dir(&args)?;
     let model = super::common::load_model(&model_dir, args.safety_checker.as_ref())?;
     let announcement = sie_worker::task::announcement(&model, &model_name(&model_dir));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     // Bind before creating the first key: if the port is taken, nothing is created unseen.
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(&args.server.listen))
-        .with_context(|| format!("listening on {}", args.server.listen))?;
+    let (runtime, listener) = super::common::bind(&args.server.listen)?;
     let first_key = bootstrap(store.as_ref())?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -160,11 +154,12 @@ fn print_welcome(address: &str, key: &str) {
     println!("created organization `default` and the API key below (shown once; keep it)");
     println!("api key: {key}");
     println!("try the seed document's example:");
+    let example: Vec<&str> = sie_api::SEED_EXAMPLE.lines().map(str::trim).collect();
     println!(
         "curl -s -X POST http://{address}/api/beta/organizations/default/inference-endpoints/stable-diffusion-2-1 \\\n  \
          -H 'Salad-Api-Key: {key}' -H 'Content-Type: application/json' \\\n  \
-         -d '{{\"modelInputs\": {{\"prompt\": \"An oil painting of a salad\", \"num_inference_steps\": 50, \"guidance_scale\": 20, \"width\": 512, \"height\": 512}}, \
-         \"callInputs\": {{\"PIPELINE\": \"StableDiffusionPipeline\", \"SCHEDULER\": \"LMSDiscreteScheduler\", \"safety_checker\": \"true\"}}}}'"
+         -d '{}'",
+        example.join(" ")
     );
     println!("then GET the resultUrl it answers with the same Salad-Api-Key header until status is success.");
 }

@@ -12,22 +12,6 @@ use std::time::{Duration, Instant};
 
 pub const SIE: &str = env!("CARGO_BIN_EXE_sie");
 
-/// The seed document's example request, its trailing comma removed.
-pub const SEED_EXAMPLE: &str = r#"{
-  "modelInputs": {
-    "prompt": "An oil painting of a salad",
-    "num_inference_steps": 50,
-    "guidance_scale": 20,
-    "width": 512,
-    "height": 512
-  },
-  "callInputs": {
-    "PIPELINE": "StableDiffusionPipeline",
-    "SCHEDULER": "LMSDiscreteScheduler",
-    "safety_checker": "true"
-  }
-}"#;
-
 /// Runs `sie ARGS…` to the end.
 pub fn sie(args: &[&str]) -> Output {
     Command::new(SIE)
@@ -69,13 +53,16 @@ pub fn image_size(bytes: &[u8]) -> (u32, u32) {
     (img.width(), img.height())
 }
 
-/// Waits until `done()` holds, checking every `every`, failing with `what` after `limit`.
-pub fn wait_until(limit: Duration, every: Duration, what: &str, mut done: impl FnMut() -> bool) {
+/// Whether `done()` comes to hold within `limit`, checking every `every`.
+pub fn eventually(limit: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(every);
     }
+    true
 }
 
 /// A child `sie` process whose stderr is kept (for assertions on its log) and which dies
@@ -120,11 +107,12 @@ impl Proc {
 
     /// Waits until its log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, limit: Duration) {
-        wait_until(
-            limit,
-            Duration::from_millis(50),
-            &format!("no {needle:?} in the log:\n{}", self.log()),
-            || self.log().contains(needle),
+        let every = Duration::from_millis(50);
+        let found = eventually(limit, every, || self.log().contains(needle));
+        assert!(
+            found,
+            "no {needle:?} in the log within {limit:?}:\n{}",
+            self.log()
         );
     }
 

@@ -1,6 +1,6 @@
 //! SIGKILL and SIGTERM of workers and API nodes mid-run: nothing accepted is lost.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 
@@ -18,27 +18,10 @@ fn killed_workers_and_api_nodes_lose_nothing() {
     // SIGKILL a worker in the middle of a task: the other worker finishes it, attempt 2.
     let mut a = start_worker(&api1.url, &t.tokens["gpu-a"], &model);
     let long = submit(&c, &api1.url, &t.key, &small(7, 150, 128));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while get_task(&c, &api1.url, &t.key, &long)
-        .get("progress")
-        .is_none()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "never started; worker log:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_running(&c, &api1.url, &t.key, &long);
     a.kill9();
     let mut b = start_worker(&api2.url, &t.tokens["gpu-b"], &model);
-    let v = &wait_all(
-        &c,
-        &[&api2.url],
-        &t.key,
-        std::slice::from_ref(&long),
-        Duration::from_secs(300),
-    )[0];
+    let v = &wait_one(&c, &api2.url, &t.key, &long, Duration::from_secs(300));
     assert_eq!(v["status"], "success", "{v}");
     assert_eq!(db.attempt(&long), 2);
 
@@ -62,26 +45,13 @@ fn killed_workers_and_api_nodes_lose_nothing() {
     b.expect_clean_exit(Duration::from_secs(30));
     let mut c_worker = start_worker(&api2.url, &t.tokens["gpu-c"], &model);
     let last = submit(&c, &api2.url, &t.key, &small(9, 150, 128));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while get_task(&c, &api2.url, &t.key, &last)
-        .get("progress")
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_running(&c, &api2.url, &t.key, &last);
     c_worker.sigterm();
     c_worker.expect_clean_exit(Duration::from_secs(30));
     let v = get_task(&c, &api2.url, &t.key, &last);
     assert_eq!(v["status"], "pending", "{v}");
     assert!(v.get("progress").is_none(), "given back to the queue: {v}");
     let _again = start_worker(&api2.url, &t.tokens["gpu-c"], &model);
-    let v = &wait_all(
-        &c,
-        &[&api2.url],
-        &t.key,
-        std::slice::from_ref(&last),
-        Duration::from_secs(300),
-    )[0];
+    let v = &wait_one(&c, &api2.url, &t.key, &last, Duration::from_secs(300));
     assert_eq!(v["status"], "success", "{v}");
 }

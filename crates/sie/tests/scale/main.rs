@@ -31,7 +31,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub use common::{tiny_model, Proc};
+pub use common::{eventually, tiny_model, Proc};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
@@ -244,6 +244,21 @@ fn wait_all(c: &Client, apis: &[&str], key: &str, ids: &[String], limit: Duratio
         std::thread::sleep(Duration::from_millis(100));
     }
     done.into_iter().map(Option::unwrap).collect()
+}
+
+/// Polls `api` until task `id` has finished; its final body.
+fn wait_one(c: &Client, api: &str, key: &str, id: &str, limit: Duration) -> Value {
+    let ids = [id.to_owned()];
+    wait_all(c, &[api], key, &ids, limit).remove(0)
+}
+
+/// Polls `api` until task `id` reports progress (a worker is running it).
+fn wait_running(c: &Client, api: &str, key: &str, id: &str) {
+    let every = Duration::from_millis(50);
+    let started = common::eventually(Duration::from_secs(120), every, || {
+        get_task(c, api, key, id).get("progress").is_some()
+    });
+    assert!(started, "{id} never started");
 }
 
 fn small(i: u64, steps: u32, size: u32) -> Value {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 
@@ -160,27 +160,20 @@ fn a_postgresql_restart_loses_no_accepted_task() {
     let mut ids: Vec<String> = (0..6)
         .map(|i| submit(&c, &api.url, &t.key, &small(i, 60, 128)))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    // Running (progress comes with the heartbeat, once a second), or already past it.
+    let every = Duration::from_millis(50);
+    let started = eventually(Duration::from_secs(120), every, || {
         let v = get_task(&c, &api.url, &t.key, &ids[0]);
-        // Running (progress comes with the heartbeat, once a second), or already past it.
-        if v.get("progress").is_some() || v["status"] != "pending" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        v.get("progress").is_some() || v["status"] != "pending"
+    });
+    assert!(started, "never started");
 
     pg.ctl_stop();
     // While the database is down: not ready, and no 202 (nothing can be stored).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while readyz(&c, &api.url) != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "readyz never failed while PostgreSQL was down"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let down = eventually(Duration::from_secs(30), every, || {
+        readyz(&c, &api.url) == 503
+    });
+    assert!(down, "readyz never failed while PostgreSQL was down");
     let refused = c
         .post(format!("{}{BASE}", api.url))
         .header("Salad-Api-Key", &t.key)
@@ -196,15 +189,10 @@ fn a_postgresql_restart_loses_no_accepted_task() {
 
     pg.ctl_start();
     // The API node recovers by itself: no restart of sie.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while readyz(&c, &api.url) != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "readyz never recovered; log:\n{}",
-            api.proc.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let up = eventually(Duration::from_secs(60), every, || {
+        readyz(&c, &api.url) == 200
+    });
+    assert!(up, "readyz never recovered; log:\n{}", api.proc.log());
     ids.extend((10..14).map(|i| submit(&c, &api.url, &t.key, &small(i, 2, 64))));
     for (id, v) in ids.iter().zip(wait_all(
         &c,

@@ -198,7 +198,7 @@ pub fn worker_tokens(h: &dyn Harness) {
     let again = s.lease(&offer("node-2"), LEASE, secs(12)).unwrap().unwrap();
     assert_eq!((again.id, again.attempt), (id, 2));
     assert_eq!(
-        s.heartbeat("node-1", id, l.attempt, None, LEASE, secs(13))
+        s.heartbeat(&Fence::new("node-1", id, l.attempt), None, LEASE, secs(13))
             .unwrap(),
         Heartbeat::Lost
     );

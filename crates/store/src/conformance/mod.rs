@@ -23,7 +23,9 @@ pub use tasks::*;
 
 use std::time::Duration;
 
-use crate::domain::{AccountName, BillingNote, FailureCode, OrgId, OrgName, PageRequest};
+use crate::domain::{
+    AccountName, BillingNote, FailureCode, IdempotencyKey, OrgId, OrgName, PageRequest,
+};
 use crate::domain::{TaskId, Timestamp};
 use crate::store::Store;
 use crate::types::*;
@@ -114,8 +116,18 @@ fn approved_org(s: &dyn Store, name: &str) -> OrgId {
     id
 }
 
+/// A text-to-image task of `org` with `body`, under the idempotency key `key` if any.
+fn new_task<'a>(org: OrgId, body: &'a str, key: Option<&'a IdempotencyKey>) -> NewTask<'a> {
+    NewTask {
+        org,
+        request_json: body,
+        needs: txt2img(),
+        idempotency: key.map(|key| Idempotency { key, request: body }),
+    }
+}
+
 fn enqueue(s: &dyn Store, org: OrgId, body: &str, now: Timestamp) -> TaskId {
-    let e = s.enqueue(org, body, &txt2img(), None, CAPS, now).unwrap();
+    let e = s.enqueue(&new_task(org, body, None), CAPS, now).unwrap();
     assert!(e.created);
     e.id
 }

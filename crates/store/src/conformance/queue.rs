@@ -57,7 +57,12 @@ pub fn round_robin_with_one_worker(h: &dyn Harness) {
     let mut order = Vec::new();
     while let Some(l) = lease(s, at(2)) {
         assert!(s
-            .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), at(2))
+            .complete(
+                &Fence::new(W, l.id, l.attempt),
+                "{}",
+                TaskUsage::default(),
+                at(2)
+            )
             .unwrap());
         order.push(l.id);
     }
@@ -81,9 +86,7 @@ pub fn lease_expiry_requeues(h: &dyn Harness) {
     // A heartbeat pushes expiry out.
     assert_eq!(
         s.heartbeat(
-            W,
-            id,
-            1,
+            &Fence::new(W, id, 1),
             Some(Progress { step: 3, steps: 10 }),
             LEASE,
             secs(50)
@@ -147,7 +150,7 @@ pub fn worker_lost_after_three_attempts(h: &dyn Harness) {
     assert_eq!(v.finished_at, Some(secs(400)));
     // The lost worker cannot resurrect it.
     assert!(!s
-        .complete(W, id, 3, "{}", TaskUsage::default(), secs(401))
+        .complete(&Fence::new(W, id, 3), "{}", TaskUsage::default(), secs(401))
         .unwrap());
     let u = s.usage(a, secs(0).day(), secs(0).day()).unwrap();
     assert_eq!(u[0].tasks_failed, 1);
@@ -167,28 +170,34 @@ pub fn fencing_refuses_stale_attempts(h: &dyn Harness) {
     // it is still not the owner; its own attempt has passed on.
     let p = Some(Progress { step: 9, steps: 9 });
     for (attempt, result) in [(fresh.attempt, "\"thief\""), (stale.attempt, "\"stale\"")] {
-        let lost = s.heartbeat(W, id, attempt, p, LEASE, secs(62)).unwrap();
+        let lost = s
+            .heartbeat(&Fence::new(W, id, attempt), p, LEASE, secs(62))
+            .unwrap();
         assert_eq!(lost, Heartbeat::Lost);
         let usage = TaskUsage::default();
-        assert!(!s.complete(W, id, attempt, result, usage, secs(62)).unwrap());
-        let failed = s.fail(W, id, attempt, &code("boom"), result, false, secs(62));
+        assert!(!s
+            .complete(&Fence::new(W, id, attempt), result, usage, secs(62))
+            .unwrap());
+        let failed = s.fail(
+            &Fence::new(W, id, attempt),
+            &Failure::new(code("boom"), result, false),
+            secs(62),
+        );
         assert!(!failed.unwrap());
-        assert!(!s.release(W, id, attempt, secs(62)).unwrap());
+        assert!(!s.release(&Fence::new(W, id, attempt), secs(62)).unwrap());
     }
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Running);
     assert_eq!(v.progress, None, "the stale heartbeat wrote nothing");
     // A fence on a task that does not exist is just as refused.
     assert_eq!(
-        s.heartbeat(W, TaskId::random(), 1, None, LEASE, secs(62))
+        s.heartbeat(&Fence::new(W, TaskId::random(), 1), None, LEASE, secs(62))
             .unwrap(),
         Heartbeat::Lost
     );
     assert!(s
         .complete(
-            "worker-b",
-            id,
-            fresh.attempt,
+            &Fence::new("worker-b", id, fresh.attempt),
             "\"fresh\"",
             TaskUsage::default(),
             secs(63)
@@ -210,16 +219,21 @@ pub fn first_completion_wins(h: &dyn Harness) {
         gpu_ms: 1500,
     };
     assert!(s
-        .complete(W, id, l.attempt, "\"one\"", usage, secs(1))
+        .complete(&Fence::new(W, id, l.attempt), "\"one\"", usage, secs(1))
         .unwrap());
     assert!(!s
-        .complete(W, id, l.attempt, "\"two\"", usage, secs(2))
+        .complete(&Fence::new(W, id, l.attempt), "\"two\"", usage, secs(2))
         .unwrap());
     assert!(!s
-        .fail(W, id, l.attempt, &code("boom"), "late", false, secs(2))
+        .fail(
+            &Fence::new(W, id, l.attempt),
+            &Failure::new(code("boom"), "late", false),
+            secs(2)
+        )
         .unwrap());
     assert_eq!(
-        s.heartbeat(W, id, l.attempt, None, LEASE, secs(2)).unwrap(),
+        s.heartbeat(&Fence::new(W, id, l.attempt), None, LEASE, secs(2))
+            .unwrap(),
         Heartbeat::Lost
     );
     let v = view(s, a, id);
@@ -236,17 +250,13 @@ pub fn first_completion_wins(h: &dyn Harness) {
     let l2 = lease(s, secs(3)).unwrap();
     assert!(s
         .fail(
-            W,
-            id2,
-            l2.attempt,
-            &code("inference_failed"),
-            "out of memory",
-            false,
+            &Fence::new(W, id2, l2.attempt),
+            &Failure::new(code("inference_failed"), "out of memory", false),
             secs(4)
         )
         .unwrap());
     assert!(!s
-        .complete(W, id2, l2.attempt, "{}", usage, secs(5))
+        .complete(&Fence::new(W, id2, l2.attempt), "{}", usage, secs(5))
         .unwrap());
     let v = view(s, a, id2);
     assert_eq!(v.state, TaskState::Failed);
@@ -268,7 +278,7 @@ pub fn release_returns_task(h: &dyn Harness) {
     enqueue(s, a, "{}", secs(0));
     let l = lease(s, secs(0)).unwrap();
     assert_eq!(l.id, id);
-    assert!(s.release(W, id, l.attempt, secs(1)).unwrap());
+    assert!(s.release(&Fence::new(W, id, l.attempt), secs(1)).unwrap());
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Queued);
     assert_eq!(v.queue_position, Some(1), "a released task keeps its place");
@@ -279,9 +289,14 @@ pub fn release_returns_task(h: &dyn Harness) {
     assert!(l.attempt > attempt, "the fencing token still grows");
     attempt = l.attempt;
     assert!(!s
-        .complete(W, id, attempt - 1, "{}", TaskUsage::default(), secs(2))
+        .complete(
+            &Fence::new(W, id, attempt - 1),
+            "{}",
+            TaskUsage::default(),
+            secs(2)
+        )
         .unwrap());
-    assert!(s.release(W, id, attempt, secs(3)).unwrap());
+    assert!(s.release(&Fence::new(W, id, attempt), secs(3)).unwrap());
     for round in 0..3 {
         let l = lease(s, secs(10 + 100 * round)).unwrap();
         assert_eq!(l.id, id, "round {round}");
@@ -321,9 +336,7 @@ pub fn concurrent_leasing_never_double_leases(h: &dyn Harness) {
                         assert_eq!(l.attempt, 1, "{} was leased twice", l.id);
                         assert!(s
                             .complete(
-                                &worker,
-                                l.id,
-                                l.attempt,
+                                &Fence::new(&worker, l.id, l.attempt),
                                 "{}",
                                 TaskUsage::default(),
                                 secs(2)
@@ -352,7 +365,13 @@ pub fn lease_matches_worker_offer(h: &dyn Harness) {
         scheduler: scheduler.map(|s| SchedulerKind::parse(s).unwrap()),
         safety_checker,
     };
-    let put = |n: TaskNeeds, t| s.enqueue(a, "{}", &n, None, CAPS, secs(t)).unwrap().id;
+    let put = |needs: TaskNeeds, t| {
+        let task = NewTask {
+            needs,
+            ..new_task(a, "{}", None)
+        };
+        s.enqueue(&task, CAPS, secs(t)).unwrap().id
+    };
     let pndm = put(
         needs("StableDiffusionPipeline", Some("PNDMScheduler"), false),
         0,
@@ -400,12 +419,8 @@ pub fn retryable_failure_requeues_then_fails(h: &dyn Harness) {
         assert_eq!((l.id, l.attempt), (id, attempt));
         assert!(s
             .fail(
-                W,
-                id,
-                attempt,
-                &code("out_of_memory"),
-                "CUDA OOM",
-                true,
+                &Fence::new(W, id, attempt),
+                &Failure::new(code("out_of_memory"), "CUDA OOM", true),
                 secs(attempt.into())
             )
             .unwrap());
@@ -418,7 +433,11 @@ pub fn retryable_failure_requeues_then_fails(h: &dyn Harness) {
     assert_eq!(l.attempt, 3);
     // The last attempt's retryable failure is final, with the worker's own words.
     assert!(s
-        .fail(W, id, 3, &code("out_of_memory"), "CUDA OOM", true, secs(3))
+        .fail(
+            &Fence::new(W, id, 3),
+            &Failure::new(code("out_of_memory"), "CUDA OOM", true),
+            secs(3)
+        )
         .unwrap());
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Failed);
@@ -437,7 +456,11 @@ pub fn retryable_failure_requeues_then_fails(h: &dyn Harness) {
         CancelOutcome::CancelRequested
     );
     assert!(s
-        .fail(W, id, l.attempt, &code("gpu_fault"), "x", true, secs(12))
+        .fail(
+            &Fence::new(W, id, l.attempt),
+            &Failure::new(code("gpu_fault"), "x", true),
+            secs(12)
+        )
         .unwrap());
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Failed);
@@ -467,7 +490,7 @@ pub fn work_signal_rings_on_enqueue_and_requeue(h: &dyn Harness) {
         }
         seen = now;
     }
-    assert!(s.release(W, id, l.attempt, secs(2)).unwrap());
+    assert!(s.release(&Fence::new(W, id, l.attempt), secs(2)).unwrap());
     assert!(
         s.work_signal().wait_past(seen, wait) > seen,
         "a task given back rang the signal"

@@ -12,11 +12,11 @@ pub fn idempotency(h: &dyn Harness) {
     let b = approved_org(s, "b");
     let key = IdempotencyKey::parse("req-1").unwrap();
     let first = s
-        .enqueue(a, "{\"n\":1}", &txt2img(), Some(&key), CAPS, at(0))
+        .enqueue(&new_task(a, "{\"n\":1}", Some(&key)), CAPS, at(0))
         .unwrap();
     assert!(first.created);
     let again = s
-        .enqueue(a, "{\"n\":2}", &txt2img(), Some(&key), CAPS, at(1))
+        .enqueue(&new_task(a, "{\"n\":1}", Some(&key)), CAPS, at(1))
         .unwrap();
     assert_eq!(
         again,
@@ -25,9 +25,14 @@ pub fn idempotency(h: &dyn Harness) {
             created: false
         }
     );
+    // The same key with another request is refused, and nothing is stored.
+    match s.enqueue(&new_task(a, "{\"n\":2}", Some(&key)), CAPS, at(1)) {
+        Err(StoreError::IdempotencyKeyReused(k)) => assert_eq!(k, "req-1"),
+        other => panic!("expected IdempotencyKeyReused, got {other:?}"),
+    }
     // The key belongs to the organization: another may use the same one.
     let other = s
-        .enqueue(b, "{\"n\":1}", &txt2img(), Some(&key), CAPS, at(2))
+        .enqueue(&new_task(b, "{\"n\":1}", Some(&key)), CAPS, at(2))
         .unwrap();
     assert!(other.created);
     assert_ne!(other.id, first.id);
@@ -39,7 +44,7 @@ pub fn idempotency(h: &dyn Harness) {
         global: 1,
     };
     assert_eq!(
-        s.enqueue(a, "{}", &txt2img(), Some(&key), full, at(4))
+        s.enqueue(&new_task(a, "{\"n\":1}", Some(&key)), full, at(4))
             .unwrap()
             .id,
         first.id
@@ -58,17 +63,17 @@ pub fn queue_caps_and_retry_after(h: &dyn Harness) {
         per_org: 2,
         global: 3,
     };
-    s.enqueue(a, "{}", &txt2img(), None, caps, at(0)).unwrap();
-    s.enqueue(a, "{}", &txt2img(), None, caps, at(0)).unwrap();
-    match s.enqueue(a, "{}", &txt2img(), None, caps, at(0)) {
+    s.enqueue(&new_task(a, "{}", None), caps, at(0)).unwrap();
+    s.enqueue(&new_task(a, "{}", None), caps, at(0)).unwrap();
+    match s.enqueue(&new_task(a, "{}", None), caps, at(0)) {
         Err(StoreError::QueueFull {
             scope: QueueScope::Org,
             retry_after_seconds,
         }) => assert_eq!(retry_after_seconds, 30, "nothing finished yet: the default"),
         other => panic!("expected the organization's queue to be full, got {other:?}"),
     }
-    s.enqueue(b, "{}", &txt2img(), None, caps, at(0)).unwrap();
-    match s.enqueue(b, "{}", &txt2img(), None, caps, at(0)) {
+    s.enqueue(&new_task(b, "{}", None), caps, at(0)).unwrap();
+    match s.enqueue(&new_task(b, "{}", None), caps, at(0)) {
         Err(StoreError::QueueFull {
             scope: QueueScope::Global,
             ..
@@ -78,7 +83,7 @@ pub fn queue_caps_and_retry_after(h: &dyn Harness) {
     // Running tasks do not count: leasing one makes room.
     let l = lease(s, secs(1)).unwrap();
     assert_eq!(l.org, a);
-    s.enqueue(a, "{}", &txt2img(), None, caps, secs(1)).unwrap();
+    s.enqueue(&new_task(a, "{}", None), caps, secs(1)).unwrap();
 
     // With 6 tasks finished in the last minute, one slot frees every 10 s.
     let big = QueueCaps {
@@ -86,27 +91,37 @@ pub fn queue_caps_and_retry_after(h: &dyn Harness) {
         global: 100,
     };
     assert!(s
-        .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), secs(2))
+        .complete(
+            &Fence::new(W, l.id, l.attempt),
+            "{}",
+            TaskUsage::default(),
+            secs(2)
+        )
         .unwrap());
     for i in 0..5 {
         enqueue(s, b, "{}", secs(3));
         let l = lease(s, secs(3)).unwrap();
         assert!(s
-            .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), secs(4 + i))
+            .complete(
+                &Fence::new(W, l.id, l.attempt),
+                "{}",
+                TaskUsage::default(),
+                secs(4 + i)
+            )
             .unwrap());
     }
     let tight = QueueCaps {
         per_org: 100,
         global: 0,
     };
-    match s.enqueue(a, "{}", &txt2img(), None, tight, secs(10)) {
+    match s.enqueue(&new_task(a, "{}", None), tight, secs(10)) {
         Err(StoreError::QueueFull {
             scope: QueueScope::Global,
             retry_after_seconds,
         }) => assert_eq!(retry_after_seconds, 10),
         other => panic!("expected a full queue, got {other:?}"),
     }
-    assert!(s.enqueue(a, "{}", &txt2img(), None, big, secs(10)).is_ok());
+    assert!(s.enqueue(&new_task(a, "{}", None), big, secs(10)).is_ok());
 }
 
 pub fn cancel_cases(h: &dyn Harness) {
@@ -141,18 +156,14 @@ pub fn cancel_cases(h: &dyn Harness) {
     assert_eq!(v.state, TaskState::Running);
     assert!(v.cancel_requested);
     assert_eq!(
-        s.heartbeat(W, running, l.attempt, None, LEASE, secs(5))
+        s.heartbeat(&Fence::new(W, running, l.attempt), None, LEASE, secs(5))
             .unwrap(),
         Heartbeat::Cancelled
     );
     assert!(s
         .fail(
-            W,
-            running,
-            l.attempt,
-            &code(codes::CANCELLED),
-            "stopped at step 3",
-            false,
+            &Fence::new(W, running, l.attempt),
+            &Failure::new(code(codes::CANCELLED), "stopped at step 3", false),
             secs(6)
         )
         .unwrap());
@@ -166,7 +177,12 @@ pub fn cancel_cases(h: &dyn Harness) {
     let done = enqueue(s, a, "{}", secs(8));
     let l = lease(s, secs(8)).unwrap();
     assert!(s
-        .complete(W, done, l.attempt, "\"ok\"", TaskUsage::default(), secs(9))
+        .complete(
+            &Fence::new(W, done, l.attempt),
+            "\"ok\"",
+            TaskUsage::default(),
+            secs(9)
+        )
         .unwrap());
     assert_eq!(
         s.cancel(a, done, secs(10)).unwrap(),
@@ -191,7 +207,9 @@ pub fn cancel_cases(h: &dyn Harness) {
     let released = enqueue(s, a, "{}", secs(200));
     let l = lease(s, secs(200)).unwrap();
     s.cancel(a, released, secs(201)).unwrap();
-    assert!(s.release(W, released, l.attempt, secs(202)).unwrap());
+    assert!(s
+        .release(&Fence::new(W, released, l.attempt), secs(202))
+        .unwrap());
     assert_eq!(view(s, a, released).state, TaskState::Failed);
 }
 
@@ -218,9 +236,7 @@ pub fn get_and_list(h: &dyn Harness) {
     let l = lease(s, secs(10)).unwrap();
     assert_eq!(
         s.heartbeat(
-            W,
-            l.id,
-            l.attempt,
+            &Fence::new(W, l.id, l.attempt),
             Some(Progress { step: 2, steps: 25 }),
             LEASE,
             secs(11)
@@ -229,7 +245,7 @@ pub fn get_and_list(h: &dyn Harness) {
         Heartbeat::Continue
     );
     // A heartbeat without progress keeps the last progress.
-    s.heartbeat(W, l.id, l.attempt, None, LEASE, secs(12))
+    s.heartbeat(&Fence::new(W, l.id, l.attempt), None, LEASE, secs(12))
         .unwrap();
     let v = view(s, a, ids[0]);
     assert_eq!(
@@ -285,7 +301,12 @@ pub fn queue_position_follows_lease_order(h: &dyn Harness) {
         let l = lease(s, secs(100)).unwrap();
         assert_eq!(l.id, expected, "position {pos}");
         assert!(s
-            .complete(W, l.id, l.attempt, "{}", TaskUsage::default(), secs(100))
+            .complete(
+                &Fence::new(W, l.id, l.attempt),
+                "{}",
+                TaskUsage::default(),
+                secs(100)
+            )
             .unwrap());
     }
 }
@@ -296,7 +317,7 @@ pub fn expiry(h: &dyn Harness) {
     let ttl = Duration::from_secs(3600);
     let key = IdempotencyKey::parse("once").unwrap();
     let old = s
-        .enqueue(a, "{}", &txt2img(), Some(&key), CAPS, secs(0))
+        .enqueue(&new_task(a, "{}", Some(&key)), CAPS, secs(0))
         .unwrap()
         .id;
     let l = lease(s, secs(0)).unwrap();
@@ -306,14 +327,19 @@ pub fn expiry(h: &dyn Harness) {
         gpu_ms: 100,
     };
     assert!(s
-        .complete(W, old, l.attempt, "\"old\"", usage, secs(10))
+        .complete(&Fence::new(W, old, l.attempt), "\"old\"", usage, secs(10))
         .unwrap());
     let cancelled = enqueue(s, a, "{}", secs(20));
     s.cancel(a, cancelled, secs(20)).unwrap();
     let recent = enqueue(s, a, "{}", secs(30));
     let l = lease(s, secs(30)).unwrap();
     assert!(s
-        .complete(W, recent, l.attempt, "\"recent\"", usage, secs(2000))
+        .complete(
+            &Fence::new(W, recent, l.attempt),
+            "\"recent\"",
+            usage,
+            secs(2000)
+        )
         .unwrap());
     let will_run = enqueue(s, a, "{}", secs(40));
     let still_queued = enqueue(s, a, "{}", secs(41));
@@ -335,7 +361,7 @@ pub fn expiry(h: &dyn Harness) {
     assert_eq!(s.list(a, page(1, 10), secs(0)).unwrap().total, 2);
     // The expired task's idempotency key is free again.
     assert!(
-        s.enqueue(a, "{}", &txt2img(), Some(&key), CAPS, secs(1_000_001))
+        s.enqueue(&new_task(a, "{}", Some(&key)), CAPS, secs(1_000_001))
             .unwrap()
             .created
     );
@@ -355,15 +381,13 @@ pub fn usage_totals(h: &dyn Harness) {
         let l = s.lease(&offer(W), LEASE, finish).unwrap().unwrap();
         assert_eq!(l.id, id);
         match usage {
-            Some(u) => assert!(s.complete(W, id, l.attempt, "{}", u, finish).unwrap()),
+            Some(u) => assert!(s
+                .complete(&Fence::new(W, id, l.attempt), "{}", u, finish)
+                .unwrap()),
             None => assert!(s
                 .fail(
-                    W,
-                    id,
-                    l.attempt,
-                    &code("inference_failed"),
-                    "x",
-                    false,
+                    &Fence::new(W, id, l.attempt),
+                    &Failure::new(code("inference_failed"), "x", false),
                     finish
                 )
                 .unwrap()),
@@ -430,9 +454,7 @@ pub fn persistence_across_reopen(h: &dyn Harness) {
         let l = lease(s, secs(2)).unwrap();
         assert!(s
             .complete(
-                W,
-                done,
-                l.attempt,
+                &Fence::new(W, done, l.attempt),
                 "\"result\"",
                 TaskUsage::default(),
                 secs(3)

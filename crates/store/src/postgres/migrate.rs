@@ -19,7 +19,10 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
 )";
 
 /// The embedded migrations, in order. A new file gets the next number here.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_digest.sql")),
+];
 
 /// Advisory lock key (arbitrary, but fixed: every node must use the same).
 const MIGRATION_LOCK: i64 = 0x5349_4530_0001;

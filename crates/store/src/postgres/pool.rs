@@ -18,8 +18,8 @@ use postgres::{Client, Config, IsolationLevel, NoTls, Transaction};
 
 use super::PostgresStore;
 use crate::error::{Result, StoreError};
-use crate::sql::rows::{corrupt_column, Column, Row};
-use crate::sql::{Access, Db, Params, Transactions};
+use crate::sql::rows::{corrupt_column, Column};
+use crate::sql::{Access, Db, Each, OpName, Params, Transactions};
 
 /// Idle connections kept for reuse; more are opened on demand under load.
 const POOL_IDLE: usize = 16;
@@ -200,24 +200,18 @@ fn bind<'a>(params: Params<'a>) -> Vec<&'a (dyn ToSql + Sync)> {
 }
 
 impl Db for Transaction<'_> {
-    fn exec(&mut self, op: &'static str, sql: &str, params: Params<'_>) -> Result<u64> {
+    fn exec(&mut self, op: OpName, sql: &str, params: Params<'_>) -> Result<u64> {
         self.execute(sql, &bind(params)).op(op)
     }
 
-    fn query(
-        &mut self,
-        op: &'static str,
-        sql: &str,
-        params: Params<'_>,
-        each: &mut dyn FnMut(&dyn Row) -> Result<()>,
-    ) -> Result<()> {
+    fn query(&mut self, op: OpName, sql: &str, params: Params<'_>, each: Each<'_>) -> Result<()> {
         for r in self.query(sql, &bind(params)).op(op)? {
             each(&r)?;
         }
         Ok(())
     }
 
-    fn batch(&mut self, op: &'static str, sql: &str) -> Result<()> {
+    fn batch(&mut self, op: OpName, sql: &str) -> Result<()> {
         self.batch_execute(sql).op(op)
     }
 }

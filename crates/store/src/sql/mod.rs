@@ -48,25 +48,26 @@ impl<T: rusqlite::ToSql + postgres::types::ToSql + Sync> Param for T {
 /// A statement's parameters, `$1` first.
 pub(crate) type Params<'a> = &'a [&'a dyn Param];
 
+/// The operation a statement belongs to, as its errors name it (`database error during
+/// enqueue`).
+pub(crate) type OpName = &'static str;
+
+/// What [`Db::query`] hands each row to.
+pub(crate) type Each<'a> = &'a mut dyn FnMut(&dyn Row) -> Result<()>;
+
 /// Statements in a transaction. Each names the operation its errors report (`database
 /// error during enqueue`), and reads rows through the shared [`Row`]. A driver provides
 /// [`exec`](Db::exec), [`query`](Db::query) and [`batch`](Db::batch); the ways of
 /// reading a result are written once, here.
 pub(crate) trait Db {
     /// Runs a statement; how many rows it changed.
-    fn exec(&mut self, op: &'static str, sql: &str, params: Params<'_>) -> Result<u64>;
+    fn exec(&mut self, op: OpName, sql: &str, params: Params<'_>) -> Result<u64>;
 
     /// Runs a statement and hands each row it returns to `each`, in order.
-    fn query(
-        &mut self,
-        op: &'static str,
-        sql: &str,
-        params: Params<'_>,
-        each: &mut dyn FnMut(&dyn Row) -> Result<()>,
-    ) -> Result<()>;
+    fn query(&mut self, op: OpName, sql: &str, params: Params<'_>, each: Each<'_>) -> Result<()>;
 
     /// Runs statements that take no parameters, one after another (a migration).
-    fn batch(&mut self, op: &'static str, sql: &str) -> Result<()>;
+    fn batch(&mut self, op: OpName, sql: &str) -> Result<()>;
 
     /// The row a statement returns, if any, read by `read`. Statements read this way
     /// match one row at most (a key, or `LIMIT 1`).

@@ -14,12 +14,14 @@ use std::time::Duration;
 use super::rows::Fenced;
 use super::statements as sql;
 use super::{Backend, Db, Params};
-use crate::domain::{FailureCode, TaskId, Timestamp};
+use crate::domain::Timestamp;
 use crate::error::Result;
 use crate::rules::{self, Effect};
 use crate::signal::WorkSignal;
 use crate::store::Queue;
-use crate::types::{Heartbeat, Leased, Progress, TaskUsage, WorkerOffer, MAX_ATTEMPTS};
+use crate::types::{
+    Failure, Fence, Heartbeat, Leased, Progress, TaskUsage, WorkerOffer, MAX_ATTEMPTS,
+};
 
 /// Adds a finished task to its organization's daily usage row.
 fn record_usage(
@@ -89,14 +91,18 @@ fn sweep_lapsed<B: Backend>(tx: &mut B::Tx<'_>, now: Timestamp) -> Result<u64> {
 fn report<'e, B: Backend>(
     store: &B,
     op: &'static str,
-    (worker_id, id, attempt): (&str, TaskId, u32),
+    fence: &Fence,
     now: Timestamp,
     decide: impl Fn(&Fenced) -> Effect<'e>,
 ) -> Result<bool> {
     // `None` when the fence refused; else whether the task went back to the queue.
     let requeued = store.write(op, |tx| {
         let fenced = format!("{}{}", sql::FENCED_TASK, B::LOCK_ROWS);
-        let params: Params<'_> = &[&id.to_string(), &i64::from(attempt), &worker_id];
+        let params: Params<'_> = &[
+            &fence.id.to_string(),
+            &i64::from(fence.attempt),
+            &fence.worker_id,
+        ];
         let Some(task) = tx.first(op, &fenced, params, Fenced::read)? else {
             return Ok(None);
         };
@@ -152,9 +158,7 @@ impl<B: Backend> Queue for B {
 
     fn heartbeat(
         &self,
-        worker_id: &str,
-        id: TaskId,
-        attempt: u32,
+        fence: &Fence,
         progress: Option<Progress>,
         lease: Duration,
         now: Timestamp,
@@ -165,9 +169,9 @@ impl<B: Backend> Queue for B {
                 &now.plus(lease).as_millis(),
                 &progress.map(|p| i64::from(p.step)),
                 &progress.map(|p| i64::from(p.steps)),
-                &id.to_string(),
-                &i64::from(attempt),
-                &worker_id,
+                &fence.id.to_string(),
+                &i64::from(fence.attempt),
+                &fence.worker_id,
             ];
             let cancel_requested = tx.first("heartbeat", sql::HEARTBEAT, params, |r| r.flag(0))?;
             Ok(rules::heartbeat(cancel_requested))
@@ -176,9 +180,7 @@ impl<B: Backend> Queue for B {
 
     fn complete(
         &self,
-        worker_id: &str,
-        id: TaskId,
-        attempt: u32,
+        fence: &Fence,
         result_json: &str,
         usage: TaskUsage,
         now: Timestamp,
@@ -190,9 +192,9 @@ impl<B: Backend> Queue for B {
                 &i64::from(usage.images),
                 &i64::from(usage.steps),
                 &usage.gpu_ms_stored(),
-                &id.to_string(),
-                &i64::from(attempt),
-                &worker_id,
+                &fence.id.to_string(),
+                &i64::from(fence.attempt),
+                &fence.worker_id,
             ];
             let Some(org) = tx.first("complete", sql::COMPLETE, params, |r| r.int(0))? else {
                 return Ok(false);
@@ -202,23 +204,13 @@ impl<B: Backend> Queue for B {
         })
     }
 
-    fn fail(
-        &self,
-        worker_id: &str,
-        id: TaskId,
-        attempt: u32,
-        code: &FailureCode,
-        message: &str,
-        retryable: bool,
-        now: Timestamp,
-    ) -> Result<bool> {
-        report(self, "fail", (worker_id, id, attempt), now, |task| {
-            rules::after_failure(task, code, message, retryable)
+    fn fail(&self, fence: &Fence, failure: &Failure, now: Timestamp) -> Result<bool> {
+        report(self, "fail", fence, now, |task| {
+            rules::after_failure(task, &failure.code, &failure.message, failure.retryable)
         })
     }
 
-    fn release(&self, worker_id: &str, id: TaskId, attempt: u32, now: Timestamp) -> Result<bool> {
-        let fence = (worker_id, id, attempt);
+    fn release(&self, fence: &Fence, now: Timestamp) -> Result<bool> {
         report(self, "release", fence, now, rules::after_release)
     }
 }

@@ -80,25 +80,25 @@ fn opt_ts(ms: Option<i64>) -> Option<Timestamp> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TaskRecord {
     /// The enqueue order, which the queue position is counted by.
-    pub seq: i64,
-    pub id: String,
-    pub org_id: i64,
-    pub state: String,
-    pub attempt: i64,
-    pub progress_step: Option<i64>,
-    pub progress_steps: Option<i64>,
-    pub cancel_requested: bool,
-    pub result: Option<String>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub usage_images: Option<i64>,
-    pub usage_steps: Option<i64>,
-    pub usage_gpu_ms: Option<i64>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
+    seq: i64,
+    id: String,
+    org_id: i64,
+    state: String,
+    attempt: i64,
+    progress_step: Option<i64>,
+    progress_steps: Option<i64>,
+    cancel_requested: bool,
+    result: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    usage_images: Option<i64>,
+    usage_steps: Option<i64>,
+    usage_gpu_ms: Option<i64>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
     /// The row meets [`sql::waiting`](super::statements::waiting) at the time asked about.
-    pub waiting: bool,
+    waiting: bool,
 }
 
 impl TaskRecord {

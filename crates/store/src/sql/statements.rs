@@ -94,8 +94,9 @@ pub const AUTHENTICATE_WORKER: &str =
 
 // ---- Tasks: the client's side ----
 
-/// $1 organization, $2 idempotency key.
-pub const FIND_IDEMPOTENT: &str = "SELECT id FROM tasks WHERE org_id = $1 AND idempotency_key = $2";
+/// $1 organization, $2 idempotency key: the task it made (`id, idempotency_digest`).
+pub const FIND_IDEMPOTENT: &str =
+    "SELECT id, idempotency_digest FROM tasks WHERE org_id = $1 AND idempotency_key = $2";
 /// $1 organization: its queued tasks, and everyone's.
 pub const QUEUED_COUNTS: &str =
     "SELECT COUNT(*) FILTER (WHERE org_id = $1), COUNT(*) FROM tasks WHERE state = 'queued'";
@@ -104,11 +105,11 @@ pub const FINISHED_SINCE: &str = "SELECT COUNT(*) FROM tasks
      WHERE finished_at IS NOT NULL AND finished_at > $1
        AND (CAST($2 AS BIGINT) IS NULL OR org_id = $2)";
 /// $1 id, $2 organization, $3 request, $4 idempotency key, $5 now, $6 pipeline,
-/// $7 scheduler, $8 needs the safety checker.
+/// $7 scheduler, $8 needs the safety checker, $9 idempotency digest.
 pub const INSERT_TASK: &str =
     "INSERT INTO tasks (id, org_id, request, idempotency_key, state, created_at,
-                        pipeline, scheduler, needs_safety_checker)
-     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8)";
+                        pipeline, scheduler, needs_safety_checker, idempotency_digest)
+     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9)";
 /// $1 organization, $2 id: the task a cancel is about (`seq, state`).
 pub const CANCEL_TARGET: &str = "SELECT seq, state FROM tasks WHERE org_id = $1 AND id = $2";
 /// $1 seq.

@@ -13,8 +13,9 @@ use super::queue::apply;
 use super::rows::{self, to_u64, TaskRecord};
 use super::statements as sql;
 use super::{Backend, Db, Params};
-use crate::domain::{duration_ms, IdempotencyKey, OrgId, PageRequest, TaskId, Timestamp, UtcDay};
+use crate::domain::{duration_ms, OrgId, PageRequest, TaskId, Timestamp, UtcDay};
 use crate::error::{QueueScope, Result, StoreError};
+use crate::keys::hash_key;
 use crate::rules;
 use crate::store::Tasks;
 use crate::types::*;
@@ -23,16 +24,15 @@ use crate::types::*;
 const FINISH_RATE_WINDOW_MS: i64 = 60_000;
 
 impl<B: Backend> Tasks for B {
-    fn enqueue(
-        &self,
-        org: OrgId,
-        request_json: &str,
-        needs: &TaskNeeds,
-        idempotency_key: Option<&IdempotencyKey>,
-        caps: QueueCaps,
-        now: Timestamp,
-    ) -> Result<Enqueued> {
+    fn enqueue(&self, task: &NewTask<'_>, caps: QueueCaps, now: Timestamp) -> Result<Enqueued> {
         let op = "enqueue";
+        let NewTask {
+            org,
+            request_json,
+            needs,
+            idempotency,
+        } = *task;
+        let digest = idempotency.map(|i| hash_key(i.request));
         let enqueued = self.write(op, |tx| {
             B::serialize_enqueues(tx)?;
             let known = tx.first(op, sql::ORG_EXISTS, &[&org.get()], |_| Ok(()))?;
@@ -41,12 +41,17 @@ impl<B: Backend> Tasks for B {
                     "no organization with id {org}"
                 )));
             }
-            if let Some(key) = idempotency_key {
+            if let Some(Idempotency { key, .. }) = idempotency {
                 let params: Params<'_> = &[&org.get(), &key.as_str()];
-                let earlier =
-                    tx.first(op, sql::FIND_IDEMPOTENT, params, |r| rows::task_id(r, 0))?;
-                if let Some(id) = earlier {
-                    return Ok(Enqueued { id, created: false });
+                let earlier = tx.first(op, sql::FIND_IDEMPOTENT, params, |r| {
+                    Ok((rows::task_id(r, 0)?, r.opt_text(1)?))
+                })?;
+                match earlier {
+                    Some((_, Some(first))) if Some(&first) != digest.as_ref() => {
+                        return Err(StoreError::IdempotencyKeyReused(key.as_str().to_owned()))
+                    }
+                    Some((id, _)) => return Ok(Enqueued { id, created: false }),
+                    None => {}
                 }
             }
             let (org_queued, all_queued) = tx.one(op, sql::QUEUED_COUNTS, &[&org.get()], |r| {
@@ -66,11 +71,12 @@ impl<B: Backend> Tasks for B {
                 &id.to_string(),
                 &org.get(),
                 &request_json,
-                &idempotency_key.map(|k| k.as_str()),
+                &idempotency.map(|i| i.key.as_str()),
                 &now.as_millis(),
                 &needs.pipeline.as_str(),
                 &needs.scheduler.map(|s| s.as_str()),
                 &needs.safety_checker,
+                &digest,
             ];
             tx.exec(op, sql::INSERT_TASK, params)?;
             B::announce_work(tx, op)?;

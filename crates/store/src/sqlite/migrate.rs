@@ -21,6 +21,7 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_workers.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_digest.sql")),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -19,8 +19,8 @@ use rusqlite::{params_from_iter, Connection, OpenFlags, Transaction, Transaction
 
 use super::SqliteStore;
 use crate::error::{Result, StoreError};
-use crate::sql::rows::{corrupt_column, Column, Row};
-use crate::sql::{Access, Db, Params, Transactions};
+use crate::sql::rows::{corrupt_column, Column};
+use crate::sql::{Access, Db, Each, OpName, Params, Transactions};
 
 /// How long a statement waits for another connection's write lock before
 /// giving up with `SQLITE_BUSY`. Writes are short; this only bites when the
@@ -139,18 +139,12 @@ fn bind<'a>(params: Params<'a>) -> impl rusqlite::Params + 'a {
 }
 
 impl Db for Transaction<'_> {
-    fn exec(&mut self, op: &'static str, sql: &str, params: Params<'_>) -> Result<u64> {
+    fn exec(&mut self, op: OpName, sql: &str, params: Params<'_>) -> Result<u64> {
         let changed = self.execute(&numbered(sql), bind(params)).op(op)?;
         Ok(changed as u64)
     }
 
-    fn query(
-        &mut self,
-        op: &'static str,
-        sql: &str,
-        params: Params<'_>,
-        each: &mut dyn FnMut(&dyn Row) -> Result<()>,
-    ) -> Result<()> {
+    fn query(&mut self, op: OpName, sql: &str, params: Params<'_>, each: Each<'_>) -> Result<()> {
         let mut stmt = self.prepare(&numbered(sql)).op(op)?;
         let mut rows = stmt.query(bind(params)).op(op)?;
         while let Some(r) = rows.next().op(op)? {
@@ -159,7 +153,7 @@ impl Db for Transaction<'_> {
         Ok(())
     }
 
-    fn batch(&mut self, op: &'static str, sql: &str) -> Result<()> {
+    fn batch(&mut self, op: OpName, sql: &str) -> Result<()> {
         self.execute_batch(sql).op(op)
     }
 }

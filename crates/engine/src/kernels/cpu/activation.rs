@@ -8,20 +8,20 @@
 //! written once, with the vectorised GELU of `vector.rs`. `kernels::gelu` and
 //! `kernels::geglu` send f32 here (GEGLU after checking that the last dimension is even).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous;
 use super::vector::{gelu_erf, vectorised};
+use super::{f32s, Kernel, Op, Operand, Output};
 
 /// `xs[..., :n] * gelu(xs[..., n:])` for f32 `xs` of last dimension `2n`.
 pub(crate) fn geglu(xs: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1_no_bwd(&Geglu)
+    xs.contiguous()?.apply_op1_no_bwd(&Op(Geglu))
 }
 
 /// The exact (erf) GELU of every element of f32 `xs`.
 pub(crate) fn gelu(xs: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1_no_bwd(&Gelu)
+    xs.contiguous()?.apply_op1_no_bwd(&Op(Gelu))
 }
 
 struct Geglu;
@@ -30,13 +30,12 @@ struct Gelu;
 /// Elements per work item of [`Gelu`].
 const ELEMENTS: usize = 1 << 14;
 
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "sie-gelu"
-    }
+impl Kernel<1> for Gelu {
+    const NAME: &'static str = "sie-gelu";
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous(storage.as_slice::<f32>()?, layout, self.name())?;
+    fn run(&self, [xs]: [Operand<'_>; 1]) -> Output {
+        let layout = xs.1;
+        let xs = f32s(xs, Self::NAME)?;
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(ELEMENTS)
             .zip(xs.par_chunks(ELEMENTS))
@@ -56,13 +55,12 @@ vectorised! {
 /// Rows per work item: enough to amortise the hand-off, small enough to balance.
 const ROWS: usize = 16;
 
-impl CustomOp1 for Geglu {
-    fn name(&self) -> &'static str {
-        "sie-geglu"
-    }
+impl Kernel<1> for Geglu {
+    const NAME: &'static str = "sie-geglu";
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous(storage.as_slice::<f32>()?, layout, self.name())?;
+    fn run(&self, [xs]: [Operand<'_>; 1]) -> Output {
+        let layout = xs.1;
+        let xs = f32s(xs, Self::NAME)?;
         let mut dims = layout.shape().dims().to_vec();
         let Some(last) = dims.last_mut() else {
             candle_core::bail!("sie-geglu needs at least one dimension")

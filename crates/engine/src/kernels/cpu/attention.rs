@@ -16,12 +16,12 @@
 //! the split-heads/merge-heads copies a batched matmul needs are gone too.
 //! `kernels::attention` checks the shapes and sends q, k and v of one of f32, f16, bf16 here.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Result, Shape, Tensor, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::contiguous;
 use super::vector::{exp, vectorised};
+use super::{contiguous, Kernel, Op, Operand, Output};
 use crate::kernels::Attention;
 
 /// Most queries per tile (one work item for the thread pool). Fewer when that would leave
@@ -38,7 +38,7 @@ pub(crate) fn tiled(q: &Tensor, k: &Tensor, v: &Tensor, op: Attention) -> Result
         scale: op.scale as f32,
     };
     q.contiguous()?
-        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &kernel)
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &Op(kernel))
 }
 
 /// The kernel; operands contiguous, all of one dtype (checked by `kernels::attention`).
@@ -47,20 +47,10 @@ struct Tiled {
     scale: f32,
 }
 
-impl CustomOp3 for Tiled {
-    fn name(&self) -> &'static str {
-        "sie-attention-tiled"
-    }
+impl Kernel<3> for Tiled {
+    const NAME: &'static str = "sie-attention-tiled";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, [(s1, l1), (s2, l2), (s3, l3)]: [Operand<'_>; 3]) -> Output {
         let (b, n_q, c_qk) = l1.shape().dims3()?;
         let (_, n_k, _) = l2.shape().dims3()?;
         let (_, _, c_v) = l3.shape().dims3()?;
@@ -74,24 +64,24 @@ impl CustomOp3 for Tiled {
         };
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => CpuStorage::F32(run(
-                contiguous(q, l1, self.name())?,
-                contiguous(k, l2, self.name())?,
-                contiguous(v, l3, self.name())?,
+                contiguous(q, l1, Self::NAME)?,
+                contiguous(k, l2, Self::NAME)?,
+                contiguous(v, l3, Self::NAME)?,
                 dims,
                 self.scale,
             )),
             (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => CpuStorage::F16(run(
-                contiguous(q, l1, self.name())?,
-                contiguous(k, l2, self.name())?,
-                contiguous(v, l3, self.name())?,
+                contiguous(q, l1, Self::NAME)?,
+                contiguous(k, l2, Self::NAME)?,
+                contiguous(v, l3, Self::NAME)?,
                 dims,
                 self.scale,
             )),
             (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
                 CpuStorage::BF16(run(
-                    contiguous(q, l1, self.name())?,
-                    contiguous(k, l2, self.name())?,
-                    contiguous(v, l3, self.name())?,
+                    contiguous(q, l1, Self::NAME)?,
+                    contiguous(k, l2, Self::NAME)?,
+                    contiguous(v, l3, Self::NAME)?,
                     dims,
                     self.scale,
                 ))

@@ -14,9 +14,9 @@
 //! The sums are the same as candle's up to the order of additions (about 1e-6 relative).
 //! `kernels::conv2d` sends only ungrouped, undilated f32 convolutions here.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Result, Shape, Tensor};
 
-use super::contiguous;
+use super::{f32s, Kernel, Op, Operand, Output};
 use crate::kernels::Conv2d;
 
 /// Floats in one band's column matrix (64 MB).
@@ -31,7 +31,7 @@ pub(crate) fn im2col_gemm(xs: &Tensor, conv: &Conv2d) -> Result<Tensor> {
     };
     let out = xs
         .contiguous()?
-        .apply_op2_no_bwd(&conv.weight.contiguous()?, &kernel)?;
+        .apply_op2_no_bwd(&conv.weight.contiguous()?, &Op(kernel))?;
     match &conv.bias {
         Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
         None => Ok(out),
@@ -44,20 +44,12 @@ struct Im2ColGemm {
     padding: usize,
 }
 
-impl CustomOp2 for Im2ColGemm {
-    fn name(&self) -> &'static str {
-        "sie-conv2d-im2col"
-    }
+impl Kernel<2> for Im2ColGemm {
+    const NAME: &'static str = "sie-conv2d-im2col";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1.as_slice::<f32>()?, l1, self.name())?;
-        let w = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
+    fn run(&self, [x, w]: [Operand<'_>; 2]) -> Output {
+        let (l1, l2) = (x.1, w.1);
+        let (x, w) = (f32s(x, Self::NAME)?, f32s(w, Self::NAME)?);
         let (b, c_in, h, wd) = l1.shape().dims4()?;
         let (c_out, c_in_w, kh, kw) = l2.shape().dims4()?;
         if c_in != c_in_w {

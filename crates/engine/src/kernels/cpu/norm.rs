@@ -10,11 +10,11 @@
 //! the vectorised `exp` of `vector.rs`. `kernels::group_norm` sends f32 inputs of rank 3 or
 //! more here.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Result, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous;
 use super::vector::{silu, vectorised};
+use super::{f32s, Kernel, Op, Operand, Output};
 use crate::kernels::GroupNorm;
 
 /// `norm` over `xs` (batch, channels, ...), then SiLU when `silu`; f32.
@@ -27,7 +27,7 @@ pub(crate) fn fused(xs: &Tensor, norm: &GroupNorm, silu: bool) -> Result<Tensor>
     xs.contiguous()?.apply_op3_no_bwd(
         &norm.weight.contiguous()?,
         &norm.bias.contiguous()?,
-        &kernel,
+        &Op(kernel),
     )
 }
 
@@ -38,23 +38,16 @@ struct Fused {
     silu: bool,
 }
 
-impl CustomOp3 for Fused {
-    fn name(&self) -> &'static str {
-        "sie-group-norm"
-    }
+impl Kernel<3> for Fused {
+    const NAME: &'static str = "sie-group-norm";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1.as_slice::<f32>()?, l1, self.name())?;
-        let weight = contiguous(s2.as_slice::<f32>()?, l2, self.name())?;
-        let bias = contiguous(s3.as_slice::<f32>()?, l3, self.name())?;
+    fn run(&self, [x, weight, bias]: [Operand<'_>; 3]) -> Output {
+        let l1 = x.1;
+        let (x, weight, bias) = (
+            f32s(x, Self::NAME)?,
+            f32s(weight, Self::NAME)?,
+            f32s(bias, Self::NAME)?,
+        );
         let dims = l1.shape().dims();
         let channels = dims[1];
         if channels % self.groups != 0 || weight.len() != channels || bias.len() != channels {

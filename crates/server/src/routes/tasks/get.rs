@@ -1,25 +1,18 @@
 //! `GET {base}/{requestId}`: the task's status and, once done, its outputs.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::Value;
 use sie_store::Timestamp;
 
-use super::{not_found, parse_id, status_body};
-use crate::auth::authorize;
+use super::task_status;
+use crate::auth::Authorized;
 use crate::{ApiError, AppState};
 
 pub async fn get(
     State(state): State<AppState>,
-    Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authorized { org, .. }: Authorized,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let org = authorize(&state, &headers, &org).await?;
-    let id = parse_id(&id)?;
-    let view = state
-        .store(move |s| s.get(org, id, Timestamp::now()))
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    Ok(Json(status_body(&view)?))
+    task_status(&state, &id, move |s, id| s.get(org, id, Timestamp::now())).await
 }

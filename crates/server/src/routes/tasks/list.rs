@@ -1,14 +1,13 @@
 //! `GET {base}?page=&page_size=`: the organization's tasks, newest first.
 
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sie_api::RequestError;
 use sie_store::{PageRequest, StoreError};
 
-use crate::auth::authorize;
+use crate::auth::Authorized;
 use crate::{ApiError, AppState};
 
 #[derive(Deserialize)]
@@ -33,11 +32,9 @@ fn number(name: &str, value: Option<&str>, default: u32, max: u32) -> Result<u32
 
 pub async fn list(
     State(state): State<AppState>,
-    Path(org): Path<String>,
+    Authorized { org, .. }: Authorized,
     Query(paging): Query<Paging>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let org = authorize(&state, &headers, &org).await?;
     let page = number("page", paging.page.as_deref(), 1, u32::MAX)?;
     let page_size = number("page_size", paging.page_size.as_deref(), 20, 100)?;
     // Within the store's bounds, which `number` has just checked more tightly.

@@ -6,10 +6,11 @@ pub mod list;
 pub mod post;
 
 use axum::http::StatusCode;
+use axum::Json;
 use serde_json::{json, Value};
-use sie_store::{TaskId, TaskState, TaskView};
+use sie_store::{Store, TaskId, TaskState, TaskView};
 
-use crate::ApiError;
+use crate::{ApiError, AppState};
 
 /// A `{requestId}` from the path; anything that is not one of our ids is simply not found.
 pub fn parse_id(id: &str) -> Result<TaskId, ApiError> {
@@ -58,6 +59,22 @@ pub fn status_body(view: &TaskView) -> Result<Value, ApiError> {
             json!({"requestId": id, "status": "failed", "error": {"code": code, "message": message}})
         }
     })
+}
+
+/// The answer of a route on the task `id` names (anything that is not one of our ids is not
+/// found): `find` reads the task (after acting on it) on the store's thread; its status
+/// body, or 404 when it finds none.
+pub(crate) async fn task_status(
+    state: &AppState,
+    id: &str,
+    find: impl FnOnce(&dyn Store, TaskId) -> sie_store::Result<Option<TaskView>> + Send + 'static,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(id)?;
+    let view = state
+        .store(move |s| find(s, id))
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(status_body(&view)?))
 }
 
 pub fn not_found(id: TaskId) -> ApiError {

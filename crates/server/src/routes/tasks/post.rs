@@ -4,28 +4,27 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use sie_api::request::Seed;
 use sie_api::{CreateTask, RequestError};
-use sie_store::{IdempotencyKey, Timestamp};
+use sie_store::{Idempotency, IdempotencyKey, NewTask, Timestamp};
 
-use crate::auth::authorize;
+use crate::auth::Authorized;
 use crate::{ApiError, AppState};
 
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 pub async fn create(
     State(state): State<AppState>,
-    Path(org): Path<String>,
+    Authorized { org, .. }: Authorized,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let org = authorize(&state, &headers, &org).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -72,6 +71,10 @@ pub async fn create(
     if let Some(refusal) = state.workers.refusal(&needs) {
         return Err(ApiError::Invalid(refusal));
     }
+    // What a retry under the same Idempotency-Key must repeat: the request as the client
+    // sent it, in canonical form (before the seed is drawn; formatting does not count).
+    let as_sent = serde_json::to_string(&task)
+        .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
     // The seed is fixed now, so the stored task says exactly what will run and a retry after
     // a crash draws the same image.
     if task.model_inputs.seed.is_none() {
@@ -95,14 +98,16 @@ pub async fn create(
     let caps = state.caps;
     let enqueued = state
         .store(move |s| {
-            s.enqueue(
+            let task = NewTask {
                 org,
-                &stored,
-                &needs,
-                idempotency.as_ref(),
-                caps,
-                Timestamp::now(),
-            )
+                request_json: &stored,
+                needs,
+                idempotency: idempotency.as_ref().map(|key| Idempotency {
+                    key,
+                    request: &as_sent,
+                }),
+            };
+            s.enqueue(&task, caps, Timestamp::now())
         })
         .await?;
     if enqueued.created {
