@@ -32,6 +32,21 @@ pub struct Announcement {
     pub pipelines: Vec<Pipeline>,
     pub schedulers: Vec<SchedulerKind>,
     pub safety_checker: bool,
+    /// What the worker's model runs on (left out by workers older than this field).
+    #[serde(default)]
+    pub runs_on: Option<RunsOn>,
+}
+
+/// The device and precision a worker's model runs on, for operators and clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsOn {
+    /// The GPU's name as its driver reports it (`NVIDIA H200`), or `cpu`.
+    pub device: String,
+    /// `float32`, `float16` or `bfloat16`.
+    pub dtype: String,
+    /// The GPU's memory in bytes; `null` on the CPU.
+    pub memory_bytes: Option<u64>,
 }
 
 impl Announcement {
@@ -130,8 +145,12 @@ pub struct ModelOutputs {
 }
 
 /// `$meta`: what actually ran, after defaults were filled in.
+///
+/// Read leniently on the server (no `deny_unknown_fields`, fields added after the first
+/// release optional): a worker and an API node of different versions must not turn a
+/// finished result into a refused one, which would fail the task for good. A field the
+/// server does not know is dropped from what clients read until it is updated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Meta {
     #[serde(rename = "PIPELINE")]
     pub pipeline: Pipeline,
@@ -149,6 +168,9 @@ pub struct Meta {
     pub negative_prompt_truncated: bool,
     /// The model's variant, as `sie model check` names it.
     pub model: String,
+    /// The device and precision it ran on (left out by workers older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<RunsOn>,
 }
 
 /// An image format as its MIME type, the spelling `$meta.image_format` has always used.
@@ -173,9 +195,8 @@ impl From<MimeType> for &'static str {
     }
 }
 
-/// `$timings`, in milliseconds.
+/// `$timings`, in milliseconds; read leniently, as [`Meta`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Timings {
     /// From the POST's acceptance to the start of inference.
     pub queue: u64,

@@ -24,6 +24,10 @@ pub enum Error {
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
 
+    /// The device asked for cannot be used; says what is missing.
+    #[error("{0}")]
+    Device(String),
+
     /// The caller's cancel flag was raised between two steps.
     #[error("cancelled")]
     Cancelled,

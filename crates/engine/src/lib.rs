@@ -17,7 +17,8 @@
 //! [`tokenizer`] (read by the loader from the model directory, driven by the pipeline),
 //! [`noise`] (PyTorch's CPU generator, so a seed gives diffusers' noise bit for bit),
 //! [`output`] (PNG, JPEG, WebP), `error` ([`Error`]: every message names the file or field
-//! at fault). And the two users of random weights (`random`): [`tiny`], which writes the
+//! at fault), [`device`] (where the engine runs: `cpu`, `cuda`, `cuda:N`, and in which
+//! precision). And the two users of random weights (`random`): [`tiny`], which writes the
 //! tiny SD 2.1-shaped model tests and demos use, and [`mod@bench`], the networks at the
 //! published sizes for `sie bench`.
 //!
@@ -27,6 +28,7 @@
 //! tokenizer the parity tests check, writing tiny models, the benchmarks, the error type,
 //! and `candle_core` for `Tensor`, `Device` and `DType`.
 
+pub mod device;
 mod error;
 mod kernels;
 mod loader;
@@ -43,5 +45,6 @@ pub mod tiny;
 pub mod tokenizer;
 
 pub use candle_core;
+pub use device::{DeviceSpec, Precision, RunsOn};
 pub use error::{Error, Result};
 pub use loader::{LoadOptions, ModelFiles, SafetyCheckerSource, StableDiffusion};

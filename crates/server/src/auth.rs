@@ -35,7 +35,14 @@ impl FromRequestParts<AppState> for Authorized {
 async fn path_param(parts: &mut Parts, state: &AppState, name: &str) -> Result<String, ApiError> {
     let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
         .await
-        .map_err(|e| ApiError::client(e.status(), "invalid_path", "Invalid path", e.body_text()))?;
+        .map_err(|e| {
+            ApiError::client(
+                e.status(),
+                "invalid_request",
+                "Invalid request",
+                e.body_text(),
+            )
+        })?;
     params
         .remove(name)
         .ok_or_else(|| ApiError::Internal(format!("the route has no {{{name}}} in its path")))

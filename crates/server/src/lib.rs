@@ -106,6 +106,11 @@ pub enum Workers {
 impl Workers {
     /// Why no worker could run a task with `needs`, naming the field; `None` when one can.
     pub fn refusal(&self, needs: &TaskNeeds) -> Option<RequestError> {
+        if let Workers::Local(can) = self {
+            if can.can_run(needs) {
+                return None;
+            }
+        }
         let pipelines = match self {
             Workers::Local(can) => can.pipelines(),
             Workers::Remote { pipelines } => pipelines,

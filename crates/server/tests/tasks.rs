@@ -49,6 +49,10 @@ async fn a_task_answers_202_then_succeeds_with_its_images_seed_meta_and_timings(
     assert_eq!(meta["num_images_per_prompt"], 3);
     assert_eq!(meta["image_format"], "image/png");
     assert_eq!(meta["prompt_truncated"], false);
+    assert_eq!(
+        meta["runs_on"],
+        json!({"device": "cpu", "dtype": "float32", "memory_bytes": null})
+    );
     let t = &out["$timings"];
     assert_eq!(
         t["total"].as_u64().unwrap(),

@@ -268,3 +268,48 @@ fn jpeg_and_webp_outputs_decode_to_the_right_size() {
         "{err}"
     );
 }
+
+/// Every command that generates takes `--device`; a device this build cannot use is refused
+/// at start with what is missing, never replaced by the CPU. (A CUDA build would try it.)
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_that_cannot_be_used_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = &tiny(tmp.path());
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let serve = words("serve --model tiny --listen 127.0.0.1:0 --device cuda --data-dir");
+    let run = [
+        "model", "run", "--model", model, "--prompt", "x", "--out", "x.png",
+    ];
+    let cases: [(Vec<&str>, &str); 5] = [
+        ([serve, vec![data]].concat(), "built without CUDA support"),
+        (
+            [&run[..], &["--device", "cuda:1"]].concat(),
+            "built without CUDA support",
+        ),
+        (
+            vec!["model", "check", model, "--device", "cuda"],
+            "tools/gpu/build.sh",
+        ),
+        ([&run[..], &["--dtype", "float16"]].concat(), "float32 only"),
+        (
+            [&run[..], &["--device", "gpu"]].concat(),
+            "accepted: cpu, cuda, cuda:N",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = sie(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // SIE_DEVICE is the same setting.
+    let out = std::process::Command::new(common::SIE)
+        .args(run)
+        .env("SIE_DEVICE", "cuda")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support"));
+}

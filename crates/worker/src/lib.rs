@@ -70,7 +70,7 @@ impl Worker {
     }
 
     /// Shares a stop flag: once raised, a running task is stopped at its next step and given
-    /// back to the queue (`Store::release`, not counted as a lost attempt), so a shutdown
+    /// back to the queue (`Queue::release`, not counted as a lost attempt), so a shutdown
     /// never waits for a long generation and never loses it.
     pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
         self.stop = stop;

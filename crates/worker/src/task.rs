@@ -9,7 +9,7 @@
 
 use base64::Engine as _;
 use sie_api::request::{CreateTask, Pipeline, SchedulerKind};
-use sie_api::worker::{Announcement, Meta, MimeType, ModelOutputs, Timings};
+use sie_api::worker::{Announcement, Meta, MimeType, ModelOutputs, RunsOn, Timings};
 use sie_engine::output;
 use sie_engine::pipeline::{Generated, TextToImage};
 use sie_engine::StableDiffusion;
@@ -36,6 +36,17 @@ pub fn announcement(model: &StableDiffusion, name: &str) -> Announcement {
         pipelines: can.pipelines().to_vec(),
         schedulers: can.schedulers().to_vec(),
         safety_checker: can.safety_checker(),
+        runs_on: Some(runs_on(model)),
+    }
+}
+
+/// What `model` runs on, as the protocol and `$meta` say it.
+pub fn runs_on(model: &StableDiffusion) -> RunsOn {
+    let r = model.runs_on();
+    RunsOn {
+        device: r.device,
+        dtype: r.precision.to_string(),
+        memory_bytes: r.memory_bytes,
     }
 }
 
@@ -140,6 +151,7 @@ pub fn model_outputs(
                 .get("variant")
                 .cloned()
                 .unwrap_or_default(),
+            runs_on: Some(runs_on(model)),
         },
         timings: Timings {
             queue: spent.queue_ms,

@@ -9,12 +9,15 @@
 //! ops (one plain call, one kernel per device behind it), kept in one file so what runs
 //! where can be read at a glance.
 //!
-//! A device's kernels are a folder beside `cpu/` (`cuda/`: cuDNN convolutions, a fused
-//! GroupNorm) and an arm in each `match` naming the device and what its kernel takes,
-//! above the portable fallback; the networks do not change. The arms look only at device,
+//! A device's kernels are a folder beside `cpu/` (`cuda/`, with the `cuda` feature: cuDNN
+//! convolutions with kept plans, a fused GroupNorm, whole-matrix attention) and an arm in
+//! each `match` naming the device and what its kernel takes, above the portable fallback;
+//! the networks do not change. The arms look only at device,
 //! dtype and options, so the fallback stays right for any device candle runs on.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod portable;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -42,6 +45,8 @@ impl Module for Conv2d {
             {
                 cpu::im2col_gemm(xs, self)
             }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) if cuda::supports(xs.dtype()) => cuda::conv2d(xs, self),
             _ => portable::conv2d(xs, self),
         }
     }
@@ -72,6 +77,10 @@ impl GroupNorm {
                     && xs.rank() >= 3 =>
             {
                 cpu::fused(xs, self, silu)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) if cuda::supports(xs.dtype()) && xs.rank() >= 3 => {
+                cuda::group_norm(xs, self, silu)
             }
             _ => portable::group_norm(xs, self, silu),
         }
@@ -120,6 +129,8 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: Attention) -> Re
         Device::Cpu if same_dtype && matches!(q.dtype(), DType::F32 | DType::F16 | DType::BF16) => {
             cpu::tiled(q, k, v, op)
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if same_dtype && cuda::supports(q.dtype()) => cuda::attention(q, k, v, op),
         _ => portable::chunked(q, k, v, op),
     }
 }

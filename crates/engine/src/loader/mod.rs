@@ -42,8 +42,10 @@ pub enum SafetyCheckerSource {
 /// Options for building the networks.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Where the networks run; open it from a [`DeviceSpec`](crate::DeviceSpec).
     pub device: Device,
-    /// Compute dtype; f32 on CPU (candle's CPU kernels lack f16/bf16 convolutions).
+    /// Their precision; the CPU runs f32 ([`DeviceSpec::open`](crate::DeviceSpec::open)
+    /// refuses other dtypes there).
     pub dtype: DType,
     pub safety_checker: SafetyCheckerSource,
 }
@@ -113,6 +115,11 @@ impl StableDiffusion {
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// The device and precision the networks run on.
+    pub fn runs_on(&self) -> crate::RunsOn {
+        crate::RunsOn::of(&self.device, self.dtype)
     }
 
     /// Token ids (one sequence) to (1, seq, hidden) embeddings.

@@ -170,7 +170,14 @@ where
         let (mut parts, body) = request.into_parts();
         let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
             .await
-            .map_err(|e| ApiError::not_found(e.body_text()))?;
+            .map_err(|e| {
+                ApiError::client(
+                    e.status(),
+                    "invalid_request",
+                    "Invalid request",
+                    e.body_text(),
+                )
+            })?;
         let id = task_id(&id)?;
         let worker = parts
             .extensions
@@ -331,11 +338,17 @@ pub async fn lease(
         let _ = tokio::time::timeout(left.min(RECHECK), wake.changed()).await;
     };
     let (l, request) = found;
+    let runs_on = announced
+        .runs_on
+        .as_ref()
+        .map(|r| format!("{} ({})", r.device, r.dtype))
+        .unwrap_or_else(|| "unannounced".into());
     tracing::info!(
         request_id = %l.id,
         attempt = l.attempt,
         worker = %worker.name,
         model = %announced.model,
+        runs_on,
         "task leased to a remote worker"
     );
     Ok(Json(LeaseResponse {

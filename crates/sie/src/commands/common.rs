@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sie_engine::{LoadOptions, SafetyCheckerSource, StableDiffusion};
+use sie_engine::{DeviceSpec, LoadOptions, Precision, SafetyCheckerSource, StableDiffusion};
 use sie_store::{PostgresStore, SqliteStore, Store, Timestamp};
 use sie_worker::{Ran, SourceError, Worker};
 
@@ -98,22 +98,59 @@ pub fn bind(listen: &str) -> anyhow::Result<(tokio::runtime::Runtime, tokio::net
     Ok((runtime, listener))
 }
 
-/// Loads a model directory, with the safety checker from `safety_checker` or the model's own.
+/// Where the networks run: every command that generates takes these.
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// `cpu`, `cuda` (the first GPU) or `cuda:N`. A device this build or machine cannot use
+    /// is refused at start, never replaced by the CPU.
+    #[arg(long, env = "SIE_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// `float32`, `float16` or `bfloat16`; by default float16 on a GPU, float32 on the CPU.
+    #[arg(long)]
+    pub dtype: Option<Precision>,
+}
+
+impl DeviceArgs {
+    /// The device opened in its precision, with the safety checker `safety_checker` names.
+    pub fn load_options(&self, safety_checker: SafetyCheckerSource) -> anyhow::Result<LoadOptions> {
+        let precision = self.dtype.unwrap_or(self.device.default_precision());
+        let device = self
+            .device
+            .open(precision)
+            .with_context(|| format!("--device {}", self.device))?;
+        Ok(LoadOptions {
+            device,
+            dtype: precision.dtype(),
+            safety_checker,
+        })
+    }
+}
+
+/// Loads a model directory on `device`, with the safety checker from `safety_checker` or
+/// the model's own.
 pub fn load_model(
     dir: &std::path::Path,
     safety_checker: Option<&PathBuf>,
+    device: &DeviceArgs,
 ) -> anyhow::Result<Arc<StableDiffusion>> {
-    let options = LoadOptions {
-        safety_checker: match safety_checker {
-            Some(dir) => SafetyCheckerSource::Dir(dir.clone()),
-            None => SafetyCheckerSource::ModelDefault,
-        },
-        ..LoadOptions::default()
-    };
-    Ok(Arc::new(
-        StableDiffusion::load(dir, &options)
-            .with_context(|| format!("loading {}", dir.display()))?,
-    ))
+    let options = device.load_options(match safety_checker {
+        Some(dir) => SafetyCheckerSource::Dir(dir.clone()),
+        None => SafetyCheckerSource::ModelDefault,
+    })?;
+    let model = StableDiffusion::load(dir, &options)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let runs_on = model.runs_on();
+    eprintln!(
+        "loaded {} on {} in {}{}",
+        dir.display(),
+        runs_on.device,
+        runs_on.precision,
+        runs_on
+            .memory_bytes
+            .map(|m| format!(" ({:.1} GB)", m as f64 / 1e9))
+            .unwrap_or_default()
+    );
+    Ok(Arc::new(model))
 }
 
 /// Starts `workers` threads running `worker` tasks until `stop` is raised. Each waits up to

@@ -13,7 +13,9 @@ use sie_engine::scheduler::{PredictionType, SchedulerKind};
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
-use sie_engine::{LoadOptions, ModelFiles, SafetyCheckerSource, StableDiffusion};
+use sie_engine::{ModelFiles, SafetyCheckerSource, StableDiffusion};
+
+use super::common::DeviceArgs;
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -23,6 +25,8 @@ pub enum ModelCommand {
     Check {
         /// A diffusers-layout Stable Diffusion 2.x directory.
         dir: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Generate images from a prompt, offline.
     Run(Box<RunArgs>),
@@ -107,6 +111,8 @@ pub struct RunArgs {
     /// Also write token ids, text embeddings and the latents of every step to DIR/dump.safetensors.
     #[arg(long)]
     dump: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(command: ModelCommand) -> anyhow::Result<()> {
@@ -135,13 +141,16 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelCommand::Check { dir } => {
+        ModelCommand::Check { dir, device } => {
             let files = ModelFiles::open(&dir)?;
             for (key, value) in files.summary() {
                 println!("{key}: {value}");
             }
             // Building the networks checks every tensor's presence and shape.
-            let model = StableDiffusion::load(&dir, &LoadOptions::default())?;
+            let options = device.load_options(SafetyCheckerSource::ModelDefault)?;
+            let model = StableDiffusion::load(&dir, &options)?;
+            let runs_on = model.runs_on();
+            println!("device: {} ({})", runs_on.device, runs_on.precision);
             if let Some(checker) = &model.safety_checker {
                 println!("safety_checker: {}", checker.summary());
             }
@@ -166,14 +175,13 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--scheduler")?;
     let format = ImageFormat::parse(&args.format).context("--format")?;
-    let options = LoadOptions {
-        safety_checker: match (&args.safety_checker, args.no_safety_checker) {
-            (_, true) => SafetyCheckerSource::Disabled,
-            (Some(dir), false) => SafetyCheckerSource::Dir(dir.clone()),
-            (None, false) => SafetyCheckerSource::ModelDefault,
-        },
-        ..LoadOptions::default()
-    };
+    let options =
+        args.device
+            .load_options(match (&args.safety_checker, args.no_safety_checker) {
+                (_, true) => SafetyCheckerSource::Disabled,
+                (Some(dir), false) => SafetyCheckerSource::Dir(dir.clone()),
+                (None, false) => SafetyCheckerSource::ModelDefault,
+            })?;
     let model = StableDiffusion::load(&args.model, &options)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let mut request = TextToImage::new(&model, args.prompt, seed);

@@ -24,7 +24,9 @@ use sie_engine::tiny::{
 use sie_store::{AccountName, BillingNote, OrgName, Store, Timestamp};
 use sie_worker::{StoreSource, Worker};
 
-use super::common::{serve_until_signal, spawn_expiry, spawn_workers, ServerArgs, StoreArgs};
+use super::common::{
+    serve_until_signal, spawn_expiry, spawn_workers, DeviceArgs, ServerArgs, StoreArgs,
+};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -36,6 +38,8 @@ pub struct ServeArgs {
     safety_checker: Option<PathBuf>,
     #[arg(long, default_value = "./sie-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// In-process worker threads; 0 serves the API alone (tasks wait in the queue).
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -50,7 +54,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     .open(true)?;
     let model_dir = model_dir(&args)?;
-    let model = super::common::load_model(&model_dir, args.safety_checker.as_ref())?;
+    let model = super::common::load_model(&model_dir, args.safety_checker.as_ref(), &args.device)?;
     let announcement = sie_worker::task::announcement(&model, &model_name(&model_dir));
     // Bind before creating the first key: if the port is taken, nothing is created unseen.
     let (runtime, listener) = super::common::bind(&args.server.listen)?;

@@ -16,7 +16,7 @@ use clap::Args;
 use sie_worker::remote::HttpSource;
 use sie_worker::Worker;
 
-use super::common::{load_model, shutdown_signal, spawn_workers};
+use super::common::{load_model, shutdown_signal, spawn_workers, DeviceArgs};
 
 /// How long one lease call waits on the server; also the longest a shutdown waits for an
 /// idle thread's call to come back.
@@ -38,6 +38,8 @@ pub struct WorkerArgs {
     /// A safety-checker directory to use instead of the model's own `safety_checker/`.
     #[arg(long)]
     safety_checker: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Tasks run at once, each on its own thread with the one loaded model.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     concurrency: u32,
@@ -51,7 +53,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
             args.server
         );
     }
-    let model = load_model(&args.model, args.safety_checker.as_ref())?;
+    let model = load_model(&args.model, args.safety_checker.as_ref(), &args.device)?;
     let announcement =
         sie_worker::task::announcement(&model, &super::serve::model_name(&args.model));
     eprintln!(

@@ -42,7 +42,8 @@ impl RawWorker<'_> {
                 "$meta": {"PIPELINE": "StableDiffusionPipeline", "SCHEDULER": "DDIMScheduler",
                     "width": 64, "height": 64, "num_inference_steps": 1, "num_images_per_prompt": 1,
                     "image_format": "image/png", "prompt_truncated": false,
-                    "negative_prompt_truncated": false, "model": "raw"},
+                    "negative_prompt_truncated": false, "model": "raw",
+            "runs_on": {"device": "cpu", "dtype": "float32", "memory_bytes": null}},
                 "$timings": {"queue": 0, "inference": 1, "total": 1, "first_step": 1}},
                 "usage": {"images": 1, "steps": 1, "gpu_ms": 1}}),
         )

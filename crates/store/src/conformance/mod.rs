@@ -64,6 +64,7 @@ macro_rules! conformance_tests {
             persistence_across_reopen,
             concurrent_leasing_never_double_leases,
             lease_matches_worker_offer,
+            lease_agrees_with_can_run_for_every_offer,
             retryable_failure_requeues_then_fails,
             worker_tokens,
             work_signal_rings_on_enqueue_and_requeue,

@@ -357,6 +357,71 @@ pub fn concurrent_leasing_never_double_leases(h: &dyn Harness) {
     assert_eq!(seen, all, "every task was leased exactly once");
 }
 
+/// The matching rule is written twice: in `Capabilities::can_run` (which `sie serve` refuses
+/// at POST by) and in each store's lease query. Every combination of what a task needs and
+/// what a worker offers must agree: a worker leases exactly the tasks `can_run` allows.
+pub fn lease_agrees_with_can_run_for_every_offer(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let schedulers = [None, Some(SchedulerKind::Ddim), Some(SchedulerKind::Pndm)];
+    let mut tasks = Vec::new();
+    for pipeline in [
+        Pipeline::Text2Image,
+        Pipeline::Image2Image,
+        Pipeline::Inpaint,
+    ] {
+        for scheduler in schedulers {
+            for safety_checker in [false, true] {
+                let needs = TaskNeeds {
+                    pipeline,
+                    scheduler,
+                    safety_checker,
+                };
+                let task = NewTask {
+                    needs,
+                    ..new_task(a, "{}", None)
+                };
+                tasks.push((s.enqueue(&task, CAPS, secs(0)).unwrap().id, needs));
+            }
+        }
+    }
+    let pipeline_sets = [
+        vec![Pipeline::Text2Image],
+        vec![Pipeline::Text2Image, Pipeline::Inpaint],
+    ];
+    let scheduler_sets = [
+        vec![],
+        vec![SchedulerKind::Ddim],
+        vec![SchedulerKind::Ddim, SchedulerKind::Pndm],
+    ];
+    let mut now = 1;
+    for pipelines in &pipeline_sets {
+        for schedulers in &scheduler_sets {
+            for checker in [false, true] {
+                let can = Capabilities::new(pipelines.clone(), schedulers.clone(), checker);
+                let offer = WorkerOffer::new(W, can.clone());
+                let mut held = Vec::new();
+                while let Some(l) = s.lease(&offer, LEASE, secs(now)).unwrap() {
+                    assert!(held.len() < tasks.len(), "a held task was leased twice");
+                    held.push(l);
+                }
+                let leased: HashSet<TaskId> = held.iter().map(|l| l.id).collect();
+                // Given back without counting an attempt, for the next offer.
+                for l in &held {
+                    assert!(s.release(&l.fence(W), secs(now)).unwrap());
+                }
+                now += 1;
+                let allowed: HashSet<TaskId> = tasks
+                    .iter()
+                    .filter(|(_, needs)| can.can_run(needs))
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(leased, allowed, "{can:?}");
+            }
+        }
+    }
+}
+
 pub fn lease_matches_worker_offer(h: &dyn Harness) {
     let s = &*h.open();
     let a = approved_org(s, "a");
