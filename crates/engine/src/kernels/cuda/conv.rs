@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -158,11 +159,11 @@ where
     let mut out = unsafe { device.alloc::<T>(output.iter().product())? };
     PLANS.with(|plans| -> Result<()> {
         let mut plans = plans.borrow_mut();
-        if !plans.contains_key(&key) {
-            let plan = make_plan::<T>(&device, &key, output)?;
-            plans.insert(key, Box::new(plan));
-        }
-        let plan = plans[&key]
+        let plan = match plans.entry(key) {
+            Entry::Occupied(kept) => kept.into_mut(),
+            Entry::Vacant(slot) => slot.insert(Box::new(make_plan::<T>(&device, &key, output)?)),
+        };
+        let plan = plan
             .downcast_ref::<Plan<T>>()
             .expect("a plan is stored under its own dtype");
         WORKSPACES.with(|spaces| -> Result<()> {

@@ -43,3 +43,204 @@ fn kernel(name: &str, dtype: DType) -> Result<String> {
 pub(crate) fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
+
+/// Each CUDA kernel against candle's own ops on the same GPU (the portable path, which the
+/// CPU tests pin to the textbook formulas), in every dtype, on shapes that cross the
+/// kernels' block and chunk edges. They need a GPU: built with `cargo test --release
+/// --features cuda -p sie-engine --lib --no-run` and run by tools/gpu/check.sh; without a
+/// CUDA device they fail, saying so (a CPU build does not have this module).
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Module, Tensor};
+    use candle_nn::Conv2dConfig;
+
+    use crate::kernels::{portable, Attention, Conv2d, GroupNorm};
+
+    fn gpu() -> Device {
+        Device::new_cuda(0)
+            .unwrap_or_else(|e| panic!("the CUDA kernel tests need a CUDA device: {e}"))
+    }
+
+    /// The largest difference between `a` and `b` relative to `b`'s largest magnitude.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let (a, b) = (
+            a.to_dtype(DType::F64).unwrap(),
+            b.to_dtype(DType::F64).unwrap(),
+        );
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .max(1e-6);
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        diff / scale
+    }
+
+    fn tolerance(dtype: DType) -> f64 {
+        match dtype {
+            DType::F32 => 1e-4,
+            DType::F16 => 5e-3,
+            _ => 3e-2,
+        }
+    }
+
+    const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    #[test]
+    fn cudnn_convolutions_match_candles() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            for (c_in, c_out, h, w, k, stride, padding) in [
+                (8, 16, 17, 13, 3, 1, 1),
+                (8, 16, 17, 13, 3, 2, 1),
+                (32, 8, 9, 9, 1, 1, 0),
+                (4, 4, 64, 64, 3, 1, 1),
+            ] {
+                let x = Tensor::randn(0f32, 1., (2, c_in, h, w), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let weight = (Tensor::randn(0f32, 1., (c_out, c_in, k, k), &dev).unwrap() * 0.1)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let bias = Tensor::randn(0f32, 1., c_out, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let conv = Conv2d {
+                    weight,
+                    bias: Some(bias),
+                    config: Conv2dConfig {
+                        padding,
+                        stride,
+                        ..Default::default()
+                    },
+                };
+                // Twice: the second call runs the kept plan and workspace.
+                for _ in 0..2 {
+                    let ours = super::conv2d(&x, &conv).unwrap();
+                    let theirs = portable::conv2d(&x, &conv).unwrap();
+                    assert_eq!(ours.dims(), theirs.dims());
+                    let d = rel_diff(&ours, &theirs);
+                    assert!(
+                        d < tolerance(dtype),
+                        "{dtype:?} {:?}: {d}",
+                        (c_in, c_out, h, w, k, stride)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn group_norm_matches_candles_with_and_without_silu() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            // 64x64 pixels of 64 channels in 32 groups cross the 16 K-element chunk edge.
+            for (b, c, h, w, groups) in
+                [(2, 64, 64, 64, 32), (1, 32, 7, 5, 8), (2, 320, 12, 12, 32)]
+            {
+                let x = Tensor::randn(0f32, 1., (b, c, h, w), &dev)
+                    .unwrap()
+                    .affine(3.0, 1.5)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let norm = GroupNorm {
+                    weight: Tensor::randn(0f32, 1., c, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap(),
+                    bias: Tensor::randn(0f32, 1., c, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap(),
+                    groups,
+                    eps: 1e-6,
+                };
+                for silu in [false, true] {
+                    let ours = super::group_norm(&x, &norm, silu).unwrap();
+                    let theirs = portable::group_norm(&x, &norm, silu).unwrap();
+                    let d = rel_diff(&ours, &theirs);
+                    assert!(
+                        d < tolerance(dtype),
+                        "{dtype:?} {:?} silu {silu}: {d}",
+                        (b, c, h, w)
+                    );
+                }
+            }
+            // A constant group has no variance: eps alone keeps it finite, and it
+            // normalises to the bias.
+            let x = Tensor::full(0.25f32, (1, 32, 4, 4), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let bias = Tensor::arange(0f32, 32., &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let norm = GroupNorm {
+                weight: Tensor::ones(32, dtype, &dev).unwrap(),
+                bias: bias.clone(),
+                groups: 32,
+                eps: 1e-6,
+            };
+            let out = norm.forward(&x).unwrap();
+            let expected = bias
+                .reshape((1, 32, 1, 1))
+                .unwrap()
+                .broadcast_as(out.shape())
+                .unwrap();
+            assert_eq!(
+                rel_diff(&out, &expected),
+                0.0,
+                "{dtype:?}: a constant group"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_matrix_attention_matches_candles_chunked_attention() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            for (b, n_q, n_k, heads, d, spread) in [
+                (2, 300, 77, 5, 64, 1.0),
+                (1, 1024, 1024, 5, 64, 1.0),
+                (2, 256, 256, 2, 32, 12.0),
+            ] {
+                let rand = |n| {
+                    (Tensor::randn(0f32, 1., (b, n, heads * d), &dev).unwrap() * spread)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let (q, k, v) = (rand(n_q), rand(n_k), rand(n_k));
+                let op = Attention {
+                    heads,
+                    scale: (d as f64).powf(-0.5),
+                };
+                let ours = super::attention(&q, &k, &v, op).unwrap();
+                let theirs = portable::chunked(&q, &k, &v, op).unwrap();
+                assert_eq!(ours.dims(), theirs.dims());
+                assert_eq!(ours.dtype(), dtype);
+                let d = rel_diff(&ours, &theirs);
+                assert!(
+                    d < tolerance(dtype),
+                    "{dtype:?} {:?}: {d}",
+                    (b, n_q, n_k, heads)
+                );
+            }
+        }
+    }
+}
