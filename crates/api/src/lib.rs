@@ -4,12 +4,16 @@
 //! - [`request`]: a create-task body parsed once, at the edge, into types that
 //!   cannot hold an invalid value; the worker runs exactly that type (it
 //!   round-trips through the queue as JSON and is re-validated on the way in).
+//!   Its images are decoded in a second stage ([`request::Undecoded`]), after
+//!   everything that needs no pixels is decided.
+//! - `json.rs`: the body read as JSON strictly (a key given twice is refused).
 //! - [`problem`]: RFC 7807 problem documents with a stable machine `code`.
 //! - [`worker`]: the bodies of the worker protocol (`/worker/v1`).
 //!
 //! This crate knows nothing of HTTP servers, storage or tensors, so the API,
 //! the store and the engine can all depend on it without depending on each other.
 
+mod json;
 pub mod problem;
 pub mod request;
 pub mod worker;
@@ -33,4 +37,4 @@ pub const SEED_EXAMPLE: &str = r#"{
     "safety_checker": "true"
   }
 }"#;
-pub use request::{CreateTask, RequestError};
+pub use request::{CreateTask, RequestError, Undecoded};

@@ -1,5 +1,13 @@
 //! A create-task body (`{"modelInputs": {...}, "callInputs": {...}}`), parsed once.
 //!
+//! Parsing comes in two stages, so that nothing costly is spent on a request that will be
+//! refused: [`Undecoded::parse`] checks every field and what the pipeline asks for, keeping
+//! the input images as the base64 text they came in (bounded by the body's size);
+//! [`Undecoded::needs`] is what the API refuses at once when no worker could run it; only
+//! then does [`Undecoded::decode`] decode the images' pixels, which can cost a hundred
+//! megabytes each, under the side and allocation limits below. [`CreateTask::parse`] is both
+//! stages for callers that need no gate in between.
+//!
 //! Every field of SPEC 1.1 has a type here that can only hold an accepted
 //! value (`Steps` is 1..=150, `Dimension` a multiple of 8 in 64..=1024, ...),
 //! so nothing past this module re-checks a request. Parsing walks the JSON by
@@ -222,6 +230,11 @@ impl From<Prompt> for String {
 /// The largest input image side accepted, in pixels.
 pub const MAX_INPUT_SIDE: u32 = 4096;
 
+/// The most one image's decoding may allocate: the largest image the side limit lets in
+/// (4096x4096 at 16-bit RGBA, 128 MiB), with room for the decoder's own buffers. A small
+/// file can declare a huge canvas; this refuses it before the allocation is made.
+pub const MAX_DECODE_ALLOC: u64 = 4096 * 4096 * 8 + (16 << 20);
+
 /// A decoded input image for img2img or inpainting: the original bytes (PNG, JPEG or WebP)
 /// and its size, checked to decode when the request arrived.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,7 +278,7 @@ impl InputImage {
         let mut limits = image::Limits::default();
         limits.max_image_width = Some(MAX_INPUT_SIDE);
         limits.max_image_height = Some(MAX_INPUT_SIDE);
-        limits.max_alloc = Some(256 * 1024 * 1024);
+        limits.max_alloc = Some(MAX_DECODE_ALLOC);
         reader.limits(limits);
         let decoded = reader.decode().map_err(|e| {
             format!("does not decode as {format:?} within {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels: {e}")
@@ -342,18 +355,29 @@ impl CreateTask {
         }
     }
 
-    /// Parses a request body. Bad JSON names the line and column; every other refusal names
-    /// the field and what is accepted.
+    /// Parses a request body and decodes its images: [`Undecoded::parse`], then
+    /// [`Undecoded::decode`].
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| RequestError {
-            code: "invalid_json",
-            field: None,
-            message: format!(
-                "the body is not valid JSON: {e} (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-        })?;
+        Undecoded::parse(body)?.decode()
+    }
+}
+
+/// A create-task body with every field checked but the input images' pixels: those are
+/// still the base64 text the client sent (SPEC 2.1: everything that needs no pixels is
+/// decided before an image is decoded).
+#[derive(Debug, Clone)]
+pub struct Undecoded {
+    /// The request, its `image` and `mask_image` not yet filled in.
+    task: CreateTask,
+    image: Option<String>,
+    mask_image: Option<String>,
+}
+
+impl Undecoded {
+    /// Parses a request body. Bad JSON names the line and column; a key given twice is
+    /// refused; every other refusal names the field and what is accepted.
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+        let value = crate::json::parse(body)?;
         let Value::Object(top) = value else {
             return Err(RequestError {
                 code: "invalid_body",
@@ -371,44 +395,44 @@ impl CreateTask {
         })?;
         let call = top.object("callInputs")?;
         top.finish(&["modelInputs", "callInputs"])?;
-        // callInputs first: they are cheap, and a refusal there spares decoding any images.
         let call_inputs = parse_call_inputs(Fields::new("callInputs.", call.unwrap_or_default()))?;
-        let model_inputs = parse_model_inputs(Fields::new("modelInputs.", model))?;
+        let model = parse_model_inputs(Fields::new("modelInputs.", model))?;
 
         let field = |name: &str| format!("modelInputs.{name}");
         match call_inputs.pipeline {
             Pipeline::Text2Image => {
                 for (name, present) in [
-                    ("image", model_inputs.image.is_some()),
-                    ("mask_image", model_inputs.mask_image.is_some()),
+                    ("image", model.image.is_some()),
+                    ("mask_image", model.mask_image.is_some()),
+                    // diffusers' text-to-image pipeline has no strength; accepting it would
+                    // let a client believe it did something.
+                    ("strength", model.strength_given),
                 ] {
                     if present {
                         return Err(RequestError::new(
                             "invalid_value",
                             &field(name),
-                            "is only used by StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline; set callInputs.PIPELINE",
+                            "is only used by StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline; set callInputs.PIPELINE or leave it out",
                         ));
                     }
                 }
             }
             Pipeline::Image2Image | Pipeline::Inpaint => {
-                if model_inputs.image.is_none() {
+                if model.image.is_none() {
                     return Err(RequestError::new(
                         "missing_field",
                         &field("image"),
                         format!("is required by {}", call_inputs.pipeline.as_str()),
                     ));
                 }
-                if call_inputs.pipeline == Pipeline::Inpaint && model_inputs.mask_image.is_none() {
+                if call_inputs.pipeline == Pipeline::Inpaint && model.mask_image.is_none() {
                     return Err(RequestError::new(
                         "missing_field",
                         &field("mask_image"),
                         "is required by StableDiffusionInpaintPipeline (white = repaint)",
                     ));
                 }
-                if call_inputs.pipeline == Pipeline::Image2Image
-                    && model_inputs.mask_image.is_some()
-                {
+                if call_inputs.pipeline == Pipeline::Image2Image && model.mask_image.is_some() {
                     return Err(RequestError::new(
                         "invalid_value",
                         &field("mask_image"),
@@ -417,14 +441,59 @@ impl CreateTask {
                 }
             }
         }
-        Ok(CreateTask {
-            model_inputs,
-            call_inputs,
+        Ok(Undecoded {
+            task: CreateTask {
+                model_inputs: model.inputs,
+                call_inputs,
+            },
+            image: model.image,
+            mask_image: model.mask_image,
         })
+    }
+
+    /// What the task asks of the worker that runs it (see [`CreateTask::needs`]).
+    pub fn needs(&self) -> TaskNeeds {
+        self.task.needs()
+    }
+
+    /// Whether [`Undecoded::decode`] has pixels to decode.
+    pub fn has_images(&self) -> bool {
+        self.image.is_some() || self.mask_image.is_some()
+    }
+
+    /// Decodes the input images (each under [`MAX_INPUT_SIDE`] and [`MAX_DECODE_ALLOC`]);
+    /// the whole request. CPU work, to be run off the async runtime and under the caller's
+    /// bound on concurrent decodes.
+    pub fn decode(self) -> Result<CreateTask, RequestError> {
+        let Undecoded {
+            mut task,
+            image,
+            mask_image,
+        } = self;
+        let decode = |name: &str, text: Option<String>| {
+            text.map(|t| {
+                InputImage::parse(&t).map_err(|m| {
+                    RequestError::new("invalid_image", &format!("modelInputs.{name}"), m)
+                })
+            })
+            .transpose()
+        };
+        task.model_inputs.image = decode("image", image)?;
+        task.model_inputs.mask_image = decode("mask_image", mask_image)?;
+        Ok(task)
     }
 }
 
-fn parse_model_inputs(mut f: Fields) -> Result<ModelInputs, RequestError> {
+/// `modelInputs` as parsed, its images still text.
+struct ParsedModelInputs {
+    inputs: ModelInputs,
+    image: Option<String>,
+    mask_image: Option<String>,
+    /// Whether the body gave `strength` (text-to-image refuses it).
+    strength_given: bool,
+}
+
+fn parse_model_inputs(mut f: Fields) -> Result<ParsedModelInputs, RequestError> {
     let prompt = f.string("prompt")?.ok_or_else(|| {
         RequestError::new(
             "missing_field",
@@ -433,6 +502,7 @@ fn parse_model_inputs(mut f: Fields) -> Result<ModelInputs, RequestError> {
         )
     })?;
     let prompt = Prompt::try_from(prompt).map_err(|m| f.invalid("prompt", m))?;
+    let strength_given = f.map.get("strength").is_some_and(|v| !v.is_null());
     let inputs = ModelInputs {
         prompt,
         negative_prompt: {
@@ -448,10 +518,12 @@ fn parse_model_inputs(mut f: Fields) -> Result<ModelInputs, RequestError> {
         seed: f.seed("seed")?,
         eta: f.bounded_number("eta", 0.0)?,
         guidance_rescale: f.bounded_number("guidance_rescale", 0.0)?,
-        image: f.image("image")?,
-        mask_image: f.image("mask_image")?,
+        image: None,
+        mask_image: None,
         strength: f.bounded_number("strength", 0.8)?,
     };
+    let image = f.string("image")?;
+    let mask_image = f.string("mask_image")?;
     f.finish(&[
         "prompt",
         "negative_prompt",
@@ -467,7 +539,12 @@ fn parse_model_inputs(mut f: Fields) -> Result<ModelInputs, RequestError> {
         "mask_image",
         "strength",
     ])?;
-    Ok(inputs)
+    Ok(ParsedModelInputs {
+        inputs,
+        image,
+        mask_image,
+        strength_given,
+    })
 }
 
 fn parse_call_inputs(mut f: Fields) -> Result<CallInputs, RequestError> {
@@ -607,15 +684,6 @@ impl Fields {
     fn seed(&mut self, key: &str) -> Result<Option<Seed>, RequestError> {
         self.integer(key)?
             .map(|v| Seed::try_from(v).map_err(|m| self.invalid(key, m)))
-            .transpose()
-    }
-
-    fn image(&mut self, key: &str) -> Result<Option<InputImage>, RequestError> {
-        self.string(key)?
-            .map(|s| {
-                InputImage::parse(&s)
-                    .map_err(|m| RequestError::new("invalid_image", &self.name(key), m))
-            })
             .transpose()
     }
 

@@ -343,3 +343,86 @@ fn the_stored_form_round_trips_and_is_validated_again() {
     let e = serde_json::from_str::<CreateTask>(&tampered).unwrap_err();
     assert!(e.to_string().contains("1..=150"), "{e}");
 }
+
+#[test]
+fn strength_belongs_to_the_image_pipelines() {
+    let e = refuse(json!({"modelInputs": {"prompt": "x", "strength": 0.3}}));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        ("invalid_value", Some("modelInputs.strength"))
+    );
+    assert!(
+        e.message.contains("StableDiffusionImg2ImgPipeline"),
+        "{}",
+        e.message
+    );
+    // null counts as absent, as for every field.
+    assert!(CreateTask::parse(br#"{"modelInputs": {"prompt": "x", "strength": null}}"#).is_ok());
+}
+
+#[test]
+fn a_key_given_twice_is_refused_naming_it() {
+    let e = CreateTask::parse(br#"{"modelInputs": {"prompt": "x", "seed": 1, "seed": 2}}"#)
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        ("duplicate_field", Some("modelInputs.seed"))
+    );
+    assert!(
+        e.message
+            .starts_with("modelInputs.seed appears twice (line 1, column"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn everything_but_the_pixels_is_decided_before_decoding() {
+    // An image that would not decode: parsing keeps it as text, so what needs no pixels
+    // (here, the pipeline it asks for) can be refused first.
+    let body = json!({
+        "modelInputs": {"prompt": "x", "image": "bm90IGFuIGltYWdl"},
+        "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline", "SCHEDULER": "DDIM"}
+    });
+    let undecoded = sie_api::Undecoded::parse(body.to_string().as_bytes()).unwrap();
+    assert!(undecoded.has_images());
+    assert_eq!(undecoded.needs().pipeline, Pipeline::Image2Image);
+    assert_eq!(undecoded.needs().scheduler, Some(SchedulerKind::Ddim));
+    let e = undecoded.decode().unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        ("invalid_image", Some("modelInputs.image"))
+    );
+    let plain = sie_api::Undecoded::parse(br#"{"modelInputs": {"prompt": "x"}}"#).unwrap();
+    assert!(!plain.has_images());
+}
+
+/// A PNG of `w`x`h` 16-bit RGBA pixels of one colour, base64.
+fn png16_base64(w: u32, h: u32) -> String {
+    let img =
+        image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(w, h, image::Rgba([1, 2, 3, 4]));
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgba16(img)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn the_largest_image_decodes_within_the_limits_and_a_larger_one_is_refused() {
+    let body = |png: String| {
+        json!({
+            "modelInputs": {"prompt": "x", "image": png},
+            "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}
+        })
+        .to_string()
+    };
+    let t = CreateTask::parse(body(png16_base64(4096, 4096)).as_bytes()).unwrap();
+    assert_eq!(t.model_inputs.image.unwrap().size(), (4096, 4096));
+    let e = CreateTask::parse(body(png16_base64(4097, 8)).as_bytes()).unwrap_err();
+    assert_eq!(e.code, "invalid_image");
+    assert!(e.message.contains("4096x4096"), "{}", e.message);
+}

@@ -33,16 +33,8 @@ impl FromRequestParts<AppState> for Authorized {
 
 /// One parameter of the route's path.
 async fn path_param(parts: &mut Parts, state: &AppState, name: &str) -> Result<String, ApiError> {
-    let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-        .await
-        .map_err(|e| {
-            ApiError::client(
-                e.status(),
-                "invalid_request",
-                "Invalid request",
-                e.body_text(),
-            )
-        })?;
+    let Path(mut params) =
+        Path::<HashMap<String, String>>::from_request_parts(parts, state).await?;
     params
         .remove(name)
         .ok_or_else(|| ApiError::Internal(format!("the route has no {{{name}}} in its path")))

@@ -14,15 +14,23 @@ use sie_store::StoreError;
 pub enum ApiError {
     /// 400: the body or a parameter is wrong; says which field and what is accepted.
     Invalid(RequestError),
-    /// Any other client error with its own status and code (401, 403, 404, 405, 413, 415).
+    /// Any other client error with its own status and code (401, 403, 404, 405, 408, 413,
+    /// 414, 415, 422).
     Client {
         status: StatusCode,
         code: &'static str,
         title: &'static str,
         detail: String,
     },
-    /// 429: a queue cap was reached; the client should retry after this many seconds.
-    Busy { detail: String, retry_after: u64 },
+    /// 429 (a queue cap was reached) or 503 (the server holds as much as it may): the
+    /// client should retry after this many seconds.
+    Busy {
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: String,
+        retry_after: u64,
+    },
     /// 500: our fault; logged with the request's context, the client sees only the code.
     Internal(String),
 }
@@ -53,6 +61,19 @@ impl From<RequestError> for ApiError {
     }
 }
 
+/// A path parameter that does not fit the route (axum's own rejection, whose status and
+/// text say which): 400 `invalid_request`.
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::client(
+            e.status(),
+            "invalid_request",
+            "Invalid request",
+            e.body_text(),
+        )
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -60,6 +81,9 @@ impl From<StoreError> for ApiError {
                 retry_after_seconds,
                 ..
             } => ApiError::Busy {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "queue_full",
+                title: "Too many queued tasks",
                 detail: e.to_string(),
                 retry_after: retry_after_seconds.max(1) as u64,
             },
@@ -85,10 +109,13 @@ impl IntoResponse for ApiError {
                 detail,
             } => (Problem::new(status.as_u16(), code, title, detail), None),
             ApiError::Busy {
+                status,
+                code,
+                title,
                 detail,
                 retry_after,
             } => (
-                Problem::new(429, "queue_full", "Too many queued tasks", detail),
+                Problem::new(status.as_u16(), code, title, detail),
                 Some(retry_after),
             ),
             ApiError::Internal(message) => {
@@ -108,7 +135,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Serialises a problem with its content type (and `Retry-After` for 429).
+/// Serialises a problem with its content type (and `Retry-After` for 429 and 503).
 pub fn problem_response(problem: &Problem, retry_after: Option<u64>) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).unwrap_or_default();

@@ -7,16 +7,34 @@
 //! - `routes/`: one file per route: `tasks/post.rs`, `tasks/get.rs`, `tasks/delete.rs`,
 //!   `tasks/list.rs`, `usage.rs`, `health.rs`; `worker.rs` is the worker protocol
 //!   (`/worker/v1`) that remote GPU nodes speak with a worker token.
+//! - `settings.rs`: [`Settings`] and its [`Limits`], what the operator's flags set.
+//! - `connection.rs`: [`serve`], the accept loop (connection cap, header timeout, graceful
+//!   drain); `problem_io.rs` turns hyper's own refusals into problem documents;
+//!   `stall.rs` ends a connection whose client stops reading its answer.
+//! - `layers.rs`: request and body timeouts, the URL length limit, `nosniff`, `no-store`
+//!   and CORS, around the routes.
+//! - `body.rs`: the byte budget for bodies being read, reading one, discarding a refused
+//!   one; `slots.rs`: store calls and image decodes, a fixed number at a time.
+//! - `results.rs`: finished results served from a shared cache without a copy per GET.
+//! - `public_url.rs`: the URLs handed out, and which headers they may come from.
 //!
 //! The server holds no tensors and runs no model: tasks go into the store and come out
 //! of it; workers (in this process or elsewhere) do the rest. The store is synchronous, so
 //! every call goes through `spawn_blocking` and never stalls the async runtime.
 
 mod auth;
+mod body;
+mod connection;
 pub mod error;
+mod layers;
+mod problem_io;
+mod public_url;
+mod results;
 mod routes;
+mod settings;
+mod slots;
+mod stall;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,22 +42,32 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::Router;
 use sie_api::RequestError;
-use sie_store::{QueueCaps, Store};
+use sie_store::Store;
 use sie_vocab::{Capabilities, Pipeline, TaskNeeds};
-use tokio::net::TcpListener;
 
+pub use body::MAX_BODY;
+pub use connection::{serve, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use error::ApiError;
+pub use layers::MAX_URI_BYTES;
+pub use public_url::{PublicUrl, PublicUrls};
+pub use settings::{default_decodes, CorsOrigin, Limits, Settings};
 
 /// What the routes share.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub caps: QueueCaps,
     /// What the workers behind this API can run: a request none of them could run is
     /// refused at POST.
     pub workers: Workers,
-    /// How long a remote worker's lease lasts without a heartbeat.
-    pub lease: Duration,
+    pub settings: Arc<Settings>,
+    /// The bytes that create-task bodies being read may take together.
+    bodies: body::BodyBudget,
+    /// Input images decoded at once.
+    decodes: slots::Slots,
+    /// Finished results, shared by every GET of them.
+    results: Arc<results::ResultCache>,
+    /// Turns for store calls ([`STORE_CALLS_AT_ONCE`]).
+    store_calls: slots::Slots,
     /// The store's work signal, relayed to async tasks: long-polling lease calls wait on
     /// this without holding a thread.
     wake: tokio::sync::watch::Receiver<u64>,
@@ -48,13 +76,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, caps: QueueCaps, workers: Workers, lease: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, workers: Workers, settings: Settings) -> Self {
+        let limits = &settings.limits;
         AppState {
             wake: relay_work_signal(store.clone()),
+            bodies: body::BodyBudget::new(limits.max_inflight_body_bytes),
+            decodes: slots::Slots::new(limits.max_concurrent_decodes, "decoding an image"),
+            results: Arc::new(results::ResultCache::new(limits.result_cache_bytes)),
+            store_calls: slots::Slots::new(STORE_CALLS_AT_ONCE, "a store call"),
             store,
-            caps,
             workers,
-            lease,
+            settings: Arc::new(settings),
             stopping: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -164,17 +196,24 @@ fn unavailable(code: &'static str, field: &str, message: String) -> RequestError
     }
 }
 
+/// Store calls that the API's requests make at once. Each runs on a thread of the
+/// blocking pool with a database connection of its own (a SQLite connection keeps its own
+/// page cache), a few megabytes apiece; unbounded, a flood of requests (even keyless ones:
+/// a key is looked up in the store) would open hundreds. Calls are short, so the rest wait
+/// their turn, within the request timeout.
+pub const STORE_CALLS_AT_ONCE: usize = 16;
+
 impl AppState {
-    /// Runs a store call on the blocking pool.
+    /// Runs a store call on the blocking pool, at most [`STORE_CALLS_AT_ONCE`] at a time.
     pub(crate) async fn store<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Store) -> Result<T, sie_store::StoreError> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| ApiError::Internal(format!("a store call panicked: {e}")))?
+        self.store_calls
+            .run(move || f(store.as_ref()))
+            .await?
             .map_err(ApiError::from)
     }
 }
@@ -185,18 +224,6 @@ pub const BASE: &str = "/api/beta/organizations/{org}/inference-endpoints/stable
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     routes::router(state)
-}
-
-/// Serves `router(state)` on `listener` until `shutdown` completes and in-flight requests
-/// have finished (the caller bounds that wait).
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 pub(crate) fn method_not_allowed() -> ApiError {

@@ -151,9 +151,11 @@ async fn bad_bodies_are_400s_that_name_the_field_and_what_is_accepted() {
         (r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"PIPELINE": "Flux"}}"#.to_owned(), "invalid_value", "StableDiffusionPipeline"),
         (r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"safety_checker": "maybe"}}"#.to_owned(), "wrong_type", "\"true\" or \"false\""),
         (r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"image_format": "gif"}}"#.to_owned(), "invalid_value", "PNG, JPEG, WEBP"),
-        (r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#.to_owned(), "invalid_image", "base64"),
-        (r#"{"modelInputs": {"prompt": "x", "image": "aGVsbG8="}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#.to_owned(), "invalid_image", "PNG, JPEG or WebP"),
+        (r#"{"modelInputs": {"prompt": "x", "strength": 0.5}}"#.to_owned(), "invalid_value", "modelInputs.strength: is only used by"),
+        (r#"{"modelInputs": {"prompt": "x", "prompt": "y"}}"#.to_owned(), "duplicate_field", "modelInputs.prompt appears twice"),
         (image.to_string(), "pipeline_unavailable", "available: StableDiffusionPipeline"),
+        // The pipeline is refused before any image is decoded, so a broken one is never read.
+        (r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#.to_owned(), "pipeline_unavailable", "available: StableDiffusionPipeline"),
     ];
     for (body, code, needle) in cases {
         let (s, v) = problem(app.post(&body).await).await;
@@ -164,6 +166,36 @@ async fn bad_bodies_are_400s_that_name_the_field_and_what_is_accepted() {
         );
     }
     assert_eq!(app.get(&app.base).await["total"], 0, "nothing was queued");
+
+    // Where a worker could run it, an image is decoded, and one that does not decode is
+    // refused naming the field.
+    let app = spawn_app(Options::idle().image_pipelines()).await;
+    let cases = [
+        (
+            r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#,
+            "base64",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "image": "aGVsbG8="}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#,
+            "PNG, JPEG or WebP",
+        ),
+    ];
+    for (body, needle) in cases {
+        let (s, v) = problem(app.post(body).await).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("invalid_image")),
+            "{body}: {v}"
+        );
+        assert_eq!(v["field"], "modelInputs.image", "{v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
+    }
+    assert_eq!(app.get(&app.base).await["total"], 0, "nothing was queued");
+    let accepted = app.submit(image).await;
+    assert!(accepted.starts_with(&app.base), "{accepted}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,111 +6,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{admin, drain, eventually, image_size, line_after, Proc};
+use common::{admin, image_size, small, Server};
 use serde_json::{json, Value};
 use sie_api::SEED_EXAMPLE;
-
-struct Server {
-    proc: Proc,
-    base: String,
-    key: String,
-    client: reqwest::blocking::Client,
-}
-
-impl Server {
-    /// Starts `sie serve --model tiny` on `data_dir` and waits for its address (and, on a
-    /// fresh directory, its first API key; on a used one, pass the key it printed then).
-    fn start(data_dir: &Path, extra: &[&str], key: Option<&str>) -> Server {
-        let mut args = vec![
-            "serve",
-            "--model",
-            "tiny",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ];
-        args.push(data_dir.to_str().unwrap());
-        args.extend_from_slice(extra);
-        let (proc, mut stdout) = Proc::spawn(&args, &[("SIE_LOG", "warn")]);
-        let address = line_after(&proc, &mut stdout, "listening on ");
-        let key = match key {
-            Some(k) => k.to_owned(),
-            None => line_after(&proc, &mut stdout, "api key: "),
-        };
-        drain(stdout);
-        Server {
-            proc,
-            base: format!(
-                "{address}/api/beta/organizations/default/inference-endpoints/stable-diffusion-2-1"
-            ),
-            key,
-            client: reqwest::blocking::Client::new(),
-        }
-    }
-
-    fn root(&self) -> &str {
-        &self.base[..self.base.find("/api/").unwrap()]
-    }
-
-    fn post(&self, body: &str) -> reqwest::blocking::Response {
-        self.client
-            .post(&self.base)
-            .header("Salad-Api-Key", &self.key)
-            .header("Content-Type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .unwrap()
-    }
-
-    fn submit(&self, body: Value) -> String {
-        let r = self.post(&body.to_string());
-        assert_eq!(r.status(), 202, "{}", r.text().unwrap());
-        let v: Value = r.json().unwrap();
-        v["resultUrl"].as_str().unwrap().to_owned()
-    }
-
-    /// An authenticated GET, the raw response.
-    fn get_raw(&self, url: &str) -> reqwest::blocking::Response {
-        self.client
-            .get(url)
-            .header("Salad-Api-Key", &self.key)
-            .send()
-            .unwrap()
-    }
-
-    fn get(&self, url: &str) -> Value {
-        let r = self.get_raw(url);
-        assert_eq!(r.status(), 200, "{url}");
-        r.json().unwrap()
-    }
-
-    /// Polls `url` until its body satisfies `done`, failing after `within`; that body.
-    fn poll(&self, url: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        let every = Duration::from_millis(50);
-        let met = eventually(within, every, || {
-            last = self.get(url);
-            done(&last)
-        });
-        assert!(met, "{url} after {within:?}: {last}");
-        last
-    }
-
-    /// Polls until the task reports progress (a worker is running it).
-    fn wait_until_running(&self, url: &str) {
-        let running = |v: &Value| v.get("progress").is_some();
-        self.poll(url, Duration::from_secs(120), running);
-    }
-
-    /// Polls until the task is no longer pending.
-    fn finish(&self, url: &str, within: Duration) -> Value {
-        self.poll(url, within, |v| v["status"] != "pending")
-    }
-}
 
 fn png_size(b64: &Value) -> (u32, u32) {
     let bytes = base64::engine::general_purpose::STANDARD
@@ -121,14 +22,6 @@ fn png_size(b64: &Value) -> (u32, u32) {
         image::ImageFormat::Png
     );
     image_size(&bytes)
-}
-
-fn small(seed: u64, images: u32, steps: u32) -> Value {
-    json!({
-        "modelInputs": {"prompt": "An oil painting of a salad", "num_inference_steps": steps,
-                        "width": 64, "height": 64, "num_images_per_prompt": images, "seed": seed},
-        "callInputs": {"SCHEDULER": "EulerAncestralDiscreteScheduler"}
-    })
 }
 
 #[test]

@@ -107,14 +107,20 @@ impl TaskId {
         Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
-    /// Accepts any UUID spelling the `uuid` crate does, but only version 4:
-    /// ids are never anything else, so another version is a typo or a probe.
+    /// Accepts the one spelling ids are given out in: a version-4 UUID, lowercase and
+    /// hyphenated. Other spellings of the same UUID (uppercase, braces, no hyphens,
+    /// `urn:uuid:`) are refused, so an id has one form in URLs, logs and caches; another
+    /// version is a typo or a probe.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        const RULE: &str =
-            "a task id is a version-4 UUID such as 1b4e28ba-2fa1-41d2-883f-0016d3cca427";
-        let uuid = Uuid::try_parse(s).map_err(|_| InvalidValue::new("task id", s, RULE))?;
-        if uuid.get_version_num() != 4 {
-            return Err(InvalidValue::new("task id", s, RULE));
+        const RULE: &str = "a task id is a version-4 UUID in lowercase with hyphens, such as \
+                            1b4e28ba-2fa1-41d2-883f-0016d3cca427";
+        let refuse = || InvalidValue::new("task id", s, RULE);
+        let uuid = Uuid::try_parse(s).map_err(|_| refuse())?;
+        let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        if uuid.get_version_num() != 4
+            || uuid.hyphenated().encode_lower(&mut canonical).as_bytes() != s.as_bytes()
+        {
+            return Err(refuse());
         }
         Ok(Self(uuid))
     }
@@ -487,6 +493,19 @@ mod tests {
         let id = TaskId::random();
         assert_eq!(TaskId::parse(&id.to_string()).unwrap(), id);
         assert!(TaskId::parse("not-a-uuid").is_err());
+        // Only the canonical spelling: the same UUID written otherwise is not an id.
+        let canonical = id.to_string();
+        for other in [
+            canonical.to_uppercase(),
+            format!("{{{canonical}}}"),
+            canonical.replace('-', ""),
+            format!("urn:uuid:{canonical}"),
+        ] {
+            let e = TaskId::parse(&other).unwrap_err();
+            assert!(e.to_string().contains("lowercase with hyphens"), "{e}");
+        }
+        let long = "x".repeat(5000);
+        assert!(TaskId::parse(&long).unwrap_err().to_string().len() < 300);
         // Version 1 UUID.
         assert!(TaskId::parse("c232ab00-9414-11ec-b3c8-9f68deced846").is_err());
     }

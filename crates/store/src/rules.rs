@@ -3,10 +3,12 @@
 //! A store reads a row, asks here what to do with it, and writes the answer in its own
 //! SQL. Kept apart from the SQL so each decision exists once (the two stores used to
 //! carry a copy each) and can be tested without a database: what a failure, a release, a
-//! cancel or a lapsed lease does to a task ([`Effect`]), and when a queue is full and how
-//! long its client should wait.
+//! cancel or a lapsed lease does to a task ([`Effect`]), when a queue is full and how
+//! long its client should wait, and when a result has expired.
 
-use crate::domain::FailureCode;
+use std::time::Duration;
+
+use crate::domain::{FailureCode, Timestamp};
 use crate::error::QueueScope;
 use crate::sql::rows::Fenced;
 use crate::types::messages::{
@@ -126,6 +128,23 @@ pub(crate) fn retry_after(finished: i64) -> u32 {
     }
 }
 
+/// The latest finish time a result may have and be expired at `now`: results are kept
+/// `result_ttl`, and a task finished exactly that long ago is gone.
+pub(crate) fn expiry_cutoff(result_ttl: Duration, now: Timestamp) -> i64 {
+    now.minus(result_ttl).as_millis()
+}
+
+/// Whether a task that finished at `finished_at` (`None`: not finished) has outlived its
+/// result at `now`. The expiry sweep deletes such tasks; until it runs, they are treated as
+/// gone: their idempotency key is free and the API answers 404 (SPEC 1.1, 1.2).
+pub(crate) fn result_expired(
+    finished_at: Option<Timestamp>,
+    result_ttl: Duration,
+    now: Timestamp,
+) -> bool {
+    finished_at.is_some_and(|f| f.as_millis() <= expiry_cutoff(result_ttl, now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +218,16 @@ mod tests {
             cancel(TaskState::Succeeded),
             (CancelOutcome::AlreadyFinished(TaskState::Succeeded), None)
         );
+    }
+
+    #[test]
+    fn a_result_expires_exactly_one_ttl_after_its_finish() {
+        let ttl = Duration::from_secs(10);
+        let at = Timestamp::from_millis;
+        assert!(!result_expired(None, ttl, at(1_000_000)));
+        assert!(!result_expired(Some(at(5_000)), ttl, at(14_999)));
+        assert!(result_expired(Some(at(5_000)), ttl, at(15_000)));
+        assert_eq!(expiry_cutoff(ttl, at(15_000)), 5_000);
     }
 
     #[test]

@@ -94,7 +94,10 @@ pub trait Tasks: Send + Sync {
     ///
     /// With an idempotency key already used in this organization for the same request,
     /// returns the first task (`created: false`) and stores nothing; used for another
-    /// request, fails with `StoreError::IdempotencyKeyReused`. Otherwise, when the
+    /// request, fails with `StoreError::IdempotencyKeyReused`. A key whose task finished
+    /// at least `result_ttl` (of its [`Idempotency`]) before `now` is forgotten, whether or
+    /// not the expiry sweep has deleted the task yet: the call goes on as without it and
+    /// binds the key to the new task. Otherwise, when the
     /// organization already has `caps.per_org` queued tasks, or the server
     /// `caps.global`, fails with `StoreError::QueueFull`; its
     /// `retry_after_seconds` is the time one queued task takes to start at the
@@ -105,7 +108,9 @@ pub trait Tasks: Send + Sync {
     /// Cancels a task of `org`; see [`CancelOutcome`] for the cases.
     fn cancel(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<CancelOutcome>;
 
-    /// A task of `org`; `None` for unknown, expired, or another organization's.
+    /// A task of `org`; `None` for unknown, deleted by expiry, or another organization's.
+    /// A task whose result expired but that the sweep has not deleted yet is still
+    /// returned: [`TaskView::result_expired`] says so, and the API answers 404 for it.
     ///
     /// A running task whose lease lapsed by `now` (and may run again) is
     /// shown as queued, without progress: it waits for its next attempt.
@@ -118,6 +123,11 @@ pub trait Tasks: Send + Sync {
     /// recently, then older oldest task). It ignores running tasks, so it is
     /// an estimate; it is exact for a single worker.
     fn get(&self, org: OrgId, id: TaskId, now: Timestamp) -> Result<Option<TaskView>>;
+
+    /// The stored result (the worker's `modelOutputs`, as JSON text) of a task of `org`
+    /// that succeeded; `None` for any other task. Read alone, since it can be tens of
+    /// megabytes: [`Tasks::get`] and [`Tasks::list`] never read it.
+    fn result(&self, org: OrgId, id: TaskId) -> Result<Option<String>>;
 
     /// The organization's tasks, newest first. States read as in [`Tasks::get`].
     fn list(&self, org: OrgId, page: PageRequest, now: Timestamp) -> Result<TaskPage>;
@@ -224,6 +234,14 @@ pub trait Queue: Send + Sync {
     /// counts: on the last of [`MAX_ATTEMPTS`] the task fails with the failure's code and
     /// message.
     fn fail(&self, fence: &Fence, failure: &Failure, now: Timestamp) -> Result<bool>;
+
+    /// Lets lapse at `now` the live leases of every worker whose id starts with
+    /// `owner_prefix`; returns how many. For a process that restarts after a crash and
+    /// whose workers' ids it alone uses (`sie serve`'s `local:N`, under its data
+    /// directory's lock): nothing else can hold those leases, so their tasks are waiting
+    /// again at once instead of after the lease. Each lapsed lease counts as an attempt, as
+    /// any lost lease does.
+    fn lapse_leases(&self, owner_prefix: &str, now: Timestamp) -> Result<u64>;
 
     /// Gives a running task back to the queue (graceful shutdown) without
     /// counting the attempt. A task whose cancel was requested fails with

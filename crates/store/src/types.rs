@@ -171,6 +171,10 @@ pub struct Idempotency<'a> {
     /// The request as the client sent it, in a canonical form (the store keeps its
     /// SHA-256 only).
     pub request: &'a str,
+    /// How long results are kept (SPEC 1.1: a key is forgotten when its task's result
+    /// expires). A key whose task finished this long ago is free again, even before the
+    /// expiry sweep deletes the task.
+    pub result_ttl: Duration,
 }
 
 /// A successful enqueue: the task's id, and whether this call created it
@@ -327,7 +331,8 @@ pub struct TaskError {
     pub message: String,
 }
 
-/// One task as `GET {base}/{requestId}` needs it.
+/// One task as `GET {base}/{requestId}` needs it: its state, never its result, which can
+/// be tens of megabytes and is read alone ([`Tasks::result`](crate::Tasks::result)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskView {
     pub id: TaskId,
@@ -339,13 +344,20 @@ pub struct TaskView {
     pub queue_position: Option<u32>,
     pub progress: Option<Progress>,
     pub cancel_requested: bool,
-    pub result_json: Option<String>,
     pub error: Option<TaskError>,
     pub usage: Option<TaskUsage>,
     pub created_at: Timestamp,
     /// When the latest attempt began.
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+}
+
+impl TaskView {
+    /// Whether its result has expired at `now`, results being kept `result_ttl`: the
+    /// expiry sweep deletes such a task, and until it runs the API shows it as gone.
+    pub fn result_expired(&self, result_ttl: Duration, now: Timestamp) -> bool {
+        crate::rules::result_expired(self.finished_at, result_ttl, now)
+    }
 }
 
 /// One task in a listing: no request or result bodies, which can be megabytes.

@@ -1,4 +1,5 @@
-//! The route table, and the answers for routes and methods that do not exist.
+//! The route table, the layers around it (`layers.rs`), and the answers for routes and
+//! methods that do not exist.
 
 mod health;
 pub(crate) mod tasks;
@@ -6,16 +7,15 @@ mod usage;
 mod worker;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use sie_api::Problem;
 
 use crate::error::problem_response;
+use crate::layers;
 use crate::{method_not_allowed, ApiError, AppState, BASE};
-
-/// SPEC 1.1: a create-task body is at most 20 MiB.
-pub const MAX_BODY: usize = 20 * 1024 * 1024;
 
 /// A worker's completion carries every image of a task, base64: up to eight 1024x1024
 /// PNGs, several times what a client may send. Every other worker call is small.
@@ -44,22 +44,35 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             worker::require_worker,
-        ));
-    Router::new()
+        ))
+        .route_layer(map_response(layers::no_store));
+    // The routes a key opens: their answers hold one organization's data.
+    let authenticated = Router::new()
         .route(BASE, get(tasks::list::list).post(tasks::post::create))
         .route(
             &format!("{BASE}/{{id}}"),
             get(tasks::get::get).delete(tasks::delete::cancel),
         )
         .route("/api/beta/organizations/{org}/usage", get(usage::usage))
+        .route_layer(map_response(layers::no_store));
+    let limits = state.settings.limits.clone();
+    let mut app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(authenticated)
         .merge(worker)
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { method_not_allowed() })
-        .layer(axum::middleware::map_response(problems_only))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(from_fn_with_state(limits.clone(), layers::time_bodies))
+        .layer(from_fn(layers::limit_uri))
+        .layer(from_fn_with_state(limits, layers::limit_time))
+        .layer(map_response(problems_only));
+    if !state.settings.cors_origins.is_empty() {
+        // Outside the routes' own refusals, so a browser may read those too.
+        app = app.layer(layers::cors(&state.settings.cors_origins));
+    }
+    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(map_response(layers::nosniff))
         .with_state(state)
 }
 

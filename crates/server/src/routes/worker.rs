@@ -97,23 +97,24 @@ fn revoked() -> ApiError {
 async fn body_json<T: DeserializeOwned + Send + 'static>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
-        ApiError::client(
-            e.status(),
-            "unreadable_body",
-            "Unreadable body",
+    let body = body.map_err(|e| match e.status() {
+        // The route's own limit (`DefaultBodyLimit`), which the rejection states.
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Body too large",
             e.body_text(),
-        )
+        ),
+        _ => crate::body::unreadable(&e, usize::MAX),
     })?;
     tokio::task::spawn_blocking(move || {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::Invalid(RequestError {
                 code: "invalid_json",
                 field: None,
+                // serde_json's message already ends "at line L column C".
                 message: format!(
-                    "the body does not match the worker protocol: {e} (line {}, column {}); see docs/worker-protocol.md",
-                    e.line(),
-                    e.column()
+                    "the body does not match the worker protocol: {e}; see docs/worker-protocol.md"
                 ),
             })
         })
@@ -168,16 +169,7 @@ where
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let (mut parts, body) = request.into_parts();
-        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
-            .await
-            .map_err(|e| {
-                ApiError::client(
-                    e.status(),
-                    "invalid_request",
-                    "Invalid request",
-                    e.body_text(),
-                )
-            })?;
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, state).await?;
         let id = task_id(&id)?;
         let worker = parts
             .extensions
@@ -299,8 +291,17 @@ pub async fn lease(
     }
     let announced = request.worker;
     let offer = offer(&worker.name, &announced)?;
-    let lease = state.lease;
-    let deadline = Instant::now() + Duration::from_secs(wait_seconds.into());
+    let lease = state.settings.lease;
+    // Answered before the request timeout would cut the call off with a 408: an empty
+    // answer a second early tells the worker to ask again, which it does anyway.
+    let wait = Duration::from_secs(wait_seconds.into()).min(
+        state
+            .settings
+            .limits
+            .request_timeout
+            .saturating_sub(Duration::from_secs(1)),
+    );
+    let deadline = Instant::now() + wait;
     let mut wake = state.wake.clone();
     let found = loop {
         // Marked seen before looking, so a ring during the look is not slept through.
@@ -369,7 +370,7 @@ pub async fn heartbeat(
         step: p.step,
         steps: p.steps,
     });
-    let (lease, fenced) = (state.lease, fence.clone());
+    let (lease, fenced) = (state.settings.lease, fence.clone());
     let beat = state
         .store(move |s| s.heartbeat(&fenced, progress, lease, Timestamp::now()))
         .await?;

@@ -16,8 +16,9 @@ use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
 use sie_engine::{LoadOptions, SafetyCheckerSource, StableDiffusion};
-use sie_server::{AppState, Workers};
+use sie_server::{AppState, Settings, Workers};
 use sie_store::{AccountName, BillingNote, OrgName, QueueCaps, SqliteStore, Store, Timestamp};
+use sie_vocab::{Capabilities, Pipeline};
 use sie_worker::{StoreSource, Worker};
 
 pub const BASE_PATH: &str = "/api/beta/organizations/acme/inference-endpoints/stable-diffusion-2-1";
@@ -66,6 +67,9 @@ pub struct Options {
     pub safety_checker: bool,
     pub caps: QueueCaps,
     pub lease: Duration,
+    /// The API believes its workers also run img2img and inpainting (none here does), so
+    /// requests with images pass the pipeline refusal and their images are decoded.
+    pub image_pipelines: bool,
 }
 
 impl Default for Options {
@@ -75,6 +79,7 @@ impl Default for Options {
             safety_checker: true,
             caps: QueueCaps::default(),
             lease: Duration::from_secs(60),
+            image_pipelines: false,
         }
     }
 }
@@ -92,6 +97,14 @@ impl Options {
     pub fn without_checker(self) -> Self {
         Options {
             safety_checker: false,
+            ..self
+        }
+    }
+
+    /// See [`Options::image_pipelines`].
+    pub fn image_pipelines(self) -> Self {
+        Options {
+            image_pipelines: true,
             ..self
         }
     }
@@ -140,7 +153,18 @@ pub async fn spawn_app(options: Options) -> TestApp {
     } else {
         models().without_checker.clone()
     };
-    let capabilities = sie_worker::task::capabilities(&model);
+    let mut capabilities = sie_worker::task::capabilities(&model);
+    if options.image_pipelines {
+        capabilities = Capabilities::new(
+            [
+                Pipeline::Text2Image,
+                Pipeline::Image2Image,
+                Pipeline::Inpaint,
+            ],
+            capabilities.schedulers().iter().copied(),
+            capabilities.safety_checker(),
+        );
+    }
     let announcement = sie_worker::task::announcement(&model, "tiny");
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..options.workers)
@@ -158,12 +182,12 @@ pub async fn spawn_app(options: Options) -> TestApp {
             })
         })
         .collect();
-    let state = AppState::new(
-        store.clone(),
-        options.caps,
-        Workers::Local(capabilities),
-        options.lease,
-    );
+    let settings = Settings {
+        caps: options.caps,
+        lease: options.lease,
+        ..Settings::default()
+    };
+    let state = AppState::new(store.clone(), Workers::Local(capabilities), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let root = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -96,7 +96,7 @@ enum KeyCommand {
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let store = args.store.open(false)?;
+    let store = args.store.open()?;
     let now = Timestamp::now();
     let account = |name: &str| -> anyhow::Result<_> {
         let parsed = AccountName::parse(name)?;

@@ -1,5 +1,6 @@
 //! What several commands share: opening a store from `--data-dir` or `--database-url`,
-//! loading a model, the worker threads, the expiry sweep, durations and signals.
+//! the server's flags, loading a model, the worker threads, the expiry sweep, durations,
+//! sizes and signals.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -11,10 +12,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use sie_engine::{DeviceSpec, LoadOptions, Precision, SafetyCheckerSource, StableDiffusion};
-use sie_store::{PostgresStore, SqliteStore, Store, Timestamp};
+use sie_store::{PostgresStore, Store, Timestamp};
 use sie_worker::{Ran, SourceError, Worker};
 
-/// What `sie serve` and `sie api` both take: where to listen, and the queue's settings.
+/// What `sie serve` and `sie api` both take: where to listen, the queue's settings, the
+/// limits on what clients can make the server hold, and whose word the URLs it hands out
+/// take (`docs/security.md` explains each).
 #[derive(Args, Clone)]
 pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -31,6 +34,46 @@ pub struct ServerArgs {
     /// Queued tasks in all before POST answers 429.
     #[arg(long, default_value_t = 1000)]
     pub global_queue_cap: u32,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Time a client has to send a request's head (on a new or idle kept-alive connection)
+    /// before the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest pause while a request body is sent (408 after it), or while an answer
+    /// waits for the client to read it (the connection is closed after it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// A whole request, its body included, until its answer is ready: 408 after it. Not
+    /// for worker calls (their uploads are bounded by --body-timeout); a worker's lease
+    /// long-poll ends a second before it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Bytes that all create-task bodies being read at once may take (e.g. `256MiB`); a
+    /// POST that does not fit answers 503. At least 20MiB, the largest body.
+    #[arg(long, default_value = "256MiB", value_parser = parse_body_budget)]
+    pub max_inflight_body_bytes: u64,
+    /// Input images decoded at once; by default one per CPU.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_decodes: Option<u32>,
+    /// Bytes of finished results kept in memory for clients polling them (e.g. `512MiB`;
+    /// 0 keeps none).
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub result_cache_bytes: u64,
+    /// Build `resultUrl` and `Location` from the `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` headers: only behind a proxy that sets them (and drops the
+    /// client's own).
+    #[arg(long)]
+    pub trust_proxy: bool,
+    /// The URL clients reach this server at (e.g. `https://sie.example.com`): `resultUrl`
+    /// and `Location` start with it, whatever the request's headers say.
+    #[arg(long, value_parser = sie_server::PublicUrl::parse, conflicts_with = "trust_proxy")]
+    pub public_url: Option<sie_server::PublicUrl>,
+    /// A browser origin (`https://app.example.com`) allowed to call the API with CORS;
+    /// repeat for more. None by default.
+    #[arg(long = "cors-origin", value_parser = sie_server::CorsOrigin::parse)]
+    pub cors_origins: Vec<sie_server::CorsOrigin>,
 }
 
 impl ServerArgs {
@@ -40,15 +83,34 @@ impl ServerArgs {
         store: Arc<dyn Store>,
         workers: sie_server::Workers,
     ) -> sie_server::AppState {
-        sie_server::AppState::new(
-            store,
-            sie_store::QueueCaps {
+        let urls = match (&self.public_url, self.trust_proxy) {
+            (Some(url), _) => sie_server::PublicUrls::Fixed(url.clone()),
+            (None, true) => sie_server::PublicUrls::TrustProxy,
+            (None, false) => sie_server::PublicUrls::FromHost,
+        };
+        let limits = sie_server::Limits {
+            max_connections: self.max_connections as usize,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            request_timeout: self.request_timeout,
+            max_inflight_body_bytes: self.max_inflight_body_bytes,
+            max_concurrent_decodes: self
+                .max_concurrent_decodes
+                .map_or_else(sie_server::default_decodes, |n| n as usize),
+            result_cache_bytes: self.result_cache_bytes,
+        };
+        let settings = sie_server::Settings {
+            caps: sie_store::QueueCaps {
                 per_org: self.org_queue_cap,
                 global: self.global_queue_cap,
             },
-            workers,
-            self.lease,
-        )
+            lease: self.lease,
+            result_ttl: self.result_ttl,
+            limits,
+            urls,
+            cors_origins: self.cors_origins.clone(),
+        };
+        sie_server::AppState::new(store, workers, settings)
     }
 }
 
@@ -65,24 +127,14 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// Opens the store; SQLite only if its file already exists (`create` false), so a typo in
-    /// `--data-dir` is an error rather than a fresh empty database.
-    pub fn open(&self, create: bool) -> anyhow::Result<Arc<dyn Store>> {
+    /// Opens the store; SQLite only if its file already exists, so a typo in `--data-dir` is
+    /// an error rather than a fresh empty database. The data directory is made its owner's
+    /// alone (`data_dir.rs`); it is not locked (`sie admin` runs beside `sie serve`).
+    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
         if let Some(url) = &self.database_url {
             return Ok(Arc::new(PostgresStore::connect(url)?));
         }
-        let db = self.data_dir.join("sie.db");
-        if !create && !db.is_file() {
-            anyhow::bail!(
-                "{} does not exist; start `sie serve --data-dir {}` once, pass the right --data-dir, \
-                 or use --database-url for a PostgreSQL store",
-                db.display(),
-                self.data_dir.display()
-            );
-        }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating the data directory {}", self.data_dir.display()))?;
-        Ok(Arc::new(SqliteStore::open(db)?))
+        super::data_dir::DataDir::prepare(&self.data_dir, false)?.open_store()
     }
 }
 
@@ -267,6 +319,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} must be longer than zero"));
     }
     Ok(Duration::from_secs(seconds))
+}
+
+/// A size in bytes: a number, optionally followed by `KiB`, `MiB` or `GiB` (`512MiB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a size; use a number of bytes, or one with KiB, MiB or GiB, e.g. 256MiB")
+    })?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "unit {unit:?} in {text:?} is not one of KiB, MiB, GiB"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `--max-inflight-body-bytes`: a size that holds at least one largest body.
+fn parse_body_budget(text: &str) -> Result<u64, String> {
+    let n = parse_size(text)?;
+    let least = sie_server::MAX_BODY as u64;
+    if n < least {
+        return Err(format!(
+            "{text:?} is below {}MiB, the largest body a client may send; use at least that",
+            least >> 20
+        ));
+    }
+    Ok(n)
 }
 
 /// Serves the API on `listener` until SIGTERM or Ctrl-C, then drains the requests in flight.

@@ -3,6 +3,7 @@ pub mod api;
 pub mod bench;
 pub mod bench_queue;
 pub mod common;
+pub mod data_dir;
 pub mod generate;
 pub mod model;
 pub mod serve;

@@ -5,6 +5,9 @@
 //! (once, into the data directory) the tiny model with a tiny safety checker that flags
 //! nothing, so everything can be tried without weights.
 //!
+//! The data directory is its owner's alone and locked while it runs (`data_dir.rs`); at
+//! start, tasks that the previous run's workers were running when it died are released.
+//!
 //! Workers are OS threads (the engine is CPU- or GPU-bound, not async); the HTTP server
 //! runs on tokio. A new task rings the store's work signal so an idle worker starts at
 //! once. Remote workers (`sie worker`) may join over `/worker/v1` with a worker token. On SIGTERM or Ctrl-C workers stop taking tasks,
@@ -24,9 +27,8 @@ use sie_engine::tiny::{
 use sie_store::{AccountName, BillingNote, OrgName, Store, Timestamp};
 use sie_worker::{StoreSource, Worker};
 
-use super::common::{
-    serve_until_signal, spawn_expiry, spawn_workers, DeviceArgs, ServerArgs, StoreArgs,
-};
+use super::common::{serve_until_signal, spawn_expiry, spawn_workers, DeviceArgs, ServerArgs};
+use super::data_dir::{DataDir, LOCAL_WORKERS};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -48,11 +50,17 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let store = StoreArgs {
-        data_dir: args.data_dir.clone(),
-        database_url: None,
+    let data_dir = DataDir::prepare(&args.data_dir, true)?;
+    // Held until the process ends; taken before the store opens, so a second server on
+    // this directory changes nothing.
+    let _lock = data_dir.lock()?;
+    let store = data_dir.open_store()?;
+    // This directory's last server is gone (the lock says so): what its workers held runs
+    // again now, not after the lease (a kill -9 leaves no time to give tasks back).
+    let released = store.lapse_leases(LOCAL_WORKERS, Timestamp::now())?;
+    if released > 0 {
+        eprintln!("{released} task(s) the previous run of this data directory was running go back to the queue");
     }
-    .open(true)?;
     let model_dir = model_dir(&args)?;
     let model = super::common::load_model(&model_dir, args.safety_checker.as_ref(), &args.device)?;
     let announcement = sie_worker::task::announcement(&model, &model_name(&model_dir));
@@ -63,9 +71,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..args.workers)
         .map(|i| {
-            // ':' cannot occur in a worker token's name, so no remote worker can pass for a
-            // local one in the lease fence.
-            let offer = sie_worker::task::offer(&announcement, &format!("local:{i}"));
+            // See LOCAL_WORKERS: no remote worker can pass for a local one in the fence.
+            let offer = sie_worker::task::offer(&announcement, &format!("{LOCAL_WORKERS}{i}"));
             let source = Arc::new(StoreSource::new(store.clone(), offer, args.server.lease));
             Worker::new(source, model.clone()).with_stop(stop.clone())
         })

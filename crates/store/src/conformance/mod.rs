@@ -47,6 +47,8 @@ macro_rules! conformance_tests {
             auth_and_org_access,
             key_revoke,
             idempotency,
+            idempotency_key_is_forgotten_when_its_result_expires,
+            results_are_read_alone,
             queue_caps_and_retry_after,
             fifo_within_org,
             fairness_between_orgs,
@@ -68,7 +70,8 @@ macro_rules! conformance_tests {
             retryable_failure_requeues_then_fails,
             worker_tokens,
             work_signal_rings_on_enqueue_and_requeue,
-            sweep_finishes_lapsed_tasks_without_a_lease
+            sweep_finishes_lapsed_tasks_without_a_lease,
+            lapse_leases_frees_what_one_process_held
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -85,6 +88,8 @@ macro_rules! conformance_tests {
 /// Midnight UTC on 2024-10-04: a day boundary, so usage days are predictable.
 const T0: i64 = 20_000 * 86_400_000;
 const LEASE: Duration = Duration::from_secs(60);
+/// How long results are kept, unless a check says otherwise.
+const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const CAPS: QueueCaps = QueueCaps {
     per_org: 1000,
     global: 10_000,
@@ -123,7 +128,11 @@ fn new_task<'a>(org: OrgId, body: &'a str, key: Option<&'a IdempotencyKey>) -> N
         org,
         request_json: body,
         needs: txt2img(),
-        idempotency: key.map(|key| Idempotency { key, request: body }),
+        idempotency: key.map(|key| Idempotency {
+            key,
+            request: body,
+            result_ttl: RESULT_TTL,
+        }),
     }
 }
 

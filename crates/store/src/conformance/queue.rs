@@ -1,6 +1,7 @@
 //! Conformance checks of [`Queue`](crate::Queue), the worker's side: the order tasks are
 //! leased in (FIFO, fairness, round-robin, the worker's offer), leases that lapse, the
-//! fence on every report, retries, releases, the work signal and the sweep.
+//! fence on every report, retries, releases, the work signal, the sweep, and the leases a
+//! restarted process lets lapse.
 
 use std::collections::HashSet;
 
@@ -205,7 +206,7 @@ pub fn fencing_refuses_stale_attempts(h: &dyn Harness) {
         .unwrap());
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Succeeded);
-    assert_eq!(v.result_json.as_deref(), Some("\"fresh\""));
+    assert_eq!(s.result(a, id).unwrap().as_deref(), Some("\"fresh\""));
 }
 
 pub fn first_completion_wins(h: &dyn Harness) {
@@ -238,7 +239,7 @@ pub fn first_completion_wins(h: &dyn Harness) {
     );
     let v = view(s, a, id);
     assert_eq!(v.state, TaskState::Succeeded);
-    assert_eq!(v.result_json.as_deref(), Some("\"one\""));
+    assert_eq!(s.result(a, id).unwrap().as_deref(), Some("\"one\""));
     assert_eq!(v.usage, Some(usage));
     assert_eq!(v.finished_at, Some(secs(1)));
     assert_eq!(v.error, None);
@@ -267,7 +268,7 @@ pub fn first_completion_wins(h: &dyn Harness) {
             message: "out of memory".into()
         })
     );
-    assert_eq!(v.result_json, None);
+    assert_eq!(s.result(a, id2).unwrap(), None);
 }
 
 pub fn release_returns_task(h: &dyn Harness) {
@@ -589,4 +590,63 @@ pub fn sweep_finishes_lapsed_tasks_without_a_lease(h: &dyn Harness) {
     assert_eq!(v.state, TaskState::Failed);
     assert_eq!(v.error.unwrap().code, codes::CANCELLED);
     assert_eq!(view(s, a, waiting).state, TaskState::Queued);
+}
+
+pub fn lapse_leases_frees_what_one_process_held(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let ids: Vec<TaskId> = (0..3).map(|i| enqueue(s, a, "{}", secs(i))).collect();
+    let take = |worker: &str| s.lease(&offer(worker), LEASE, secs(10)).unwrap().unwrap();
+    let (first, second, other) = (take("local:0"), take("local:1"), take("localhost"));
+    assert_eq!(
+        vec![first.id, second.id, other.id],
+        ids,
+        "each worker holds one task"
+    );
+    let rung = s.work_signal().generation();
+    // Long before the leases would lapse, the prefix's workers lose theirs; a worker whose
+    // id merely starts alike ("localhost") keeps its own.
+    assert_eq!(s.lapse_leases("local:", secs(11)).unwrap(), 2);
+    assert!(
+        s.work_signal().generation() > rung,
+        "waiting workers are woken"
+    );
+    let v = s.get(a, first.id, secs(11)).unwrap().unwrap();
+    assert_eq!(v.state, TaskState::Queued);
+    assert_eq!(v.queue_position, Some(1));
+    let again = s
+        .lease(&offer("local:0"), LEASE, secs(11))
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.id, again.attempt), (first.id, 2));
+    let again = s
+        .lease(&offer("worker-b"), LEASE, secs(11))
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.id, again.attempt), (second.id, 2));
+    assert!(
+        s.lease(&offer("worker-b"), LEASE, secs(11))
+            .unwrap()
+            .is_none(),
+        "the other worker's task is still held"
+    );
+    // The lapsed attempts are fenced off like any lost lease.
+    assert_eq!(
+        s.heartbeat(&first.fence("local:0"), None, LEASE, secs(12))
+            .unwrap(),
+        Heartbeat::Lost
+    );
+    assert!(!s
+        .complete(
+            &second.fence("local:1"),
+            "{}",
+            TaskUsage::default(),
+            secs(12)
+        )
+        .unwrap());
+    assert_eq!(s.lapse_leases("local:1", secs(12)).unwrap(), 0);
+    assert!(matches!(
+        s.lapse_leases("", secs(12)),
+        Err(crate::StoreError::BadArgument(_))
+    ));
 }

@@ -1,6 +1,7 @@
 //! Conformance checks of [`Tasks`](crate::Tasks), the client's side of the queue:
 //! idempotency and caps on enqueue, cancel in every state, reading tasks back with their
-//! queue position, expiry, usage, and what survives reopening the database.
+//! queue position, results read alone, expiry (and the idempotency keys it frees), usage,
+//! and what survives reopening the database.
 
 use super::*;
 use crate::domain::{IdempotencyKey, UtcDay};
@@ -53,6 +54,94 @@ pub fn idempotency(h: &dyn Harness) {
     let l = lease(s, at(5)).unwrap();
     assert_eq!(l.id, first.id);
     assert_eq!(l.request_json, "{\"n\":1}");
+}
+
+pub fn idempotency_key_is_forgotten_when_its_result_expires(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let key = IdempotencyKey::parse("retry-me").unwrap();
+    let ttl = Duration::from_secs(100);
+    let task = |body| NewTask {
+        org: a,
+        request_json: body,
+        needs: txt2img(),
+        idempotency: Some(Idempotency {
+            key: &key,
+            request: body,
+            result_ttl: ttl,
+        }),
+    };
+    let first = s.enqueue(&task("{\"n\":1}"), CAPS, secs(0)).unwrap();
+    let repeat = Enqueued {
+        id: first.id,
+        created: false,
+    };
+    // An unfinished task keeps its key however long it waits.
+    assert_eq!(
+        s.enqueue(&task("{\"n\":1}"), CAPS, secs(10_000)).unwrap(),
+        repeat
+    );
+    let l = lease(s, secs(10_000)).unwrap();
+    assert!(s
+        .complete(&l.fence(W), "\"done\"", TaskUsage::default(), secs(10_010))
+        .unwrap());
+    // Until one TTL after its finish, the key is the finished task's.
+    assert_eq!(
+        s.enqueue(&task("{\"n\":1}"), CAPS, secs(10_109)).unwrap(),
+        repeat
+    );
+    assert!(matches!(
+        s.enqueue(&task("{\"n\":2}"), CAPS, secs(10_109)),
+        Err(StoreError::IdempotencyKeyReused(_))
+    ));
+    // Then it is forgotten, though no sweep has deleted the task: a new request under it
+    // makes a new task, which the key names from now on.
+    let second = s.enqueue(&task("{\"n\":2}"), CAPS, secs(10_110)).unwrap();
+    assert!(second.created);
+    assert_ne!(second.id, first.id);
+    assert_eq!(
+        s.enqueue(&task("{\"n\":2}"), CAPS, secs(10_111)).unwrap(),
+        Enqueued {
+            id: second.id,
+            created: false
+        }
+    );
+    // The old task itself is left to the sweep.
+    assert_eq!(s.result(a, first.id).unwrap().as_deref(), Some("\"done\""));
+    assert_eq!(s.expire(ttl, secs(10_110)).unwrap(), 1);
+    assert_eq!(s.get(a, first.id, secs(10_110)).unwrap(), None);
+    assert_eq!(view(s, a, second.id).state, TaskState::Queued);
+}
+
+pub fn results_are_read_alone(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let b = approved_org(s, "b");
+    let done = enqueue(s, a, "{}", secs(0));
+    let failed = enqueue(s, a, "{}", secs(1));
+    let queued = enqueue(s, a, "{}", secs(2));
+    let l = lease(s, secs(3)).unwrap();
+    assert_eq!(l.id, done);
+    assert_eq!(s.result(a, done).unwrap(), None, "running: no result yet");
+    let outputs = "{\"images\":[\"aGk=\"],\"seed\":7}";
+    assert!(s
+        .complete(&l.fence(W), outputs, TaskUsage::default(), secs(4))
+        .unwrap());
+    let l = lease(s, secs(5)).unwrap();
+    assert_eq!(l.id, failed);
+    let failure = Failure::new(code("engine_error"), "it broke", false);
+    assert!(s.fail(&l.fence(W), &failure, secs(6)).unwrap());
+
+    assert_eq!(s.result(a, done).unwrap().as_deref(), Some(outputs));
+    assert_eq!(view(s, a, done).state, TaskState::Succeeded);
+    assert_eq!(
+        s.result(b, done).unwrap(),
+        None,
+        "another organization's result is hidden"
+    );
+    assert_eq!(s.result(a, failed).unwrap(), None);
+    assert_eq!(s.result(a, queued).unwrap(), None);
+    assert_eq!(s.result(a, TaskId::random()).unwrap(), None);
 }
 
 pub fn queue_caps_and_retry_after(h: &dyn Harness) {
@@ -188,7 +277,7 @@ pub fn cancel_cases(h: &dyn Harness) {
         s.cancel(a, done, secs(10)).unwrap(),
         CancelOutcome::AlreadyFinished(TaskState::Succeeded)
     );
-    assert_eq!(view(s, a, done).result_json.as_deref(), Some("\"ok\""));
+    assert_eq!(s.result(a, done).unwrap().as_deref(), Some("\"ok\""));
 
     // Running, cancel requested, and then its worker vanished: it is not run
     // again but fails as cancelled.
@@ -477,10 +566,7 @@ pub fn persistence_across_reopen(h: &dyn Harness) {
             .unwrap(),
         OrgAccess::NotMember
     );
-    assert_eq!(
-        view(s, org, done).result_json.as_deref(),
-        Some("\"result\"")
-    );
+    assert_eq!(s.result(org, done).unwrap().as_deref(), Some("\"result\""));
     assert_eq!(view(s, org, queued).state, TaskState::Queued);
     let l = lease(s, secs(4)).unwrap();
     assert_eq!(

@@ -15,7 +15,7 @@ use super::rows::Fenced;
 use super::statements as sql;
 use super::{Backend, Db, Params};
 use crate::domain::Timestamp;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::rules::{self, Effect};
 use crate::signal::WorkSignal;
 use crate::store::Queue;
@@ -208,6 +208,24 @@ impl<B: Backend> Queue for B {
         report(self, "fail", fence, now, |task| {
             rules::after_failure(task, &failure.code, &failure.message, failure.retryable)
         })
+    }
+
+    fn lapse_leases(&self, owner_prefix: &str, now: Timestamp) -> Result<u64> {
+        if owner_prefix.is_empty() {
+            // Every worker's leases: never what a caller means.
+            return Err(StoreError::BadArgument(
+                "lapse_leases needs a non-empty worker id prefix".into(),
+            ));
+        }
+        let op = "lapse leases";
+        let lapsed = self.write(op, |tx| {
+            let params: Params<'_> = &[&owner_prefix, &now.as_millis()];
+            tx.exec(op, sql::LAPSE_LEASES_WITH_PREFIX, params)
+        })?;
+        if lapsed > 0 {
+            self.signal().notify();
+        }
+        Ok(lapsed)
     }
 
     fn release(&self, fence: &Fence, now: Timestamp) -> Result<bool> {

@@ -85,6 +85,11 @@ pub const REVOKE_WORKER_TOKEN: &str =
 /// $1 worker, $2 now: its leases lapse now, so the next lease call retries its tasks.
 pub const LAPSE_LEASES_OF: &str = "UPDATE tasks SET lease_expires_at = $2
      WHERE state = 'running' AND lease_owner = $1 AND lease_expires_at > $2";
+/// $1 prefix of worker ids, $2 now: the leases of those workers lapse now (a restarted
+/// `sie serve` takes back what its own dead workers held).
+pub const LAPSE_LEASES_WITH_PREFIX: &str = "UPDATE tasks SET lease_expires_at = $2
+     WHERE state = 'running' AND lease_expires_at > $2
+       AND substr(lease_owner, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT)";
 /// Read by [`rows::worker_token`](super::rows::worker_token).
 pub const LIST_WORKER_TOKENS: &str =
     "SELECT name, created_at, revoked_at FROM worker_tokens ORDER BY name";
@@ -94,9 +99,13 @@ pub const AUTHENTICATE_WORKER: &str =
 
 // ---- Tasks: the client's side ----
 
-/// $1 organization, $2 idempotency key: the task it made (`id, idempotency_digest`).
-pub const FIND_IDEMPOTENT: &str =
-    "SELECT id, idempotency_digest FROM tasks WHERE org_id = $1 AND idempotency_key = $2";
+/// $1 organization, $2 idempotency key: the task it made (`seq, id, idempotency_digest,
+/// finished_at`).
+pub const FIND_IDEMPOTENT: &str = "SELECT seq, id, idempotency_digest, finished_at FROM tasks
+     WHERE org_id = $1 AND idempotency_key = $2";
+/// $1 seq: the task no longer holds its idempotency key (its result expired).
+pub const FORGET_IDEMPOTENCY_KEY: &str =
+    "UPDATE tasks SET idempotency_key = NULL, idempotency_digest = NULL WHERE seq = $1";
 /// $1 organization: its queued tasks, and everyone's.
 pub const QUEUED_COUNTS: &str =
     "SELECT COUNT(*) FILTER (WHERE org_id = $1), COUNT(*) FROM tasks WHERE state = 'queued'";
@@ -114,6 +123,9 @@ pub const INSERT_TASK: &str =
 pub const CANCEL_TARGET: &str = "SELECT seq, state FROM tasks WHERE org_id = $1 AND id = $2";
 /// $1 seq.
 pub const REQUEST_CANCEL: &str = "UPDATE tasks SET cancel_requested = TRUE WHERE seq = $1";
+/// $1 organization, $2 id: the result of a task that succeeded.
+pub const RESULT: &str =
+    "SELECT result FROM tasks WHERE org_id = $1 AND id = $2 AND state = 'succeeded'";
 /// $1 organization.
 pub const COUNT_TASKS: &str = "SELECT COUNT(*) FROM tasks WHERE org_id = $1";
 /// $1 cutoff: tasks finished at or before it.
@@ -135,11 +147,12 @@ pub fn waiting(t: &str, now: &str) -> String {
     )
 }
 
-/// The columns [`TaskRecord::read`](super::rows::TaskRecord::read) reads, in order.
+/// The columns [`TaskRecord::read`](super::rows::TaskRecord::read) reads, in order. Never
+/// `result`, which can be tens of megabytes: [`RESULT`] reads it alone.
 pub fn task_columns(now: &str) -> String {
     format!(
         "seq, id, org_id, state, attempt, progress_step, progress_steps, cancel_requested, \
-         result, error_code, error_message, usage_images, usage_steps, usage_gpu_ms, \
+         error_code, error_message, usage_images, usage_steps, usage_gpu_ms, \
          created_at, started_at, finished_at, {} AS waiting",
         waiting("", now)
     )

@@ -13,7 +13,7 @@ use super::queue::apply;
 use super::rows::{self, to_u64, TaskRecord};
 use super::statements as sql;
 use super::{Backend, Db, Params};
-use crate::domain::{duration_ms, OrgId, PageRequest, TaskId, Timestamp, UtcDay};
+use crate::domain::{OrgId, PageRequest, TaskId, Timestamp, UtcDay};
 use crate::error::{QueueScope, Result, StoreError};
 use crate::keys::hash_key;
 use crate::rules;
@@ -41,17 +41,30 @@ impl<B: Backend> Tasks for B {
                     "no organization with id {org}"
                 )));
             }
-            if let Some(Idempotency { key, .. }) = idempotency {
+            if let Some(Idempotency {
+                key, result_ttl, ..
+            }) = idempotency
+            {
                 let params: Params<'_> = &[&org.get(), &key.as_str()];
                 let earlier = tx.first(op, sql::FIND_IDEMPOTENT, params, |r| {
-                    Ok((rows::task_id(r, 0)?, r.opt_text(1)?))
+                    let finished_at = r.opt_int(3)?.map(Timestamp::from_millis);
+                    Ok((r.int(0)?, rows::task_id(r, 1)?, r.opt_text(2)?, finished_at))
                 })?;
-                match earlier {
-                    Some((_, Some(first))) if Some(&first) != digest.as_ref() => {
-                        return Err(StoreError::IdempotencyKeyReused(key.as_str().to_owned()))
+                if let Some((seq, id, first, finished_at)) = earlier {
+                    if rules::result_expired(finished_at, result_ttl, now) {
+                        // SPEC 1.1: the key is forgotten with its task's result, even
+                        // before the sweep deletes the task (which then answers 404).
+                        tx.exec(op, sql::FORGET_IDEMPOTENCY_KEY, &[&seq])?;
+                    } else {
+                        match first {
+                            Some(first) if Some(&first) != digest.as_ref() => {
+                                return Err(StoreError::IdempotencyKeyReused(
+                                    key.as_str().to_owned(),
+                                ))
+                            }
+                            _ => return Ok(Enqueued { id, created: false }),
+                        }
                     }
-                    Some((id, _)) => return Ok(Enqueued { id, created: false }),
-                    None => {}
                 }
             }
             let (org_queued, all_queued) = tx.one(op, sql::QUEUED_COUNTS, &[&org.get()], |r| {
@@ -118,6 +131,14 @@ impl<B: Backend> Tasks for B {
         })
     }
 
+    fn result(&self, org: OrgId, id: TaskId) -> Result<Option<String>> {
+        self.read("read result", |tx| {
+            let params: Params<'_> = &[&org.get(), &id.to_string()];
+            tx.first("read result", sql::RESULT, params, |r| r.opt_text(0))
+                .map(Option::flatten)
+        })
+    }
+
     fn list(&self, org: OrgId, page: PageRequest, now: Timestamp) -> Result<TaskPage> {
         self.read("list tasks", |tx| {
             let total = tx.one("list tasks", sql::COUNT_TASKS, &[&org.get()], |r| r.int(0))?;
@@ -155,7 +176,7 @@ impl<B: Backend> Tasks for B {
     }
 
     fn expire(&self, result_ttl: Duration, now: Timestamp) -> Result<u64> {
-        let cutoff = now.as_millis().saturating_sub(duration_ms(result_ttl));
+        let cutoff = rules::expiry_cutoff(result_ttl, now);
         self.write("expire results", |tx| {
             tx.exec("expire results", sql::EXPIRE, &[&cutoff])
         })

@@ -20,7 +20,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::CudaDType;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result};
+use candle_core::{CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result};
 use candle_core::{Shape, Tensor};
 
 use crate::kernels::portable::{merge_heads, split_heads};
@@ -74,15 +74,7 @@ impl CustomOp2 for Scores {
         "sie-attention-scores-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{} runs on CUDA devices only", self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,
@@ -202,9 +194,7 @@ impl CustomOp1 for SoftmaxInto {
         "sie-softmax-rows-cuda"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{} runs on CUDA devices only", self.name())
-    }
+    cuda_only!(1);
 
     fn cuda_fwd(&self, scores: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
         if !layout.is_contiguous() {

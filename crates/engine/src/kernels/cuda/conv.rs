@@ -22,8 +22,8 @@ use candle_core::cuda_backend::cudarc::cudnn::{
 };
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use candle_core::cuda_backend::{CudaDType, DeviceId};
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_core::{CudaDevice, WithDType};
+use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use crate::kernels::Conv2d;
 
@@ -89,15 +89,7 @@ impl CustomOp2 for Conv {
         "sie-conv2d-cudnn"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{} runs on CUDA devices only", self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,

@@ -13,6 +13,23 @@
 //!
 //! The kernels in `kernels.cu` are compiled to PTX by `build.rs` and loaded once per device.
 
+/// The `cpu_fwd` of one of our CUDA ops, for its number of operands: a refusal, since
+/// `kernels/mod.rs` hands these ops CUDA tensors only (candle's `CustomOp` traits have no
+/// default for it).
+macro_rules! cuda_only {
+    (@fwd $($s:ident $l:ident),+) => {
+        fn cpu_fwd(
+            &self,
+            $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} runs on CUDA devices only", self.name())
+        }
+    };
+    (1) => { cuda_only!(@fwd _s1 _l1); };
+    (2) => { cuda_only!(@fwd _s1 _l1, _s2 _l2); };
+    (3) => { cuda_only!(@fwd _s1 _l1, _s2 _l2, _s3 _l3); };
+}
+
 mod attention;
 mod conv;
 mod norm;

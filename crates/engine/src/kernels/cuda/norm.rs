@@ -46,17 +46,7 @@ impl CustomOp3 for Fused {
         "sie-group-norm-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{} runs on CUDA devices only", self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -88,6 +78,9 @@ impl CustomOp3 for Fused {
         let (group_len, pixels) = (group_len as i64, pixels as i64);
         let (per_group, groups, splits_arg) = (per_group as i32, self.groups as i32, splits as i32);
         let silu = i32::from(self.silu);
+        let load = |name: &str| -> Result<_> {
+            device.get_or_load_custom_func(&super::kernel(name, dtype)?, super::MODULE, super::PTX)
+        };
         macro_rules! run {
             ($t:ty) => {{
                 let xs = x.as_cuda_slice::<$t>()?.slice(lx.start_offset()..);
@@ -95,11 +88,7 @@ impl CustomOp3 for Fused {
                 let b = bias.as_cuda_slice::<$t>()?.slice(lb.start_offset()..);
                 // SAFETY: every element is written by `group_apply` before it is read.
                 let out = unsafe { device.alloc::<$t>(lx.shape().elem_count())? };
-                let stats = device.get_or_load_custom_func(
-                    &super::kernel("group_stats", dtype)?,
-                    super::MODULE,
-                    super::PTX,
-                )?;
+                let stats = load("group_stats")?;
                 let mut launch = stats.builder();
                 launch
                     .arg(&xs)
@@ -108,11 +97,7 @@ impl CustomOp3 for Fused {
                     .arg(&splits_arg);
                 // SAFETY: the arguments match `group_stats` in kernels.cu.
                 unsafe { launch.launch(config) }.w()?;
-                let apply = device.get_or_load_custom_func(
-                    &super::kernel("group_apply", dtype)?,
-                    super::MODULE,
-                    super::PTX,
-                )?;
+                let apply = load("group_apply")?;
                 let mut launch = apply.builder();
                 launch.arg(&xs).arg(&out).arg(&w).arg(&b).arg(&partial);
                 launch

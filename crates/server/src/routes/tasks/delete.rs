@@ -3,9 +3,8 @@
 //! after the cancel (a running task shows `pending` until its worker stops).
 
 use axum::extract::{Path, State};
-use axum::Json;
-use serde_json::Value;
-use sie_store::{CancelOutcome, Timestamp};
+use axum::response::Response;
+use sie_store::CancelOutcome;
 
 use super::task_status;
 use crate::auth::Authorized;
@@ -15,9 +14,8 @@ pub async fn cancel(
     State(state): State<AppState>,
     Authorized { org, .. }: Authorized,
     Path((_, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    task_status(&state, &id, move |s, id| {
-        let now = Timestamp::now();
+) -> Result<Response, ApiError> {
+    task_status(&state, org, &id, move |s, id, now| {
         match s.cancel(org, id, now)? {
             CancelOutcome::NotFound => Ok(None),
             _ => s.get(org, id, now),

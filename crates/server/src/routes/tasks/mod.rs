@@ -1,4 +1,4 @@
-//! The task routes of SPEC 1.1-1.3, one file each, and the status body they share.
+//! The task routes of SPEC 1.1-1.3, one file each, and the status answer they share.
 
 pub mod delete;
 pub mod get;
@@ -6,29 +6,32 @@ pub mod list;
 pub mod post;
 
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use sie_store::{Store, TaskId, TaskState, TaskView};
+use sie_store::{OrgId, Store, TaskId, TaskState, TaskView, Timestamp};
 
-use crate::{ApiError, AppState};
+use crate::{results, ApiError, AppState};
 
-/// A `{requestId}` from the path; anything that is not one of our ids is simply not found.
+/// A `{requestId}` from the path; anything that is not one of our ids (in the one spelling
+/// we give them out in) is simply not found, and only the start of it is echoed.
 pub fn parse_id(id: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(id).map_err(|_| {
+    TaskId::parse(id).map_err(|e| {
         ApiError::client(
             StatusCode::NOT_FOUND,
             "unknown_task",
             "Unknown task",
-            format!("no task {id:?} in this organization"),
+            format!("no task {:?} in this organization; {}", e.value, e.accepted),
         )
     })
 }
 
-/// SPEC 1.2's status body: pending (with queue position or progress), success with
-/// `modelOutputs`, or failed with an error.
-pub fn status_body(view: &TaskView) -> Result<Value, ApiError> {
+/// SPEC 1.2's status body for a task that has not succeeded: pending (with queue position
+/// or progress) or failed with an error. A success is answered from the results cache
+/// ([`answer`]).
+fn unfinished_body(view: &TaskView) -> Value {
     let id = view.id.to_string();
-    Ok(match view.state {
+    match view.state {
         TaskState::Queued => {
             let mut body = json!({"requestId": id, "status": "pending"});
             if let Some(position) = view.queue_position {
@@ -43,14 +46,7 @@ pub fn status_body(view: &TaskView) -> Result<Value, ApiError> {
             }
             body
         }
-        TaskState::Succeeded => {
-            let text = view.result_json.as_deref().unwrap_or("null");
-            let outputs: Value = serde_json::from_str(text).map_err(|e| {
-                ApiError::Internal(format!("stored result of {id} is not JSON: {e}"))
-            })?;
-            json!({"requestId": id, "status": "success", "modelOutputs": outputs})
-        }
-        TaskState::Failed => {
+        TaskState::Succeeded | TaskState::Failed => {
             let (code, message) = view
                 .error
                 .as_ref()
@@ -58,23 +54,39 @@ pub fn status_body(view: &TaskView) -> Result<Value, ApiError> {
                 .unwrap_or_else(|| ("failed".into(), "the task failed".into()));
             json!({"requestId": id, "status": "failed", "error": {"code": code, "message": message}})
         }
-    })
+    }
 }
 
 /// The answer of a route on the task `id` names (anything that is not one of our ids is not
-/// found): `find` reads the task (after acting on it) on the store's thread; its status
-/// body, or 404 when it finds none.
+/// found): `find` reads the task (after acting on it) on the store's thread; its status,
+/// or 404 when it finds none or its result has expired (SPEC 1.2), even before the expiry
+/// sweep has deleted it.
 pub(crate) async fn task_status(
     state: &AppState,
+    org: OrgId,
     id: &str,
-    find: impl FnOnce(&dyn Store, TaskId) -> sie_store::Result<Option<TaskView>> + Send + 'static,
-) -> Result<Json<Value>, ApiError> {
+    find: impl FnOnce(&dyn Store, TaskId, Timestamp) -> sie_store::Result<Option<TaskView>>
+        + Send
+        + 'static,
+) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
-    let view = state
-        .store(move |s| find(s, id))
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    Ok(Json(status_body(&view)?))
+    let now = Timestamp::now();
+    let view = state.store(move |s| find(s, id, now)).await?;
+    let view = match view {
+        Some(v) if !v.result_expired(state.settings.result_ttl, now) => v,
+        _ => {
+            state.results.remove(org, id);
+            return Err(not_found(id));
+        }
+    };
+    if view.state != TaskState::Succeeded {
+        return Ok(Json(unfinished_body(&view)).into_response());
+    }
+    match state.results.outputs(state, org, id).await? {
+        Some(outputs) => Ok(results::success(id, outputs)),
+        // Deleted by the expiry sweep between the two reads.
+        None => Err(not_found(id)),
+    }
 }
 
 pub fn not_found(id: TaskId) -> ApiError {

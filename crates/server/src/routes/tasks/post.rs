@@ -1,30 +1,143 @@
-//! `POST {base}`: create a task. The body is parsed once into `sie_api::CreateTask`;
-//! nothing is queued for a refused request; a 202 means the task is in the store's
-//! committed transaction, so no crash after it can lose the task.
+//! `POST {base}`: create a task.
+//!
+//! Everything is decided in order of cost, so a request that will be refused costs as
+//! little as it can: the key and organization (the `Authorized` extractor, before any
+//! body byte is read), then what the headers say (content type, size, idempotency key,
+//! the result URL's host), then room in the byte budget for bodies being read, then the
+//! body itself, parsed with its images still base64 (`sie_api::Undecoded`), then
+//! `Workers::refusal`, and only then the images' pixels, under the decode slots. Nothing is
+//! queued for a refused request; a 202 means the task is in the store's committed
+//! transaction, so no crash after it can lose the task.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use sie_api::request::Seed;
-use sie_api::{CreateTask, RequestError};
-use sie_store::{Idempotency, IdempotencyKey, NewTask, Timestamp};
+use sie_api::{RequestError, Undecoded};
+use sie_store::{Idempotency, IdempotencyKey, NewTask, OrgId, Timestamp};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Authorized;
+use crate::body::{self, MAX_BODY};
 use crate::{ApiError, AppState};
 
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 pub async fn create(
     State(state): State<AppState>,
-    Authorized { org, .. }: Authorized,
+    auth: Result<Authorized, ApiError>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let Admitted {
+        org,
+        idempotency,
+        collection_url,
+        room,
+    } = match admit(&state, auth, uri.path(), &headers) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            body::discard(&headers, body);
+            return Err(refusal);
+        }
+    };
+
+    // The body's room in the budget is held until the task is stored, by this handler and
+    // by each blocking call that holds the body or what it became (a timeout that drops the
+    // handler does not stop a blocking call), since until then the request holds about
+    // its body's size at least once.
+    let room = std::sync::Arc::new(room);
+    let body = body::read(body, MAX_BODY).await?;
+    // A 20 MiB document is CPU work that must not stall the async runtime.
+    let held = room.clone();
+    let undecoded = tokio::task::spawn_blocking(move || {
+        let _held = held;
+        Undecoded::parse(&body)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("request parsing panicked: {e}")))??;
+    if let Some(refusal) = state.workers.refusal(&undecoded.needs()) {
+        return Err(ApiError::Invalid(refusal));
+    }
+    let mut task = if undecoded.has_images() {
+        let held = room.clone();
+        state
+            .decodes
+            .run(move || {
+                let _held = held;
+                undecoded.decode()
+            })
+            .await??
+    } else {
+        undecoded.decode()?
+    };
+
+    // What a retry under the same Idempotency-Key must repeat: the request as the client
+    // sent it, in canonical form (before the seed is drawn; formatting does not count).
+    let as_sent = serde_json::to_string(&task)
+        .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
+    // The seed is fixed now, so the stored task says exactly what will run and a retry after
+    // a crash draws the same image.
+    if task.model_inputs.seed.is_none() {
+        task.model_inputs.seed = Some(Seed::random());
+    }
+    let needs = task.needs();
+    let stored = serde_json::to_string(&task)
+        .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
+    let (caps, result_ttl) = (state.settings.caps, state.settings.result_ttl);
+    let enqueued = state
+        .store(move |s| {
+            let _held = room;
+            let task = NewTask {
+                org,
+                request_json: &stored,
+                needs,
+                idempotency: idempotency.as_ref().map(|key| Idempotency {
+                    key,
+                    request: &as_sent,
+                    result_ttl,
+                }),
+            };
+            s.enqueue(&task, caps, Timestamp::now())
+        })
+        .await?;
+    if enqueued.created {
+        tracing::info!(request_id = %enqueued.id, "task queued");
+    }
+
+    let result_url = format!("{collection_url}/{}", enqueued.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"requestId": enqueued.id.to_string(), "resultUrl": result_url})),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&result_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// What is decided from the request's head, before any body byte is read.
+struct Admitted {
+    org: OrgId,
+    idempotency: Option<IdempotencyKey>,
+    /// The absolute URL the client posted to; the task's `resultUrl` is below it.
+    collection_url: String,
+    /// Room for the body in the budget, held until its images are decoded.
+    room: OwnedSemaphorePermit,
+}
+
+fn admit(
+    state: &AppState,
+    auth: Result<Authorized, ApiError>,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Admitted, ApiError> {
+    let Authorized { org, .. } = auth?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -42,43 +155,9 @@ pub async fn create(
             "send the body as JSON with the header Content-Type: application/json",
         ));
     }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::client(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "Body too large",
-                format!(
-                    "the body is over {} MiB; send smaller images",
-                    super::super::MAX_BODY >> 20
-                ),
-            )
-        } else {
-            ApiError::client(
-                StatusCode::BAD_REQUEST,
-                "unreadable_body",
-                "Unreadable body",
-                e.body_text(),
-            )
-        }
-    })?;
-
-    // Parsing decodes images: CPU work that must not stall the async runtime.
-    let mut task = tokio::task::spawn_blocking(move || CreateTask::parse(&body))
-        .await
-        .map_err(|e| ApiError::Internal(format!("request parsing panicked: {e}")))??;
-    let needs = task.needs();
-    if let Some(refusal) = state.workers.refusal(&needs) {
-        return Err(ApiError::Invalid(refusal));
-    }
-    // What a retry under the same Idempotency-Key must repeat: the request as the client
-    // sent it, in canonical form (before the seed is drawn; formatting does not count).
-    let as_sent = serde_json::to_string(&task)
-        .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
-    // The seed is fixed now, so the stored task says exactly what will run and a retry after
-    // a crash draws the same image.
-    if task.model_inputs.seed.is_none() {
-        task.model_inputs.seed = Some(Seed::random());
+    let length = body::announced_length(headers);
+    if length.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(body::too_large(MAX_BODY));
     }
     let idempotency = headers
         .get(IDEMPOTENCY_HEADER)
@@ -93,46 +172,13 @@ pub async fn create(
             })
         })
         .transpose()?;
-    let stored = serde_json::to_string(&task)
-        .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
-    let caps = state.caps;
-    let enqueued = state
-        .store(move |s| {
-            let task = NewTask {
-                org,
-                request_json: &stored,
-                needs,
-                idempotency: idempotency.as_ref().map(|key| Idempotency {
-                    key,
-                    request: &as_sent,
-                }),
-            };
-            s.enqueue(&task, caps, Timestamp::now())
-        })
-        .await?;
-    if enqueued.created {
-        tracing::info!(request_id = %enqueued.id, "task queued");
-    }
-
-    let result_url = format!("{}/{}", absolute_url(&headers, uri.path()), enqueued.id);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({"requestId": enqueued.id.to_string(), "resultUrl": result_url})),
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&result_url) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
-}
-
-/// The absolute URL of `path` as the client reached it (behind a proxy, its
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` win).
-fn absolute_url(headers: &HeaderMap, path: &str) -> String {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let scheme = get("x-forwarded-proto").unwrap_or("http");
-    let host = get("x-forwarded-host")
-        .or_else(|| get(header::HOST.as_str()))
-        .unwrap_or("localhost");
-    format!("{scheme}://{host}{}", path.trim_end_matches('/'))
+    // Before anything is queued: a host that cannot be put in a URL is the client's error.
+    let collection_url = state.settings.urls.absolute(headers, path)?;
+    let room = state.bodies.reserve(length)?;
+    Ok(Admitted {
+        org,
+        idempotency,
+        collection_url,
+        room,
+    })
 }

@@ -1,0 +1,132 @@
+//! What the router does around every route: time limits, the URL length limit, and the
+//! headers every answer carries (SPEC 1.4, 2.1).
+//!
+//! - [`limit_time`]: a request whose answer is not ready within the request timeout, body
+//!   included, is answered 408 (a worker's calls excepted); [`time_bodies`] makes any body that goes silent for the
+//!   body timeout fail its reader, who answers 408 (`body::unreadable`).
+//! - [`limit_uri`]: a URL over [`MAX_URI_BYTES`] is 414 before routing.
+//! - [`nosniff`] on every answer; [`no_store`] on the authenticated routes' answers, which
+//!   carry one organization's data and must not be kept by a shared cache.
+//! - [`cors`]: only for the origins the operator lists, none by default.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutBody;
+
+use crate::settings::{CorsOrigin, Limits};
+use crate::ApiError;
+
+/// The longest request target (path and query) accepted. Ours are under 200 bytes; a
+/// longer one is a mistake or a probe, and it is logged and parsed on every layer.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Answers 408 when the route's answer is not ready within `limits.request_timeout`,
+/// counted from the end of the request's head, so reading the body is included.
+///
+/// Not for the worker protocol's routes: their callers hold a worker token, and a GPU node
+/// far away uploads a completion of hundreds of megabytes at the speed of its link. Those
+/// bodies are bounded by the body timeout alone, and the lease long-poll by its own wait.
+pub(crate) async fn limit_time(
+    State(limits): State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path().starts_with(sie_api::worker::PREFIX) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::client(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Request timeout",
+            format!(
+                "the request took over {} s (--request-timeout), its body included; send it \
+                 faster or in one piece",
+                limits.request_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Wraps every request body so that a read waiting over `limits.body_timeout` for the
+/// next bytes fails (the timer restarts with each chunk that arrives).
+pub(crate) async fn time_bodies(
+    State(limits): State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let timeout = limits.body_timeout;
+    next.run(request.map(|body| axum::body::Body::new(TimeoutBody::new(timeout, body))))
+        .await
+}
+
+/// The 408 of a body that went silent.
+pub(crate) fn body_timed_out() -> ApiError {
+    ApiError::client(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "Body timeout",
+        "no body bytes arrived for longer than the body timeout (--body-timeout); send the \
+         body without pausing",
+    )
+}
+
+/// 414 for a request target over [`MAX_URI_BYTES`].
+pub(crate) async fn limit_uri(request: Request, next: Next) -> Response {
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if length > MAX_URI_BYTES {
+        return ApiError::client(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "URI too long",
+            format!("the URL is {length} bytes; at most {MAX_URI_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `X-Content-Type-Options: nosniff`: a browser must not read a problem document or an
+/// image payload as anything but its declared type.
+pub(crate) async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// `Cache-Control: no-store`, for answers that hold one organization's data.
+pub(crate) async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// CORS for exactly `origins` (preflights included): the API's methods, the headers a
+/// client sends, and the headers a browser script may read back.
+pub(crate) fn cors(origins: &[CorsOrigin]) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(
+            origins.iter().map(CorsOrigin::header_value),
+        ))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            HeaderName::from_static("salad-api-key"),
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([header::LOCATION, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
