@@ -16,6 +16,9 @@
 #
 # Usage (from the repository root on the GPU machine; about 7 minutes on an H200):
 #   tools/gpu/check.sh PACK OUT [PYTHON]
+# With this project's device tool: tools/gpu/pack.sh here, then run
+#   tools/gpu/check.sh .gpu $OUT/check     carrying .gpu, with a timeout of about 540 s,
+# and commit $OUT/check under docs/gpu/ with the commit in its commit.txt.
 # The CUDA libraries come from PyTorch's wheels there (nvidia/*/lib); diffusers from the
 # wheel in PACK when the machine's Python lacks it. Each step has its own time limit, and a
 # failed step is recorded and the next one still runs.
