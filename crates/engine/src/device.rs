@@ -59,11 +59,12 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(ordinal: usize) -> Result<Device> {
-    Err(Error::Device(format!(
-        "--device cuda:{ordinal}: this sie was built without CUDA support (the `cuda` \
-         feature); build one with tools/gpu/build.sh, or run on the CPU with --device cpu"
-    )))
+fn open_cuda(_ordinal: usize) -> Result<Device> {
+    Err(Error::Device(
+        "this sie was built without CUDA support (the `cuda` feature); build one with \
+         tools/gpu/build.sh, or run on the CPU with --device cpu"
+            .into(),
+    ))
 }
 
 impl FromStr for DeviceSpec {

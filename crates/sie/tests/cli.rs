@@ -286,7 +286,7 @@ fn a_device_that_cannot_be_used_is_refused_at_start() {
         ([serve, vec![data]].concat(), "built without CUDA support"),
         (
             [&run[..], &["--device", "cuda:1"]].concat(),
-            "built without CUDA support",
+            "--device cuda:1: this sie was built without CUDA support",
         ),
         (
             vec!["model", "check", model, "--device", "cuda"],
@@ -304,6 +304,11 @@ fn a_device_that_cannot_be_used_is_refused_at_start() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // Refused before anything is written: no data directory, no tiny model in it.
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "a refused serve made {data}"
+    );
     // SIE_DEVICE is the same setting.
     let out = std::process::Command::new(common::SIE)
         .args(run)

@@ -178,18 +178,24 @@ impl DeviceArgs {
     }
 }
 
-/// Loads a model directory on `device`, with the safety checker from `safety_checker` or
-/// the model's own.
+impl DeviceArgs {
+    /// The device opened, with the safety checker at `safety_checker` or the model's own.
+    /// Called before anything else is touched, so a device this build or machine cannot use
+    /// is refused before a data directory or a model is written.
+    pub fn model_options(&self, safety_checker: Option<&PathBuf>) -> anyhow::Result<LoadOptions> {
+        self.load_options(match safety_checker {
+            Some(dir) => SafetyCheckerSource::Dir(dir.clone()),
+            None => SafetyCheckerSource::ModelDefault,
+        })
+    }
+}
+
+/// Loads a model directory with `options` (from [`DeviceArgs::model_options`]).
 pub fn load_model(
     dir: &std::path::Path,
-    safety_checker: Option<&PathBuf>,
-    device: &DeviceArgs,
+    options: &LoadOptions,
 ) -> anyhow::Result<Arc<StableDiffusion>> {
-    let options = device.load_options(match safety_checker {
-        Some(dir) => SafetyCheckerSource::Dir(dir.clone()),
-        None => SafetyCheckerSource::ModelDefault,
-    })?;
-    let model = StableDiffusion::load(dir, &options)
+    let model = StableDiffusion::load(dir, options)
         .with_context(|| format!("loading {}", dir.display()))?;
     let runs_on = model.runs_on();
     eprintln!(

@@ -50,6 +50,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let options = args.device.model_options(args.safety_checker.as_ref())?;
     let data_dir = DataDir::prepare(&args.data_dir, true)?;
     // Held until the process ends; taken before the store opens, so a second server on
     // this directory changes nothing.
@@ -62,7 +63,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("{released} task(s) the previous run of this data directory was running go back to the queue");
     }
     let model_dir = model_dir(&args)?;
-    let model = super::common::load_model(&model_dir, args.safety_checker.as_ref(), &args.device)?;
+    let model = super::common::load_model(&model_dir, &options)?;
     let announcement = sie_worker::task::announcement(&model, &model_name(&model_dir));
     // Bind before creating the first key: if the port is taken, nothing is created unseen.
     let (runtime, listener) = super::common::bind(&args.server.listen)?;

@@ -46,6 +46,7 @@ pub struct WorkerArgs {
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let options = args.device.model_options(args.safety_checker.as_ref())?;
     if !(args.server.starts_with("http://")) {
         anyhow::bail!(
             "--server {:?}: use an http:// URL of an API node (this build speaks plain HTTP; \
@@ -53,7 +54,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
             args.server
         );
     }
-    let model = load_model(&args.model, args.safety_checker.as_ref(), &args.device)?;
+    let model = load_model(&args.model, &options)?;
     let announcement =
         sie_worker::task::announcement(&model, &super::serve::model_name(&args.model));
     eprintln!(
