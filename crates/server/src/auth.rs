@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use sie_store::{OrgAccess, OrgId, OrgName};
 
 use crate::{ApiError, AppState};
@@ -42,10 +42,30 @@ async fn path_param(parts: &mut Parts, state: &AppState, name: &str) -> Result<S
 
 pub const API_KEY_HEADER: &str = "Salad-Api-Key";
 
+/// The one value of a header that says who is calling or where answers point (the key, a
+/// worker token, `Host`). Sent twice it is refused, not resolved by taking one: a proxy
+/// and the server could each take a different one, and the client meant neither.
+pub(crate) fn one_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    let more = values.count();
+    if more > 0 {
+        return Err(ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "Invalid header",
+            format!("the {name} header is sent {} times; send it once", more + 1),
+        ));
+    }
+    Ok(first)
+}
+
 /// Checks the key and the organization; returns the organization to act on.
 async fn authorize(state: &AppState, headers: &HeaderMap, org: &str) -> Result<OrgId, ApiError> {
-    let key = headers
-        .get(API_KEY_HEADER)
+    let key = one_header(headers, API_KEY_HEADER)?
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty())
@@ -58,15 +78,16 @@ async fn authorize(state: &AppState, headers: &HeaderMap, org: &str) -> Result<O
             )
         })?
         .to_owned();
-    let unknown_org = || {
+    // A name that cannot be one is echoed as far as InvalidValue keeps it.
+    let unknown_org = |shown: &str| {
         ApiError::client(
             StatusCode::NOT_FOUND,
             "unknown_organization",
             "Unknown organization",
-            format!("no organization named {org:?} is visible to this API key"),
+            format!("no organization named {shown:?} is visible to this API key"),
         )
     };
-    let name = OrgName::parse(org).map_err(|_| unknown_org())?;
+    let name = OrgName::parse(org).map_err(|e| unknown_org(&e.value))?;
     let access = state
         .store(move |s| {
             let Some(account) = s.authenticate(&key)? else {
@@ -82,7 +103,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, org: &str) -> Result<O
             "Invalid API key",
             "this API key is unknown or revoked; create one with `sie admin key create`",
         )),
-        Some(OrgAccess::UnknownOrg | OrgAccess::NotMember) => Err(unknown_org()),
+        Some(OrgAccess::UnknownOrg | OrgAccess::NotMember) => Err(unknown_org(org)),
         Some(OrgAccess::NotApproved) => Err(ApiError::client(
             StatusCode::FORBIDDEN,
             "organization_not_approved",

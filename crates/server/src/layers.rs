@@ -4,9 +4,11 @@
 //! - [`limit_time`]: a request whose answer is not ready within the request timeout, body
 //!   included, is answered 408 (a worker's calls excepted); [`time_bodies`] makes any body that goes silent for the
 //!   body timeout fail its reader, who answers 408 (`body::unreadable`).
-//! - [`limit_uri`]: a URL over [`MAX_URI_BYTES`] is 414 before routing.
-//! - [`nosniff`] on every answer; [`no_store`] on the authenticated routes' answers, which
-//!   carry one organization's data and must not be kept by a shared cache.
+//! - [`limit_uri`]: a URL over [`MAX_URI_BYTES`] is 414 before routing; [`one_host`]: a
+//!   second `Host` is 400.
+//! - [`nosniff`] and [`no_store`] on every answer: most carry one organization's data, and
+//!   none (a refusal, a health check) is worth keeping in a shared cache, so one layer at
+//!   the top covers refusals made before any route runs (405, 408, 414) too.
 //! - [`cors`]: only for the origins the operator lists, none by default.
 
 use std::time::Duration;
@@ -78,6 +80,15 @@ pub(crate) fn body_timed_out() -> ApiError {
     )
 }
 
+/// 400 for a request with more than one `Host` (RFC 9112 3.2): which one a proxy used and
+/// which one we would is anyone's guess.
+pub(crate) async fn one_host(request: Request, next: Next) -> Response {
+    if let Err(refusal) = crate::auth::one_header(request.headers(), "Host") {
+        return refusal.into_response();
+    }
+    next.run(request).await
+}
+
 /// 414 for a request target over [`MAX_URI_BYTES`].
 pub(crate) async fn limit_uri(request: Request, next: Next) -> Response {
     let length = request
@@ -106,7 +117,7 @@ pub(crate) async fn nosniff(mut response: Response) -> Response {
     response
 }
 
-/// `Cache-Control: no-store`, for answers that hold one organization's data.
+/// `Cache-Control: no-store`: no answer of this API may be kept by a cache.
 pub(crate) async fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()

@@ -231,6 +231,6 @@ pub(crate) fn method_not_allowed() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "Method not allowed",
-        "this route does not accept that method; see /openapi.json for what each route accepts",
+        "this route does not accept that method; the Allow header lists those it does",
     )
 }

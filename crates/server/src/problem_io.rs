@@ -179,7 +179,8 @@ fn answer(status: u16, reason: &str, problem: &Problem) -> Vec<u8> {
     let body = serde_json::to_vec(problem).expect("a problem serialises");
     let mut answer = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
-         x-content-type-options: nosniff\r\nconnection: close\r\n\r\n",
+         x-content-type-options: nosniff\r\ncache-control: no-store\r\n\
+         connection: close\r\n\r\n",
         Problem::CONTENT_TYPE,
         body.len()
     )

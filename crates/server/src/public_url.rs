@@ -101,6 +101,7 @@ impl PublicUrls {
         let host = match host {
             Some(h) => h,
             None => {
+                // One Host only: `layers::one_host` refused the rest.
                 let h = text(header::HOST.as_str())?
                     .ok_or_else(|| bad_header("Host", "is missing; HTTP/1.1 requires it"))?;
                 if !is_authority(h) {

@@ -44,17 +44,14 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             worker::require_worker,
-        ))
-        .route_layer(map_response(layers::no_store));
-    // The routes a key opens: their answers hold one organization's data.
+        ));
     let authenticated = Router::new()
         .route(BASE, get(tasks::list::list).post(tasks::post::create))
         .route(
             &format!("{BASE}/{{id}}"),
             get(tasks::get::get).delete(tasks::delete::cancel),
         )
-        .route("/api/beta/organizations/{org}/usage", get(usage::usage))
-        .route_layer(map_response(layers::no_store));
+        .route("/api/beta/organizations/{org}/usage", get(usage::usage));
     let limits = state.settings.limits.clone();
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
@@ -65,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(from_fn_with_state(limits.clone(), layers::time_bodies))
         .layer(from_fn(layers::limit_uri))
+        .layer(from_fn(layers::one_host))
         .layer(from_fn_with_state(limits, layers::limit_time))
         .layer(map_response(problems_only));
     if !state.settings.cors_origins.is_empty() {
@@ -73,6 +71,7 @@ pub fn router(state: AppState) -> Router {
     }
     app.layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(map_response(layers::nosniff))
+        .layer(map_response(layers::no_store))
         .with_state(state)
 }
 

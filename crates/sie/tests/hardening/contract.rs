@@ -208,8 +208,8 @@ fn duplicate_keys_are_refused_naming_the_key() {
     assert_eq!(server.get(&server.base)["total"], 0);
 }
 
-/// Every answer carries `nosniff`; the authenticated routes' answers (refusals included)
-/// carry `no-store`; CORS answers nothing unless `--cors-origin` lists the origin.
+/// Every answer carries `nosniff` and `no-store`, refusals made before any route runs
+/// included; CORS answers nothing unless `--cors-origin` lists the origin.
 #[test]
 fn answers_are_not_stored_or_sniffed_and_cors_is_only_for_listed_origins() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,8 +222,24 @@ fn answers_are_not_stored_or_sniffed_and_cors_is_only_for_listed_origins() {
         assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r:?}");
     }
-    let r = raw_request(&server, "GET", "/healthz", &[], "");
-    assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r:?}");
+    let task = format!("{path}/00000000-0000-4000-8000-000000000000");
+    let usage = path
+        .split("/inference-endpoints")
+        .next()
+        .unwrap()
+        .to_owned()
+        + "/usage";
+    for (method, target, status) in [
+        ("PUT", task.as_str(), 405),
+        ("PATCH", usage.as_str(), 405),
+        ("GET", "/nowhere", 404),
+        ("GET", "/healthz", 200),
+    ] {
+        let r = raw_request(&server, method, target, &[key.as_str()], "");
+        assert_eq!(r.status, status, "{method} {target}: {r:?}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r:?}");
+    }
     let preflight = [
         "Origin: https://app.example.com",
         "Access-Control-Request-Method: POST",
@@ -278,6 +294,77 @@ fn answers_are_not_stored_or_sniffed_and_cors_is_only_for_listed_origins() {
     let refused = sie(&["serve", "--model", "tiny", "--cors-origin", "*"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not an origin"));
+}
+
+/// A header that says who is calling (`Salad-Api-Key`, a worker's `Authorization`) or where
+/// the answer points (`Host`) is refused when sent twice, whichever copy is good; and an
+/// organization name that cannot be one is not echoed whole.
+#[test]
+fn identity_headers_sent_twice_are_refused_and_long_names_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &["--workers", "0"]);
+    let key = key_header(&server);
+    let body = small(1, 1, 1).to_string();
+    let json = "Content-Type: application/json";
+    let worker = format!("{}/lease", sie_api::worker::PREFIX);
+    let cases: [(&str, &str, Vec<&str>, &str); 5] = [
+        (
+            "GET",
+            server.path(),
+            vec![key.as_str(), "Salad-Api-Key: wrong"],
+            "Salad-Api-Key",
+        ),
+        (
+            "GET",
+            server.path(),
+            vec!["Salad-Api-Key: wrong", key.as_str()],
+            "Salad-Api-Key",
+        ),
+        (
+            "POST",
+            server.path(),
+            vec![key.as_str(), json, "Host: evil.example"],
+            "Host",
+        ),
+        ("GET", "/healthz", vec!["Host: evil.example"], "Host"),
+        (
+            "POST",
+            &worker,
+            vec!["Authorization: Bearer a", "Authorization: Bearer b", json],
+            "Authorization",
+        ),
+    ];
+    for (method, target, headers, name) in cases {
+        // raw_request adds the real Host unless one is given: these send both.
+        let mut all = headers.clone();
+        let real_host = format!("Host: {}", server.addr());
+        if name == "Host" {
+            all.insert(0, &real_host);
+        }
+        let r = raw_request(&server, method, target, &all, &body);
+        assert_eq!(
+            (r.status, problem_code(&r).as_str()),
+            (400, "invalid_header"),
+            "{headers:?}"
+        );
+        let detail = r.json()["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains(name) && detail.contains("2 times"),
+            "{detail}"
+        );
+    }
+    assert_eq!(server.get(&server.base)["total"], 0);
+
+    let long = "o".repeat(5000);
+    let target = server.path().replacen("default", &long, 1);
+    assert_ne!(target, server.path(), "the path names the organization");
+    let r = raw_request(&server, "GET", &target, &[key.as_str()], "");
+    assert_eq!(
+        (r.status, problem_code(&r).as_str()),
+        (404, "unknown_organization")
+    );
+    let detail = r.json()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.len() < 300, "{} bytes: {detail:.200}", detail.len());
 }
 
 /// `strength` is img2img's and inpainting's: text-to-image refuses it, naming it, rather

@@ -93,7 +93,7 @@ fn key_header(server: &Server) -> String {
 }
 
 /// The code of a problem document, checking that it is one (content type, status, and
-/// `nosniff`, which every answer carries).
+/// `nosniff` and `no-store`, which every answer carries).
 fn problem_code(r: &common::RawResponse) -> String {
     assert_eq!(
         r.header("content-type"),
@@ -101,6 +101,7 @@ fn problem_code(r: &common::RawResponse) -> String {
         "{r:?}"
     );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
     let v = r.json();
     assert_eq!(v["status"], r.status, "{v}");
     v["code"].as_str().unwrap().to_owned()
