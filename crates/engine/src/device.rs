@@ -50,8 +50,8 @@ impl DeviceSpec {
 fn open_cuda(ordinal: usize) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| {
         Error::Device(format!(
-            "could not open CUDA device {ordinal}: {e}; check that `nvidia-smi` lists a GPU \
-             with that index and that the NVIDIA driver's libcuda.so.1 and the CUDA 13 \
+            "the GPU could not be opened ({e}); check that `nvidia-smi` lists a GPU with \
+             index {ordinal} and that the NVIDIA driver's libcuda.so.1 and the CUDA 13 \
              libraries (libcudart, libcublas, libcublasLt, libcurand, libnvrtc, libcudnn) are \
              on the library path"
         ))

@@ -303,6 +303,10 @@ fn a_device_that_cannot_be_used_is_refused_at_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            err.matches("cuda:").count() <= 1,
+            "the device named twice: {err}"
+        );
     }
     // Refused before anything is written: no data directory, no tiny model in it.
     assert!(

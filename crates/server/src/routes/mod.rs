@@ -61,15 +61,16 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(from_fn_with_state(limits.clone(), layers::time_bodies))
-        .layer(from_fn(layers::limit_uri))
-        .layer(from_fn(layers::one_host))
         .layer(from_fn_with_state(limits, layers::limit_time))
         .layer(map_response(problems_only));
     if !state.settings.cors_origins.is_empty() {
         // Outside the routes' own refusals, so a browser may read those too.
         app = app.layer(layers::cors(&state.settings.cors_origins));
     }
-    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+    // Outside CORS, which answers every OPTIONS itself: these hold for preflights too.
+    app.layer(from_fn(layers::limit_uri))
+        .layer(from_fn(layers::one_host))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(map_response(layers::nosniff))
         .layer(map_response(layers::no_store))
         .with_state(state)

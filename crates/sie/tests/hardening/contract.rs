@@ -237,6 +237,7 @@ fn answers_are_not_stored_or_sniffed_and_cors_is_only_for_listed_origins() {
     ] {
         let r = raw_request(&server, method, target, &[key.as_str()], "");
         assert_eq!(r.status, status, "{method} {target}: {r:?}");
+        assert_eq!(status == 405, r.header("allow").is_some(), "{r:?}");
         assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r:?}");
     }
@@ -278,6 +279,15 @@ fn answers_are_not_stored_or_sniffed_and_cors_is_only_for_listed_origins() {
     elsewhere[0] = "Origin: https://evil.example";
     let r = raw_request(&cors, "OPTIONS", &path, &elsewhere, "");
     assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
+    // The CORS layer answers preflights itself; the one-Host rule still comes first.
+    let real_host = format!("Host: {}", cors.addr());
+    let mut two_hosts = vec![real_host.as_str(), "Host: evil.example"];
+    two_hosts.extend_from_slice(&preflight);
+    let r = raw_request(&cors, "OPTIONS", &path, &two_hosts, "");
+    assert_eq!(
+        (r.status, problem_code(&r).as_str()),
+        (400, "invalid_header")
+    );
     // Real requests from a listed origin, refusals included, can be read by its scripts.
     let key = key_header(&cors);
     for headers in [
