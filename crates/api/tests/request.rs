@@ -10,8 +10,8 @@ fn refuse(body: serde_json::Value) -> sie_api::RequestError {
     CreateTask::parse(body.to_string().as_bytes()).expect_err("should be refused")
 }
 
-fn png_base64(w: u32, h: u32) -> String {
-    let img = image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]));
+/// `img` as a PNG, base64.
+fn base64_png(img: image::DynamicImage) -> String {
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
@@ -19,6 +19,10 @@ fn png_base64(w: u32, h: u32) -> String {
     )
     .unwrap();
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn png_base64(w: u32, h: u32) -> String {
+    base64_png(image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30])).into())
 }
 
 #[test]
@@ -401,14 +405,7 @@ fn everything_but_the_pixels_is_decided_before_decoding() {
 fn png16_base64(w: u32, h: u32) -> String {
     let img =
         image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(w, h, image::Rgba([1, 2, 3, 4]));
-    let mut bytes = Vec::new();
-    image::DynamicImage::ImageRgba16(img)
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    base64_png(image::DynamicImage::ImageRgba16(img))
 }
 
 #[test]
