@@ -2,13 +2,15 @@
 //! headers every answer carries (SPEC 1.4, 2.1).
 //!
 //! - [`limit_time`]: a request whose answer is not ready within the request timeout, body
-//!   included, is answered 408 (a worker's calls excepted); [`time_bodies`] makes any body that goes silent for the
-//!   body timeout fail its reader, who answers 408 (`body::unreadable`).
+//!   included, is answered 408 (a worker's calls excepted); [`time_bodies`] makes any body
+//!   that goes silent for the body timeout fail its reader, who answers 408
+//!   (`body::unreadable`).
 //! - [`limit_uri`]: a URL over [`MAX_URI_BYTES`] is 414 before routing; [`one_host`]: a
 //!   second `Host` is 400.
-//! - [`nosniff`] and [`no_store`] on every answer: most carry one organization's data, and
-//!   none (a refusal, a health check) is worth keeping in a shared cache, so one layer at
-//!   the top covers refusals made before any route runs (405, 408, 414) too.
+//! - [`safe_headers`]: `nosniff` and `no-store` on every answer: most carry one
+//!   organization's data, and none (a refusal, a health check) is worth keeping in a shared
+//!   cache, so one layer at the top covers refusals made before any route runs (405, 408,
+//!   414) too.
 //! - [`cors`]: only for the origins the operator lists, none by default.
 
 use std::time::Duration;
@@ -107,21 +109,16 @@ pub(crate) async fn limit_uri(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// `X-Content-Type-Options: nosniff`: a browser must not read a problem document or an
-/// image payload as anything but its declared type.
-pub(crate) async fn nosniff(mut response: Response) -> Response {
-    response.headers_mut().insert(
+/// The headers every answer carries: `X-Content-Type-Options: nosniff`, so a browser reads
+/// a problem document or an image payload as nothing but its declared type, and
+/// `Cache-Control: no-store`, so no cache keeps an answer.
+pub(crate) async fn safe_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
         HeaderName::from_static("x-content-type-options"),
         HeaderValue::from_static("nosniff"),
     );
-    response
-}
-
-/// `Cache-Control: no-store`: no answer of this API may be kept by a cache.
-pub(crate) async fn no_store(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -71,8 +71,7 @@ pub fn router(state: AppState) -> Router {
     app.layer(from_fn(layers::limit_uri))
         .layer(from_fn(layers::one_host))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .layer(map_response(layers::nosniff))
-        .layer(map_response(layers::no_store))
+        .layer(map_response(layers::safe_headers))
         .with_state(state)
 }
 

@@ -176,9 +176,7 @@ impl DeviceArgs {
             safety_checker,
         })
     }
-}
 
-impl DeviceArgs {
     /// The device opened, with the safety checker at `safety_checker` or the model's own.
     /// Called before anything else is touched, so a device this build or machine cannot use
     /// is refused before a data directory or a model is written.

@@ -70,7 +70,7 @@ impl DataDir {
         let db = self.database();
         private_file(&db)?;
         let store = SqliteStore::open(&db)?;
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["-wal", "-shm"] {
             let file = PathBuf::from(format!("{}{suffix}", db.display()));
             if file.exists() {
                 owner_only(&file, 0o600)?;

@@ -128,7 +128,7 @@ fn after_kill_9_the_running_task_runs_again_at_once() {
                         "height": 256, "seed": 9}
     }));
     let progress = |v: &Value| v.get("progress").cloned();
-    server.poll(&url, Duration::from_secs(120), |v| progress(v).is_some());
+    server.wait_until_running(&url);
     server.proc.kill9();
     let key = server.key.clone();
     drop(server);

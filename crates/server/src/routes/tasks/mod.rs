@@ -28,7 +28,7 @@ pub fn parse_id(id: &str) -> Result<TaskId, ApiError> {
 
 /// SPEC 1.2's status body for a task that has not succeeded: pending (with queue position
 /// or progress) or failed with an error. A success is answered from the results cache
-/// ([`answer`]).
+/// ([`task_status`]).
 fn unfinished_body(view: &TaskView) -> Value {
     let id = view.id.to_string();
     match view.state {

@@ -60,7 +60,8 @@ pub async fn create(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("request parsing panicked: {e}")))??;
-    if let Some(refusal) = state.workers.refusal(&undecoded.needs()) {
+    let needs = undecoded.needs();
+    if let Some(refusal) = state.workers.refusal(&needs) {
         return Err(ApiError::Invalid(refusal));
     }
     let mut task = if undecoded.has_images() {
@@ -85,7 +86,6 @@ pub async fn create(
     if task.model_inputs.seed.is_none() {
         task.model_inputs.seed = Some(Seed::random());
     }
-    let needs = task.needs();
     let stored = serde_json::to_string(&task)
         .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
     let (caps, result_ttl) = (state.settings.caps, state.settings.result_ttl);
