@@ -128,17 +128,17 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| head.strip_prefix(b"HTTP/1.0 "))?
         .get(..4)?;
-    let (code, reason, title, detail) = match status {
+    let (status, code, title, detail) = match status {
         b"400 " => (
+            400,
             "invalid_request",
-            "Bad Request",
             "Invalid request",
             "the request is not valid HTTP/1.1: its request line or a header could not be parsed"
                 .to_owned(),
         ),
         b"431 " => (
+            431,
             "headers_too_large",
-            "Request Header Fields Too Large",
             "Headers too large",
             format!(
                 "the request's headers are over {} KiB or more than {} of them; send fewer or \
@@ -155,12 +155,7 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
     if !empty || !head.ends_with(b"\r\n\r\n") {
         return None;
     }
-    let status: u16 = std::str::from_utf8(&status[..3]).ok()?.parse().ok()?;
-    Some(answer(
-        status,
-        reason,
-        &Problem::new(status, code, title, detail),
-    ))
+    Some(answer(&Problem::new(status, code, title, detail)))
 }
 
 /// The answer to a request whose head was still arriving when the header timeout passed,
@@ -171,11 +166,16 @@ pub(crate) fn header_timeout(timeout: std::time::Duration) -> Vec<u8> {
         timeout.as_secs()
     );
     let problem = Problem::new(408, "header_timeout", "Header timeout", detail);
-    answer(408, "Request Timeout", &problem)
+    answer(&problem)
 }
 
 /// A whole HTTP/1.1 answer carrying `problem`, after which the connection closes.
-fn answer(status: u16, reason: &str, problem: &Problem) -> Vec<u8> {
+fn answer(problem: &Problem) -> Vec<u8> {
+    let status = problem.status;
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or_default();
     let body = serde_json::to_vec(problem).expect("a problem serialises");
     let mut answer = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
