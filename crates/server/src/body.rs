@@ -67,32 +67,35 @@ pub(crate) fn announced_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// 413 for a body over `limit` bytes.
-pub(crate) fn too_large(limit: usize) -> ApiError {
+/// 413 for a create-task body over [`MAX_BODY`] (the only body whose limit a client meets:
+/// the worker protocol's calls answer their own).
+pub(crate) fn too_large() -> ApiError {
     ApiError::client(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
         "Body too large",
-        format!("the body is over {} MiB; send smaller images", limit >> 20),
+        format!(
+            "the body is over {} MiB; send smaller images",
+            MAX_BODY >> 20
+        ),
     )
 }
 
-/// Reads a whole body of at most `limit` bytes: 413 past the limit, 408 when the client
-/// went silent for the body timeout (the router wraps every body in one), 400 when the
-/// connection failed.
-pub(crate) async fn read(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(unreadable(&*e, limit)),
-    }
+/// Reads a whole body of at most [`MAX_BODY`] bytes: 413 past the limit, 408 when the
+/// client went silent for the body timeout (the router wraps every body in one), 400 when
+/// the connection failed.
+pub(crate) async fn read(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| unreadable(&e))
 }
 
 /// What a failed body read answers, whichever extractor or reader met it.
-pub(crate) fn unreadable(e: &(dyn StdError + 'static), limit: usize) -> ApiError {
+pub(crate) fn unreadable(e: &(dyn StdError + 'static)) -> ApiError {
     let mut cause = Some(e);
     while let Some(c) = cause {
         if c.is::<LengthLimitError>() {
-            return too_large(limit);
+            return too_large();
         }
         if c.is::<tower_http::timeout::TimeoutError>() {
             return crate::layers::body_timed_out();

@@ -103,7 +103,7 @@ async fn body_json<T: DeserializeOwned + Send + 'static>(
             "Body too large",
             e.body_text(),
         ),
-        _ => crate::body::unreadable(&e, usize::MAX),
+        _ => crate::body::unreadable(&e),
     })?;
     tokio::task::spawn_blocking(move || {
         serde_json::from_slice(&body).map_err(|e| {

@@ -51,7 +51,7 @@ pub async fn create(
     // handler does not stop a blocking call), since until then the request holds about
     // its body's size at least once.
     let room = std::sync::Arc::new(room);
-    let body = body::read(body, MAX_BODY).await?;
+    let body = body::read(body).await?;
     // A 20 MiB document is CPU work that must not stall the async runtime.
     let held = room.clone();
     let undecoded = tokio::task::spawn_blocking(move || {
@@ -157,7 +157,7 @@ fn admit(
     }
     let length = body::announced_length(headers);
     if length.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(body::too_large(MAX_BODY));
+        return Err(body::too_large());
     }
     let idempotency = headers
         .get(IDEMPOTENCY_HEADER)
