@@ -32,17 +32,15 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Answers 408 when the route's answer is not ready within `limits.request_timeout`,
 /// counted from the end of the request's head, so reading the body is included.
 ///
-/// Not for the worker protocol's routes: their callers hold a worker token, and a GPU node
-/// far away uploads a completion of hundreds of megabytes at the speed of its link. Those
-/// bodies are bounded by the body timeout alone, and the lease long-poll by its own wait.
+/// The router lays it on every route but the worker protocol's: their callers hold a worker
+/// token, and a GPU node far away uploads a completion of hundreds of megabytes at the
+/// speed of its link. Those bodies are bounded by the body timeout alone, and the lease
+/// long-poll by its own wait.
 pub(crate) async fn limit_time(
     State(limits): State<Limits>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path().starts_with(sie_api::worker::PREFIX) {
-        return next.run(request).await;
-    }
     match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::client(

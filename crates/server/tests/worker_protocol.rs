@@ -425,3 +425,41 @@ async fn failures_releases_and_cancels_reach_the_queue_and_the_client() {
     assert_eq!(status, 200);
     assert_eq!(app.get(&url).await["error"]["code"], "cancelled");
 }
+
+/// The worker protocol's calls are outside the request timeout: a GPU node uploads at its
+/// link's speed, bounded by the body timeout alone. A call whose body takes twice the
+/// request timeout to arrive is answered by its route, not 408.
+#[tokio::test]
+async fn worker_calls_are_not_cut_by_the_request_timeout() {
+    let app = spawn_app(Options::idle().request_timeout(Duration::from_secs(1))).await;
+    let token = token(&app, "slow");
+    let address = app.root.trim_start_matches("http://").to_owned();
+    let line = tokio::task::spawn_blocking(move || {
+        let body = br#"{"attempt": 1, "error": {"code": "x", "message": "y"}}"#;
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /worker/v1/tasks/00000000-0000-4000-8000-000000000000/fail HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        for chunk in body.chunks(body.len() / 4 + 1) {
+            std::thread::sleep(Duration::from_millis(500));
+            stream.write_all(chunk).unwrap();
+        }
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(line.starts_with("HTTP/1.1 4"), "{line}");
+    assert!(
+        !line.contains(" 408 "),
+        "cut by the request timeout: {line}"
+    );
+}

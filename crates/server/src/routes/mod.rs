@@ -53,15 +53,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/beta/organizations/{org}/usage", get(usage::usage));
     let limits = state.settings.limits.clone();
-    let mut app = Router::new()
+    // The request timeout around every route but the worker protocol's (see limit_time):
+    // a layer reaches only the routes already in the router it is laid on.
+    let timed = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(authenticated)
+        .layer(from_fn_with_state(limits.clone(), layers::limit_time));
+    let mut app = timed
         .merge(worker)
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { method_not_allowed() })
-        .layer(from_fn_with_state(limits.clone(), layers::time_bodies))
-        .layer(from_fn_with_state(limits, layers::limit_time))
+        .layer(from_fn_with_state(limits, layers::time_bodies))
         .layer(map_response(problems_only));
     if !state.settings.cors_origins.is_empty() {
         // Outside the routes' own refusals, so a browser may read those too.

@@ -70,6 +70,8 @@ pub struct Options {
     /// The API believes its workers also run img2img and inpainting (none here does), so
     /// requests with images pass the pipeline refusal and their images are decoded.
     pub image_pipelines: bool,
+    /// `--request-timeout`.
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -80,6 +82,7 @@ impl Default for Options {
             caps: QueueCaps::default(),
             lease: Duration::from_secs(60),
             image_pipelines: false,
+            request_timeout: sie_server::Limits::default().request_timeout,
         }
     }
 }
@@ -105,6 +108,13 @@ impl Options {
     pub fn image_pipelines(self) -> Self {
         Options {
             image_pipelines: true,
+            ..self
+        }
+    }
+
+    pub fn request_timeout(self, request_timeout: Duration) -> Self {
+        Options {
+            request_timeout,
             ..self
         }
     }
@@ -182,11 +192,12 @@ pub async fn spawn_app(options: Options) -> TestApp {
             })
         })
         .collect();
-    let settings = Settings {
+    let mut settings = Settings {
         caps: options.caps,
         lease: options.lease,
         ..Settings::default()
     };
+    settings.limits.request_timeout = options.request_timeout;
     let state = AppState::new(store.clone(), Workers::Local(capabilities), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let root = format!("http://{}", listener.local_addr().unwrap());
