@@ -236,7 +236,8 @@ pub const MAX_INPUT_SIDE: u32 = 4096;
 pub const MAX_DECODE_ALLOC: u64 = 4096 * 4096 * 8 + (16 << 20);
 
 /// A decoded input image for img2img or inpainting: the original bytes (PNG, JPEG or WebP)
-/// and its size, checked to decode when the request arrived.
+/// and its size once upright (after its EXIF orientation), checked to decode when the
+/// request arrived.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct InputImage {
@@ -245,10 +246,21 @@ pub struct InputImage {
     height: u32,
 }
 
+/// An input image's pixels as the pipelines read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbPixels {
+    pub width: u32,
+    pub height: u32,
+    /// `width * height * 3` bytes, row-major.
+    pub pixels: Vec<u8>,
+}
+
 impl InputImage {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// Width and height, upright.
     pub fn size(&self) -> (u32, u32) {
         (self.width, self.height)
     }
@@ -265,30 +277,65 @@ impl InputImage {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|e| format!("is not valid base64 ({e})"))?;
-        let format = image::guess_format(&bytes)
-            .map_err(|_| "is not a PNG, JPEG or WebP image".to_owned())?;
-        if !matches!(
-            format,
-            image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP
-        ) {
-            return Err(format!("is a {format:?} image; accepted: PNG, JPEG, WebP"));
-        }
-        // Decode under limits: a small file can declare a huge canvas.
-        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(MAX_INPUT_SIDE);
-        limits.max_image_height = Some(MAX_INPUT_SIDE);
-        limits.max_alloc = Some(MAX_DECODE_ALLOC);
-        reader.limits(limits);
-        let decoded = reader.decode().map_err(|e| {
-            format!("does not decode as {format:?} within {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels: {e}")
-        })?;
+        Self::from_bytes(bytes)
+    }
+
+    /// An image file's bytes (PNG, JPEG or WebP), decoded once to check them.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, String> {
+        let decoded = decode_upright(&bytes)?;
         Ok(InputImage {
             width: decoded.width(),
             height: decoded.height(),
             bytes,
         })
     }
+
+    /// The pixels the pipelines read, as diffusers' `load_image` gives them: turned upright
+    /// by the EXIF orientation, then RGB (`convert("RGB")`: alpha dropped, gray repeated;
+    /// 16-bit channels keep their top 8 bits). CPU work: decode off the async runtime.
+    pub fn to_rgb(&self) -> Result<RgbPixels, String> {
+        let rgb = decode_upright(&self.bytes)?.into_rgb8();
+        Ok(RgbPixels {
+            width: rgb.width(),
+            height: rgb.height(),
+            pixels: rgb.into_raw(),
+        })
+    }
+}
+
+/// Decodes PNG, JPEG or WebP under [`MAX_INPUT_SIDE`] and [`MAX_DECODE_ALLOC`] (a small file
+/// can declare a huge canvas; this refuses it before the allocation is made), then applies
+/// the EXIF orientation.
+fn decode_upright(bytes: &[u8]) -> Result<image::DynamicImage, String> {
+    use image::ImageDecoder as _;
+    let format =
+        image::guess_format(bytes).map_err(|_| "is not a PNG, JPEG or WebP image".to_owned())?;
+    if !matches!(
+        format,
+        image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP
+    ) {
+        return Err(format!("is a {format:?} image; accepted: PNG, JPEG, WebP"));
+    }
+    let failed = |e: image::ImageError| {
+        format!(
+            "does not decode as {format:?} within {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels: {e}"
+        )
+    };
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_INPUT_SIDE);
+    limits.max_image_height = Some(MAX_INPUT_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits.clone());
+    let mut decoder = reader.into_decoder().map_err(failed)?;
+    limits.reserve(decoder.total_bytes()).map_err(failed)?;
+    // An unreadable orientation tag leaves the image as stored, as Pillow's exif_transpose does.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut decoded = image::DynamicImage::from_decoder(decoder).map_err(failed)?;
+    decoded.apply_orientation(orientation);
+    Ok(decoded)
 }
 
 impl TryFrom<String> for InputImage {
@@ -305,7 +352,8 @@ impl From<InputImage> for String {
 }
 
 /// `modelInputs`, every field in its accepted range. `width`/`height` left out mean the
-/// model's native size, which only the worker knows; `seed` left out means a random one,
+/// model's native size, which only the worker knows (for text-to-image: with an input image
+/// they are always filled in, from its size); `seed` left out means a random one,
 /// drawn by the API so the task is reproducible from what is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInputs {
@@ -439,6 +487,20 @@ impl Undecoded {
                         "is only used by StableDiffusionInpaintPipeline",
                     ));
                 }
+                // diffusers runs the last int(steps * strength) steps; none is no image.
+                let steps = model.inputs.num_inference_steps.get();
+                let strength = model.inputs.strength.get();
+                if (steps as f64 * strength) as u32 == 0 {
+                    return Err(RequestError::new(
+                        "out_of_range",
+                        &field("strength"),
+                        format!(
+                            "{strength} with num_inference_steps {steps} runs no step (the last \
+                             int(steps * strength) steps run); accepted: up to 1, with \
+                             num_inference_steps * strength at least 1"
+                        ),
+                    ));
+                }
             }
         }
         Ok(Undecoded {
@@ -462,7 +524,8 @@ impl Undecoded {
     }
 
     /// Decodes the input images (each under [`MAX_INPUT_SIDE`] and [`MAX_DECODE_ALLOC`]);
-    /// the whole request. CPU work, to be run off the async runtime and under the caller's
+    /// the whole request. A width or height left out of an image-to-image or inpainting
+    /// request is the image's, rounded down to a multiple of 8, as diffusers takes it. CPU work, to be run off the async runtime and under the caller's
     /// bound on concurrent decodes.
     pub fn decode(self) -> Result<CreateTask, RequestError> {
         let Undecoded {
@@ -480,6 +543,30 @@ impl Undecoded {
         };
         task.model_inputs.image = decode("image", image)?;
         task.model_inputs.mask_image = decode("mask_image", mask_image)?;
+        if let Some((w, h)) = task.model_inputs.image.as_ref().map(InputImage::size) {
+            let inputs = &mut task.model_inputs;
+            let from_image = |side: u32| {
+                Dimension::try_from(side / 8 * 8).map_err(|_| {
+                    RequestError::new(
+                        "invalid_image",
+                        "modelInputs.image",
+                        format!(
+                            "is {w}x{h} pixels; without width and height the output takes the \
+                             image's size rounded down to multiples of 8, and each side must be \
+                             within {}..={}; give width and height to resize it",
+                            Dimension::MIN,
+                            Dimension::MAX
+                        ),
+                    )
+                })
+            };
+            if inputs.width.is_none() {
+                inputs.width = Some(from_image(w)?);
+            }
+            if inputs.height.is_none() {
+                inputs.height = Some(from_image(h)?);
+            }
+        }
         Ok(task)
     }
 }

@@ -2,7 +2,7 @@
 //! every kind of refusal, and the queue round trip.
 
 use base64::Engine as _;
-use serde_json::json;
+use serde_json::{json, Value};
 use sie_api::request::{CreateTask, ImageFormat, Pipeline, SchedulerKind};
 use sie_api::SEED_EXAMPLE;
 
@@ -312,7 +312,7 @@ fn every_refusal_names_the_field_and_what_is_accepted() {
 
 #[test]
 fn images_decode_and_data_urls_are_accepted() {
-    let png = png_base64(16, 24);
+    let png = png_base64(72, 80);
     let t = CreateTask::parse(
         json!({
             "modelInputs": {"prompt": "x", "image": format!("data:image/png;base64,{png}"), "mask_image": png, "strength": 0.5},
@@ -322,7 +322,7 @@ fn images_decode_and_data_urls_are_accepted() {
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(t.model_inputs.image.as_ref().unwrap().size(), (16, 24));
+    assert_eq!(t.model_inputs.image.as_ref().unwrap().size(), (72, 80));
     assert_eq!(t.model_inputs.strength.get(), 0.5);
 }
 
@@ -331,7 +331,7 @@ fn the_stored_form_round_trips_and_is_validated_again() {
     let png = png_base64(8, 8);
     let t = CreateTask::parse(
         json!({
-            "modelInputs": {"prompt": "x", "seed": 42, "width": 64, "image": png},
+            "modelInputs": {"prompt": "x", "seed": 42, "width": 64, "height": 64, "image": png},
             "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline", "SCHEDULER": "DDIM", "image_format": "jpeg"}
         })
         .to_string()
@@ -412,7 +412,7 @@ fn png16_base64(w: u32, h: u32) -> String {
 fn the_largest_image_decodes_within_the_limits_and_a_larger_one_is_refused() {
     let body = |png: String| {
         json!({
-            "modelInputs": {"prompt": "x", "image": png},
+            "modelInputs": {"prompt": "x", "image": png, "width": 512, "height": 512},
             "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}
         })
         .to_string()
@@ -422,4 +422,127 @@ fn the_largest_image_decodes_within_the_limits_and_a_larger_one_is_refused() {
     let e = CreateTask::parse(body(png16_base64(4097, 8)).as_bytes()).unwrap_err();
     assert_eq!(e.code, "invalid_image");
     assert!(e.message.contains("4096x4096"), "{}", e.message);
+}
+
+fn img2img_body(image: &str, extra: Value) -> Vec<u8> {
+    let mut body = json!({
+        "modelInputs": {"prompt": "x", "image": image},
+        "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body["modelInputs"][k] = v.clone();
+    }
+    body.to_string().into_bytes()
+}
+
+#[test]
+fn without_width_and_height_an_image_request_takes_the_images_size_rounded_down_to_8() {
+    let t = CreateTask::parse(&img2img_body(&png_base64(75, 70), json!({}))).unwrap();
+    let m = &t.model_inputs;
+    assert_eq!(
+        (m.width.map(|d| d.get()), m.height.map(|d| d.get())),
+        (Some(72), Some(64))
+    );
+    // Each side on its own, as diffusers' get_default_height_width.
+    let t = CreateTask::parse(&img2img_body(&png_base64(75, 70), json!({"width": 128}))).unwrap();
+    let m = &t.model_inputs;
+    assert_eq!(
+        (m.width.map(|d| d.get()), m.height.map(|d| d.get())),
+        (Some(128), Some(64))
+    );
+    // An image whose rounded size is out of range needs width and height.
+    for (w, h) in [(1100, 64), (64, 60)] {
+        let e = CreateTask::parse(&img2img_body(&png_base64(w, h), json!({}))).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_image", Some("modelInputs.image"))
+        );
+        assert!(e.message.contains("give width and height"), "{}", e.message);
+    }
+}
+
+#[test]
+fn a_strength_that_runs_no_step_is_refused() {
+    let png = png_base64(64, 64);
+    for (steps, strength) in [(10, 0.05), (4, 0.2), (1, 0.99), (3, 0.0)] {
+        let body = img2img_body(
+            &png,
+            json!({"num_inference_steps": steps, "strength": strength}),
+        );
+        let e = CreateTask::parse(&body).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("out_of_range", Some("modelInputs.strength")),
+            "{steps} {strength}"
+        );
+        assert!(e.message.contains("runs no step"), "{}", e.message);
+    }
+    for (steps, strength) in [(10, 0.1), (4, 0.25), (1, 1.0), (50, 0.8)] {
+        let body = img2img_body(
+            &png,
+            json!({"num_inference_steps": steps, "strength": strength}),
+        );
+        assert!(CreateTask::parse(&body).is_ok(), "{steps} {strength}");
+    }
+}
+
+/// A baseline JPEG of `w` x `h` with an EXIF APP1 segment giving `orientation`.
+fn jpeg_with_orientation(img: image::RgbImage, orientation: u16) -> Vec<u8> {
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    // TIFF, little-endian: one IFD with one entry, Orientation (0x0112), SHORT, count 1.
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec(); // SOI
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn input_images_are_read_upright_and_as_rgb() {
+    use sie_api::request::InputImage;
+    // EXIF orientation 6: stored 40x16, shown rotated 90 degrees clockwise, so 16x40. The
+    // stored top-left corner (white) ends at the top right.
+    let stored = image::RgbImage::from_fn(40, 16, |x, y| {
+        if x < 8 && y < 8 {
+            image::Rgb([255, 255, 255])
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    });
+    let img = InputImage::from_bytes(jpeg_with_orientation(stored, 6)).unwrap();
+    assert_eq!(img.size(), (16, 40));
+    let rgb = img.to_rgb().unwrap();
+    assert_eq!((rgb.width, rgb.height), (16, 40));
+    let at = |x: u32, y: u32| rgb.pixels[((y * rgb.width + x) * 3) as usize];
+    assert!(
+        at(12, 3) > 200 && at(3, 3) < 50,
+        "the white corner is at the top right"
+    );
+
+    // Alpha is dropped (Pillow's convert("RGB")), not composited.
+    let rgba = image::RgbaImage::from_pixel(3, 2, image::Rgba([10, 20, 30, 0]));
+    let png = base64_png(rgba.into());
+    let img = InputImage::try_from(png).unwrap();
+    assert_eq!(img.to_rgb().unwrap().pixels, [10, 20, 30].repeat(6));
+    // Gray is repeated into the three channels.
+    let gray = image::GrayImage::from_pixel(2, 2, image::Luma([77]));
+    let img = InputImage::try_from(base64_png(gray.into())).unwrap();
+    assert_eq!(img.to_rgb().unwrap().pixels, vec![77; 12]);
 }

@@ -10,13 +10,15 @@
 //!   [`StableDiffusion`] (the networks, tokenizer and safety checker on a device). Its two
 //!   readers, `loader::json` and `loader::weights`, import nothing but [`Error`], so the
 //!   networks' configs and the safety checker read their files through them.
-//! - [`pipeline`]: a request in, images out ([`pipeline::TextToImage::run`]).
+//! - [`pipeline`]: a request in, images out ([`pipeline::Request::run`]: text-to-image,
+//!   image-to-image, inpainting).
 //!
 //! Beside the floors, the parts they share: [`safety`] (the checker: a network with its
 //! own files, built by the loader, applied by the pipeline), [`scheduler`] and
 //! [`tokenizer`] (read by the loader from the model directory, driven by the pipeline),
 //! [`noise`] (PyTorch's CPU generator, so a seed gives diffusers' noise bit for bit),
-//! [`output`] (PNG, JPEG, WebP), `error` ([`Error`]: every message names the file or field
+//! `input` (input images prepared as diffusers' image processor prepares them, Pillow's
+//! Lanczos resize included), [`output`] (PNG, JPEG, WebP), `error` ([`Error`]: every message names the file or field
 //! at fault), [`device`] (where the engine runs: `cpu`, `cuda`, `cuda:N`, and in which
 //! precision). And the two users of random weights (`random`): [`tiny`], which writes the
 //! tiny SD 2.1-shaped model tests and demos use, and [`mod@bench`], the networks at the
@@ -30,6 +32,7 @@
 
 pub mod device;
 mod error;
+mod input;
 mod kernels;
 mod loader;
 mod networks;

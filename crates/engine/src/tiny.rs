@@ -33,6 +33,9 @@ pub struct TinyOptions {
     /// `VPrediction` writes a 2-1-like model (DDIM, upcast attention); `Epsilon` a 2-1-base-like one (PNDM).
     pub prediction_type: PredictionType,
     pub seed: u64,
+    /// A 9-channel inpainting UNet (stable-diffusion-2-inpainting's layout: the latents, the
+    /// mask and the masked image's latents), saved as a `StableDiffusionInpaintPipeline`.
+    pub inpainting: bool,
 }
 
 impl Default for TinyOptions {
@@ -40,12 +43,16 @@ impl Default for TinyOptions {
         TinyOptions {
             prediction_type: PredictionType::Epsilon,
             seed: 0,
+            inpainting: false,
         }
     }
 }
 
 /// The tiny text encoder's width; the UNet's cross-attention must match it.
 const TEXT_WIDTH: usize = 32;
+
+/// SD's VAE latent channels (the UNet's output, and its input without inpainting).
+const LATENT_CHANNELS: usize = 4;
 
 /// Writes the whole model directory into `out` (created if needed; existing files are replaced).
 pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
@@ -55,10 +62,15 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
     } else {
         ("PNDMScheduler", "epsilon")
     };
+    let (pipeline_class, unet_in_channels) = if options.inpainting {
+        ("StableDiffusionInpaintPipeline", 2 * LATENT_CHANNELS + 1)
+    } else {
+        ("StableDiffusionPipeline", LATENT_CHANNELS)
+    };
     write_json(
         &out.join("model_index.json"),
         &json!({
-            "_class_name": "StableDiffusionPipeline",
+            "_class_name": pipeline_class,
             "_diffusers_version": "0.42.1",
             "feature_extractor": [null, null],
             "requires_safety_checker": false,
@@ -137,14 +149,14 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
             "dual_cross_attention": false,
             "flip_sin_to_cos": true,
             "freq_shift": 0,
-            "in_channels": 4,
+            "in_channels": unet_in_channels,
             "layers_per_block": 1,
             "mid_block_scale_factor": 1,
             "norm_eps": 1e-05,
             "norm_num_groups": 8,
             "num_class_embeds": null,
             "only_cross_attention": false,
-            "out_channels": 4,
+            "out_channels": LATENT_CHANNELS,
             "sample_size": 64,
             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
             "upcast_attention": v_prediction,
@@ -161,7 +173,7 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
             "block_out_channels": [16, 16, 32, 32],
             "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
             "in_channels": 3,
-            "latent_channels": 4,
+            "latent_channels": LATENT_CHANNELS,
             "layers_per_block": 1,
             "norm_num_groups": 8,
             "out_channels": 3,

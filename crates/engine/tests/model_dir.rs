@@ -129,6 +129,7 @@ fn tiny_writer_same_seed_same_bytes() {
         let options = TinyOptions {
             prediction_type: PredictionType::VPrediction,
             seed,
+            ..Default::default()
         };
         write_tiny_model(&dir, options).unwrap();
         dir

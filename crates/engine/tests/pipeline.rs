@@ -14,12 +14,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use common::{load_tensors, read_json, rel_diff, tiny_model_dir};
-use sha2::{Digest, Sha256};
+use common::{
+    assert_matches_fixture, fixture_request, load_tensors, read_json, rel_diff, Recorder,
+};
 use sie_engine::candle_core::Tensor;
-use sie_engine::pipeline::{Observer, TextToImage};
-use sie_engine::scheduler::SchedulerKind;
-use sie_engine::{LoadOptions, StableDiffusion};
+use sie_engine::StableDiffusion;
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -28,37 +27,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn load(prediction: &str) -> StableDiffusion {
-    let dir = tiny_model_dir(prediction);
-    let meta: serde_json::Value = read_json(&fixtures().join(format!("{prediction}-model.json")));
-    for (file, want) in meta["sha256"].as_object().unwrap() {
-        let got = format!(
-            "{:x}",
-            Sha256::digest(std::fs::read(dir.join(file)).unwrap())
-        );
-        assert_eq!(
-            &got,
-            want.as_str().unwrap(),
-            "{file} of the tiny {prediction} model differs from the one the fixtures were made \
-             with; regenerate them with tools/parity/make_pipeline_fixtures.py"
-        );
-    }
-    StableDiffusion::load(dir, &LoadOptions::default()).unwrap()
-}
-
-#[derive(Default)]
-struct Recorder {
-    steps: Vec<Tensor>,
-    tokens: Option<(Vec<u32>, Vec<u32>)>,
-}
-
-impl Observer for Recorder {
-    fn tokens(&mut self, prompt: &[u32], negative: &[u32]) {
-        self.tokens = Some((prompt.to_vec(), negative.to_vec()));
-    }
-    fn step(&mut self, step: usize, _steps: usize, latents: &Tensor) {
-        assert_eq!(step, self.steps.len() + 1);
-        self.steps.push(latents.clone());
-    }
+    common::load_checked(prediction, &fixtures())
 }
 
 fn check_text(prediction: &str) {
@@ -89,62 +58,14 @@ fn check_case(name: &str) {
     let prediction = name.split('-').next().unwrap();
     let model = load(prediction);
     let r = &meta["request"];
-    let mut request = TextToImage::new(
-        &model,
-        r["prompt"].as_str().unwrap(),
-        r["seed"].as_u64().unwrap(),
-    );
-    request.negative_prompt = r["negative_prompt"].as_str().unwrap().to_owned();
-    request.num_inference_steps = r["num_inference_steps"].as_u64().unwrap() as usize;
-    request.guidance_scale = r["guidance_scale"].as_f64().unwrap();
-    request.width = r["width"].as_u64().unwrap() as usize;
-    request.height = r["height"].as_u64().unwrap() as usize;
-    request.num_images_per_prompt = r["num_images_per_prompt"].as_u64().unwrap() as usize;
-    request.eta = r["eta"].as_f64().unwrap();
-    request.guidance_rescale = r["guidance_rescale"].as_f64().unwrap();
-    request.scheduler = Some(SchedulerKind::parse(r["scheduler"].as_str().unwrap()).unwrap());
+    let request = fixture_request(&model, r);
 
     let mut recorder = Recorder::default();
     let generated = request
         .run(&model, &mut recorder, &AtomicBool::new(false))
         .unwrap();
-
     let steps = meta["steps_recorded"].as_u64().unwrap() as usize;
-    assert_eq!(recorder.steps.len(), steps, "{name}: number of steps");
-    let mut worst = 0f64;
-    for (i, latents) in recorder.steps.iter().enumerate() {
-        let d = rel_diff(latents, &want[&format!("latents_{}", i + 1)]);
-        worst = worst.max(d);
-        assert!(
-            d <= TOLERANCE,
-            "{name}: latents after step {} differ by {d:e}",
-            i + 1
-        );
-    }
-
-    let images = &want["images"];
-    let (n, h, w, c) = images.dims4().unwrap();
-    assert_eq!(
-        (n, h, w, c),
-        (generated.images.len(), generated.height, generated.width, 3)
-    );
-    let reference: Vec<u8> = images.flatten_all().unwrap().to_vec1().unwrap();
-    let ours: Vec<u8> = generated.images.concat();
-    let close = ours
-        .iter()
-        .zip(&reference)
-        .filter(|(a, b)| a.abs_diff(**b) <= 1)
-        .count();
-    let fraction = close as f64 / reference.len() as f64;
-    eprintln!(
-        "{name}: worst step {worst:.1e}, {:.3}% of pixel values within 1/255",
-        fraction * 100.0
-    );
-    assert!(
-        fraction >= 0.999,
-        "{name}: only {:.4}% of pixel values within 1/255 of diffusers",
-        fraction * 100.0
-    );
+    assert_matches_fixture(name, &recorder, &generated, &want, steps, TOLERANCE);
 }
 
 #[test]

@@ -132,30 +132,96 @@ async fn unknown_tasks_routes_and_methods_are_404_and_405() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_bodies_are_400s_that_name_the_field_and_what_is_accepted() {
     let app = spawn_app(Options::idle()).await;
-    let image = json!({"modelInputs": {"prompt": "x", "image": PNG_1X1}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}});
+    let image = json!({"modelInputs": {"prompt": "x", "image": PNG_1X1, "width": 64, "height": 64}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}});
     let cases = [
-        ("{\"modelInputs\": {\"prompt\": \"x\",}}".to_owned(), "invalid_json", "column"),
+        (
+            "{\"modelInputs\": {\"prompt\": \"x\",}}".to_owned(),
+            "invalid_json",
+            "column",
+        ),
         ("[1, 2]".to_owned(), "invalid_body", "JSON object"),
         ("{}".to_owned(), "missing_field", "modelInputs"),
-        (r#"{"modelInputs": {}}"#.to_owned(), "missing_field", "modelInputs.prompt"),
-        (r#"{"modelInputs": {"prompt": "  "}}"#.to_owned(), "invalid_value", "empty"),
-        (r#"{"modelInputs": {"prompt": 3}}"#.to_owned(), "wrong_type", "a string"),
-        (r#"{"modelInputs": {"prompt": "x", "width": 500}}"#.to_owned(), "invalid_value", "use 496 or 504"),
-        (r#"{"modelInputs": {"prompt": "x", "stepz": 1}}"#.to_owned(), "unknown_field", "modelInputs.stepz"),
-        (r#"{"modelInputs": {"prompt": "x"}, "extra": 1}"#.to_owned(), "unknown_field", "extra"),
-        (r#"{"modelInputs": {"prompt": "x", "num_inference_steps": 151}}"#.to_owned(), "out_of_range", "1..=150"),
-        (r#"{"modelInputs": {"prompt": "x", "guidance_scale": -1}}"#.to_owned(), "out_of_range", "0..=50"),
-        (r#"{"modelInputs": {"prompt": "x", "num_images_per_prompt": 9}}"#.to_owned(), "out_of_range", "1..=8"),
-        (r#"{"modelInputs": {"prompt": "x", "seed": -1}}"#.to_owned(), "out_of_range", "negative"),
-        (r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"SCHEDULER": "Karras"}}"#.to_owned(), "invalid_value", "LMSDiscreteScheduler"),
-        (r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"PIPELINE": "Flux"}}"#.to_owned(), "invalid_value", "StableDiffusionPipeline"),
-        (r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"safety_checker": "maybe"}}"#.to_owned(), "wrong_type", "\"true\" or \"false\""),
-        (r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"image_format": "gif"}}"#.to_owned(), "invalid_value", "PNG, JPEG, WEBP"),
-        (r#"{"modelInputs": {"prompt": "x", "strength": 0.5}}"#.to_owned(), "invalid_value", "modelInputs.strength: is only used by"),
-        (r#"{"modelInputs": {"prompt": "x", "prompt": "y"}}"#.to_owned(), "duplicate_field", "modelInputs.prompt appears twice"),
-        (image.to_string(), "pipeline_unavailable", "available: StableDiffusionPipeline"),
-        // The pipeline is refused before any image is decoded, so a broken one is never read.
-        (r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#.to_owned(), "pipeline_unavailable", "available: StableDiffusionPipeline"),
+        (
+            r#"{"modelInputs": {}}"#.to_owned(),
+            "missing_field",
+            "modelInputs.prompt",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "  "}}"#.to_owned(),
+            "invalid_value",
+            "empty",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": 3}}"#.to_owned(),
+            "wrong_type",
+            "a string",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "width": 500}}"#.to_owned(),
+            "invalid_value",
+            "use 496 or 504",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "stepz": 1}}"#.to_owned(),
+            "unknown_field",
+            "modelInputs.stepz",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "extra": 1}"#.to_owned(),
+            "unknown_field",
+            "extra",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "num_inference_steps": 151}}"#.to_owned(),
+            "out_of_range",
+            "1..=150",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "guidance_scale": -1}}"#.to_owned(),
+            "out_of_range",
+            "0..=50",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "num_images_per_prompt": 9}}"#.to_owned(),
+            "out_of_range",
+            "1..=8",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "seed": -1}}"#.to_owned(),
+            "out_of_range",
+            "negative",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"SCHEDULER": "Karras"}}"#.to_owned(),
+            "invalid_value",
+            "LMSDiscreteScheduler",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"PIPELINE": "Flux"}}"#.to_owned(),
+            "invalid_value",
+            "StableDiffusionPipeline",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"safety_checker": "maybe"}}"#
+                .to_owned(),
+            "wrong_type",
+            "\"true\" or \"false\"",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x"}, "callInputs": {"image_format": "gif"}}"#.to_owned(),
+            "invalid_value",
+            "PNG, JPEG, WEBP",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "strength": 0.5}}"#.to_owned(),
+            "invalid_value",
+            "modelInputs.strength: is only used by",
+        ),
+        (
+            r#"{"modelInputs": {"prompt": "x", "prompt": "y"}}"#.to_owned(),
+            "duplicate_field",
+            "modelInputs.prompt appears twice",
+        ),
     ];
     for (body, code, needle) in cases {
         let (s, v) = problem(app.post(&body).await).await;
@@ -167,9 +233,7 @@ async fn bad_bodies_are_400s_that_name_the_field_and_what_is_accepted() {
     }
     assert_eq!(app.get(&app.base).await["total"], 0, "nothing was queued");
 
-    // Where a worker could run it, an image is decoded, and one that does not decode is
-    // refused naming the field.
-    let app = spawn_app(Options::idle().image_pipelines()).await;
+    // An image is decoded, and one that does not decode is refused naming the field.
     let cases = [
         (
             r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#,
@@ -196,6 +260,35 @@ async fn bad_bodies_are_400s_that_name_the_field_and_what_is_accepted() {
     assert_eq!(app.get(&app.base).await["total"], 0, "nothing was queued");
     let accepted = app.submit(image).await;
     assert!(accepted.starts_with(&app.base), "{accepted}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_no_worker_runs_is_refused_before_its_images_are_decoded() {
+    // This endpoint's workers serve a 9-channel inpainting model: inpainting only.
+    let app = spawn_app(Options::idle().inpainting()).await;
+    let cases = [
+        r#"{"modelInputs": {"prompt": "x"}}"#.to_owned(),
+        json!({"modelInputs": {"prompt": "x", "image": PNG_1X1}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}).to_string(),
+        // A broken image is never read: the pipeline is refused first.
+        r#"{"modelInputs": {"prompt": "x", "image": "@@@"}, "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}}"#.to_owned(),
+    ];
+    for body in cases {
+        let (s, v) = problem(app.post(&body).await).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("pipeline_unavailable")),
+            "{body}: {v}"
+        );
+        assert_eq!(v["field"], "callInputs.PIPELINE", "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("available: StableDiffusionInpaintPipeline"),
+            "{body}: {v}"
+        );
+    }
+    assert_eq!(app.get(&app.base).await["total"], 0, "nothing was queued");
 }
 
 #[tokio::test(flavor = "multi_thread")]

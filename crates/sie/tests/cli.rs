@@ -322,3 +322,70 @@ fn a_device_that_cannot_be_used_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support"));
 }
+
+#[test]
+fn model_run_starts_from_an_image_and_inpaints_with_a_mask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    let photo = tmp.path().join("photo.png");
+    let mask = tmp.path().join("mask.png");
+    image::RgbImage::from_fn(83, 67, |x, y| image::Rgb([x as u8 * 3, y as u8 * 3, 40]))
+        .save(&photo)
+        .unwrap();
+    image::RgbImage::from_fn(10, 30, |_, y| image::Rgb([if y > 15 { 255 } else { 0 }; 3]))
+        .save(&mask)
+        .unwrap();
+    let (photo, mask) = (photo.display(), mask.display());
+
+    // The output takes the image's size rounded down to multiples of 8, unless given.
+    let out = tmp.path().join("from-image.png");
+    run_model(
+        &model,
+        &format!(
+            "--steps 4 --strength 0.5 --image {photo} --seed 1 --out {}",
+            out.display()
+        ),
+    );
+    assert_eq!(png_size(&out), (80, 64));
+    let again = tmp.path().join("again.png");
+    run_model(
+        &model,
+        &format!(
+            "--steps 4 --strength 0.5 --image {photo} --seed 1 --out {}",
+            again.display()
+        ),
+    );
+    assert_eq!(
+        rgb(&out),
+        rgb(&again),
+        "the same seed and image give the same picture"
+    );
+
+    let out = tmp.path().join("inpainted.png");
+    run_model(
+        &model,
+        &format!(
+            "--steps 2 --image {photo} --mask {mask} --width 64 --height 72 --out {}",
+            out.display()
+        ),
+    );
+    assert_eq!(png_size(&out), (64, 72));
+
+    // A strength that runs no step, and a mask without an image, are refused.
+    let refused = |args: String| {
+        let run = sie(&words(&args));
+        assert!(!run.status.success(), "{args}");
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let err = refused(format!(
+        "model run --model {model} --prompt x --steps 4 --strength 0.2 --image {photo} --out x.png"
+    ));
+    assert!(
+        err.contains("strength") && err.contains("runs no step"),
+        "{err}"
+    );
+    let err = refused(format!(
+        "model run --model {model} --prompt x --mask {mask} --out x.png"
+    ));
+    assert!(err.contains("--image"), "{err}");
+}

@@ -254,6 +254,54 @@ fn sie_generate_saves_the_images_and_prints_the_servers_refusals() {
         stderr.contains("400") && stderr.contains("use 496 or 504"),
         "{stderr}"
     );
+
+    // From an image, and inpainting with a mask: without --width/--height the output takes
+    // the image's size rounded down to multiples of 8.
+    let photo = dir.path().join("photo.png");
+    let mask = dir.path().join("mask.png");
+    image::RgbImage::from_fn(75, 70, |x, y| image::Rgb([x as u8 * 3, y as u8 * 3, 90]))
+        .save(&photo)
+        .unwrap();
+    image::RgbImage::from_fn(20, 20, |x, _| image::Rgb([if x > 9 { 255 } else { 0 }; 3]))
+        .save(&mask)
+        .unwrap();
+    for (extra, pipeline) in [
+        (vec![], "StableDiffusionImg2ImgPipeline"),
+        (
+            vec!["--mask", mask.to_str().unwrap()],
+            "StableDiffusionInpaintPipeline",
+        ),
+    ] {
+        std::fs::remove_dir_all(&out).unwrap();
+        let mut args = vec![
+            "--image",
+            photo.to_str().unwrap(),
+            "--strength",
+            "0.5",
+            "--steps",
+            "2",
+        ];
+        args.extend(extra);
+        let done = run(&args);
+        assert!(
+            done.status.success(),
+            "{pipeline}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{pipeline}: {files:?}");
+        let img = image::open(&files[0]).unwrap();
+        assert_eq!((img.width(), img.height()), (72, 64), "{pipeline}");
+    }
+    let bad = run(&["--image", photo.to_str().unwrap(), "--strength", "2"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("modelInputs.strength"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -35,6 +35,8 @@ pub use source::{Finished, LeasedTask, SourceError, StoreSource, TaskSource};
 /// The codes this worker fails tasks with (besides the store's `cancelled`).
 const ENGINE_ERROR: FailureCode = FailureCode::from_static("engine_error");
 const INTERNAL_ERROR: FailureCode = FailureCode::from_static("internal_error");
+/// A stored input image that no longer decodes.
+const INVALID_IMAGE: FailureCode = FailureCode::from_static("invalid_image");
 const RESULT_REJECTED: FailureCode = FailureCode::from_static("result_rejected");
 /// A task this worker was handed but cannot run, or cannot read: another may.
 pub(crate) const INCOMPATIBLE: FailureCode = FailureCode::from_static("worker_incompatible");
@@ -106,10 +108,13 @@ impl Worker {
             Err(why) => return self.report(id, attempt, why),
         };
         let request =
-            match task::text_to_image(&self.model, &task, sie_api::request::Seed::random().get()) {
+            match task::request(&self.model, &task, sie_api::request::Seed::random().get()) {
                 Ok(r) => r,
-                Err(why) => {
-                    return self.report(id, attempt, Failure::new(INCOMPATIBLE, why.message, true))
+                Err(task::NotRun::Incompatible(why)) => {
+                    return self.report(id, attempt, Failure::new(INCOMPATIBLE, why, true))
+                }
+                Err(task::NotRun::InvalidImage(why)) => {
+                    return self.fail(id, attempt, INVALID_IMAGE, why)
                 }
             };
 
@@ -132,14 +137,14 @@ impl Worker {
         id: TaskId,
         attempt: u32,
         task: &sie_api::CreateTask,
-        request: &sie_engine::pipeline::TextToImage,
+        request: &sie_engine::pipeline::Request,
         queue_ms: u64,
         signals: &Signals,
     ) -> Result<Ran, SourceError> {
         let started = Instant::now();
         let mut observer = ProgressObserver {
             progress: &signals.progress,
-            steps: request.num_inference_steps as u64,
+            steps: request.common().num_inference_steps as u64,
             first_step: None,
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -187,13 +192,14 @@ impl Worker {
             inference_ms,
             first_step_ms: first_step.map(|t| t.duration_since(started).as_millis() as u64),
         };
-        let outputs = match task::model_outputs(&self.model, task, request, &generated, spent) {
-            Ok(o) => o,
-            Err(e) => return self.fail(id, attempt, ENGINE_ERROR, e.to_string()),
-        };
+        let outputs =
+            match task::model_outputs(&self.model, task, request.common(), &generated, spent) {
+                Ok(o) => o,
+                Err(e) => return self.fail(id, attempt, ENGINE_ERROR, e.to_string()),
+            };
         let usage = TaskUsage {
             images: generated.images.len() as u32,
-            steps: request.num_inference_steps as u32,
+            steps: request.common().num_inference_steps as u32,
             gpu_ms: inference_ms,
         };
         match self

@@ -1,25 +1,25 @@
 //! One task's translation between the wire protocol and the engine.
 //!
 //! `sie-api`'s `CreateTask` is what the API validated and the queue stored; here it
-//! becomes the engine's `TextToImage`, and the engine's `Generated` becomes the typed
+//! becomes the engine's `Request` (its input images decoded to pixels), and the engine's `Generated` becomes the typed
 //! `ModelOutputs` the client reads (SPEC 1.2): base64 images, `nsfw_content_detected`,
 //! `seed`, `$meta` and `$timings`. Nothing here re-checks the request: the API refused
 //! what no worker can run, and the store hands this worker only tasks its
 //! [`capabilities`] cover; what is left for the engine to refuse is its own assertion.
 
 use base64::Engine as _;
-use sie_api::request::{CreateTask, Pipeline, SchedulerKind};
+use sie_api::request::{CreateTask, InputImage, Pipeline, SchedulerKind};
 use sie_api::worker::{Announcement, Meta, MimeType, ModelOutputs, RunsOn, Timings};
 use sie_engine::output;
-use sie_engine::pipeline::{Generated, TextToImage};
+use sie_engine::pipeline::{Generated, ImageToImage, Inpaint, Request, RgbImage, TextToImage};
 use sie_engine::StableDiffusion;
 use sie_vocab::Capabilities;
 
-/// What a worker with `model` can run: the engine's pipelines and every scheduler, and
-/// the safety checker where the model has one.
+/// What a worker with `model` can run: the pipelines the model runs (a 9-channel inpainting
+/// model runs inpainting only), every scheduler, and the safety checker where the model has one.
 pub fn capabilities(model: &StableDiffusion) -> Capabilities {
     Capabilities::new(
-        sie_engine::pipeline::PIPELINES.iter().copied(),
+        sie_engine::pipeline::pipelines(model).iter().copied(),
         SchedulerKind::ALL.iter().copied(),
         model.safety_checker.is_some(),
     )
@@ -55,54 +55,80 @@ pub fn offer(announcement: &Announcement, worker_id: &str) -> sie_store::WorkerO
     sie_store::WorkerOffer::new(worker_id, announcement.capabilities())
 }
 
-/// A task this worker was handed but does not run: the store matched it against
-/// capabilities this worker does not have (another build's, say). Another worker may.
+/// Why a task this worker was handed does not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incompatible {
-    pub message: String,
+pub enum NotRun {
+    /// The store matched it against capabilities this worker does not have (another
+    /// build's, say). Another worker may run it.
+    Incompatible(String),
+    /// Its input image no longer decodes (the API decoded it at submission, so the stored
+    /// bytes changed): no worker can run it.
+    InvalidImage(String),
 }
 
 /// The engine request for `task`. `random_seed` is used only when the task has no seed
-/// (the API draws one at submission, so this is for tasks stored without).
-pub fn text_to_image(
+/// (the API draws one at submission, so this is for tasks stored without). Input images
+/// are decoded here, on the worker's thread.
+pub fn request(
     model: &StableDiffusion,
     task: &CreateTask,
     random_seed: u64,
-) -> Result<TextToImage, Incompatible> {
+) -> Result<Request, NotRun> {
     let m = &task.model_inputs;
     let c = &task.call_inputs;
-    if c.pipeline != Pipeline::Text2Image {
-        return Err(Incompatible {
-            message: format!(
-                "this worker runs {} only, and was handed a {} task",
-                Pipeline::Text2Image,
-                c.pipeline
-            ),
-        });
+    let runs = sie_engine::pipeline::pipelines(model);
+    if !runs.contains(&c.pipeline) {
+        let names: Vec<&str> = runs.iter().map(|p| p.as_str()).collect();
+        return Err(NotRun::Incompatible(format!(
+            "this worker runs {} only, and was handed a {} task",
+            names.join(", "),
+            c.pipeline
+        )));
     }
-    let mut request = TextToImage::new(
+    let mut common = TextToImage::new(
         model,
         m.prompt.as_str(),
         m.seed.map(|s| s.get()).unwrap_or(random_seed),
     );
-    request.negative_prompt = m.negative_prompt.clone();
-    request.num_inference_steps = m.num_inference_steps.get() as usize;
-    request.guidance_scale = m.guidance_scale.get();
+    common.negative_prompt = m.negative_prompt.clone();
+    common.num_inference_steps = m.num_inference_steps.get() as usize;
+    common.guidance_scale = m.guidance_scale.get();
     if let Some(w) = m.width {
-        request.width = w.get() as usize;
+        common.width = w.get() as usize;
     }
     if let Some(h) = m.height {
-        request.height = h.get() as usize;
+        common.height = h.get() as usize;
     }
-    request.num_images_per_prompt = m.num_images_per_prompt.get() as usize;
-    request.eta = m.eta.get();
-    request.guidance_rescale = m.guidance_rescale.get();
-    request.scheduler = c.scheduler;
+    common.num_images_per_prompt = m.num_images_per_prompt.get() as usize;
+    common.eta = m.eta.get();
+    common.guidance_rescale = m.guidance_rescale.get();
+    common.scheduler = c.scheduler;
     // Left out, the engine's default stands: the checker runs where the model has one.
     if let Some(asked) = c.safety_checker {
-        request.safety_checker = asked;
+        common.safety_checker = asked;
     }
-    Ok(request)
+    let pixels = |name: &str, image: Option<&InputImage>| -> Result<RgbImage, NotRun> {
+        let invalid = |why: String| NotRun::InvalidImage(format!("modelInputs.{name}: {why}"));
+        let image = image.ok_or_else(|| invalid("is missing from the stored task".into()))?;
+        let rgb = image.to_rgb().map_err(invalid)?;
+        RgbImage::new(rgb.width as usize, rgb.height as usize, rgb.pixels)
+            .map_err(|e| invalid(e.to_string()))
+    };
+    let strength = m.strength.get();
+    Ok(match c.pipeline {
+        Pipeline::Text2Image => Request::TextToImage(common),
+        Pipeline::Image2Image => Request::ImageToImage(ImageToImage {
+            request: common,
+            image: pixels("image", m.image.as_ref())?,
+            strength,
+        }),
+        Pipeline::Inpaint => Request::Inpaint(Inpaint {
+            request: common,
+            image: pixels("image", m.image.as_ref())?,
+            mask: pixels("mask_image", m.mask_image.as_ref())?,
+            strength,
+        }),
+    })
 }
 
 /// Milliseconds a task spent waiting and running, for `$timings`.

@@ -26,9 +26,13 @@ struct Setup {
 }
 
 fn setup(lease: Duration) -> Setup {
+    setup_with(lease, TinyOptions::default())
+}
+
+fn setup_with(lease: Duration, tiny: TinyOptions) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("tiny");
-    write_tiny_model(&model_dir, TinyOptions::default()).unwrap();
+    write_tiny_model(&model_dir, tiny).unwrap();
     let checker = TinyCheckerOptions {
         threshold: 1.0,
         ..Default::default()
@@ -152,36 +156,88 @@ fn formats_and_the_checker_switch() {
     );
 }
 
+/// A 64x64 PNG of one colour, base64.
+fn png_64() -> String {
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 120, 40]));
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 #[test]
 fn a_task_this_worker_cannot_run_is_left_for_another() {
-    let s = setup(Duration::from_secs(60));
-    // A 1x1 PNG.
-    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
-    // The worker announces text-to-image only: an older img2img task is passed over, not
-    // failed, and the plain task behind it runs.
-    let img2img = enqueue(
-        &s,
-        json!({
-            "modelInputs": {"prompt": "x", "image": png},
-            "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}
-        }),
-    );
+    // A worker serving a 9-channel inpainting model announces inpainting only: an older
+    // text-to-image task is passed over, not failed, and the inpainting task behind it runs.
+    let inpainting = TinyOptions {
+        inpainting: true,
+        ..TinyOptions::default()
+    };
+    let s = setup_with(Duration::from_secs(60), inpainting);
     let plain = enqueue(
         &s,
         json!({"modelInputs": {"prompt": "x", "num_inference_steps": 2, "width": 64, "height": 64}}),
     );
+    let inpaint = enqueue(
+        &s,
+        json!({
+            "modelInputs": {"prompt": "x", "image": png_64(), "mask_image": png_64(),
+                            "num_inference_steps": 2},
+            "callInputs": {"PIPELINE": "StableDiffusionInpaintPipeline"}
+        }),
+    );
     assert_eq!(
         s.worker.run_one(Duration::ZERO).unwrap(),
-        Ran::Succeeded(plain)
+        Ran::Succeeded(inpaint)
+    );
+    assert_eq!(
+        outputs(&s, inpaint)["$meta"]["PIPELINE"],
+        "StableDiffusionInpaintPipeline"
     );
     assert_eq!(s.worker.run_one(Duration::ZERO).unwrap(), Ran::Idle);
     let view = s
         .store
-        .get(s.org, img2img, Timestamp::now())
+        .get(s.org, plain, Timestamp::now())
         .unwrap()
         .unwrap();
     assert_eq!(view.state, TaskState::Queued);
     assert_eq!(view.attempt, 0, "never leased");
+}
+
+#[test]
+fn image_to_image_and_inpainting_run_on_an_ordinary_model() {
+    let s = setup(Duration::from_secs(60));
+    for (pipeline, extra) in [
+        ("StableDiffusionImg2ImgPipeline", json!({})),
+        (
+            "StableDiffusionInpaintPipeline",
+            json!({"mask_image": png_64()}),
+        ),
+    ] {
+        let mut body = json!({
+            "modelInputs": {"prompt": "x", "image": png_64(), "num_inference_steps": 3,
+                            "strength": 0.7, "width": 72},
+            "callInputs": {"PIPELINE": pipeline, "safety_checker": false}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body["modelInputs"][k] = v.clone();
+        }
+        let id = enqueue(&s, body);
+        assert_eq!(
+            s.worker.run_one(Duration::ZERO).unwrap(),
+            Ran::Succeeded(id)
+        );
+        let meta = &outputs(&s, id)["$meta"];
+        assert_eq!(meta["PIPELINE"], pipeline);
+        assert_eq!(
+            (meta["width"].as_u64(), meta["height"].as_u64()),
+            (Some(72), Some(64))
+        );
+    }
 }
 
 /// The one vocabulary holds end to end: every scheduler spelling the API accepts parses

@@ -115,6 +115,12 @@ impl ModelFiles {
         self.unet.sample_size * self.vae.scale_factor()
     }
 
+    /// Whether the UNet is an inpainting one (stable-diffusion-2-inpainting): its input is the
+    /// latents, the mask and the masked image's latents, `2 * latent_channels + 1` channels.
+    pub fn is_inpainting(&self) -> bool {
+        self.unet.in_channels == 2 * self.vae.latent_channels + 1
+    }
+
     /// What the UNet predicts (the scheduler config's `prediction_type`).
     pub fn prediction_type(&self) -> PredictionType {
         // Checked in `open`.

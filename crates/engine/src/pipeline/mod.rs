@@ -1,10 +1,12 @@
 //! The pipelines: a validated request in, images out, in diffusers' order of operations.
 //!
-//! One file per pipeline (`text_to_image.rs` today; img2img and inpainting will sit beside
-//! it), each holding its request type and the run that owns it, so the order of operations
-//! is read where the request is. What every pipeline shares is here: [`Observer`] (every
-//! stage of a run: progress for the queue, tensors for `--dump`), [`Generated`] (what a run
-//! produced) and [`PIPELINES`] (what a worker announces).
+//! One file per pipeline (`text_to_image.rs`, `image_to_image.rs`, `inpaint.rs`), each
+//! holding its request type and the run that owns it, so the order of operations is read
+//! where the request is; the stages they share are in `stages.rs`. What callers share is
+//! here: [`Request`] (any of the three, as a worker holds a task), [`Observer`] (every stage
+//! of a run: progress for the queue, tensors for `--dump`), [`Generated`] (what a run
+//! produced), [`PIPELINES`] (what this engine implements) and [`pipelines`] (what a loaded
+//! model runs, which a worker announces).
 //!
 //! This is the top floor: a run uses the loaded model (`loader`), draws noise (`noise`) and
 //! steps a scheduler (`scheduler`). The scheduler and the tokenizer stay beside this floor
@@ -13,16 +15,92 @@
 //! loader import the pipeline. Noise and output encoding are leaves with no model in them;
 //! they stay at the crate's top, where the service and the parity tests reach them.
 
+mod image_to_image;
+mod inpaint;
+mod stages;
 mod text_to_image;
 
-use candle_core::Tensor;
+use std::sync::atomic::AtomicBool;
 
+use candle_core::Tensor;
+pub use sie_vocab::Pipeline;
+
+use crate::error::Result;
+use crate::loader::StableDiffusion;
 use crate::scheduler::SchedulerKind;
 
+pub use crate::input::RgbImage;
+pub use image_to_image::ImageToImage;
+pub use inpaint::Inpaint;
 pub use text_to_image::TextToImage;
 
-/// The pipelines this engine runs: what a worker announces, and all a task may ask for.
-pub const PIPELINES: &[sie_vocab::Pipeline] = &[sie_vocab::Pipeline::Text2Image];
+/// The pipelines this engine implements: all a task may ask of some worker.
+pub const PIPELINES: &[Pipeline] = &[
+    Pipeline::Text2Image,
+    Pipeline::Image2Image,
+    Pipeline::Inpaint,
+];
+
+/// The pipelines `model` runs: an ordinary SD 2.x UNet runs all three (inpainting by
+/// re-imposing the known region); a 9-channel inpainting UNet needs a mask at every step,
+/// so it runs inpainting only, as in diffusers.
+pub fn pipelines(model: &StableDiffusion) -> &'static [Pipeline] {
+    if model.files.is_inpainting() {
+        &[Pipeline::Inpaint]
+    } else {
+        PIPELINES
+    }
+}
+
+/// Any pipeline's request, as a worker holds a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    TextToImage(TextToImage),
+    ImageToImage(ImageToImage),
+    Inpaint(Inpaint),
+}
+
+impl Request {
+    /// Runs the request's pipeline (see [`TextToImage::run`]).
+    pub fn run(
+        &self,
+        model: &StableDiffusion,
+        observer: &mut dyn Observer,
+        cancel: &AtomicBool,
+    ) -> Result<Generated> {
+        match self {
+            Request::TextToImage(r) => r.run(model, observer, cancel),
+            Request::ImageToImage(r) => r.run(model, observer, cancel),
+            Request::Inpaint(r) => r.run(model, observer, cancel),
+        }
+    }
+
+    /// The fields every pipeline shares.
+    pub fn common(&self) -> &TextToImage {
+        match self {
+            Request::TextToImage(r) => r,
+            Request::ImageToImage(r) => &r.request,
+            Request::Inpaint(r) => &r.request,
+        }
+    }
+
+    /// The fields every pipeline shares, to set them.
+    pub fn common_mut(&mut self) -> &mut TextToImage {
+        match self {
+            Request::TextToImage(r) => r,
+            Request::ImageToImage(r) => &mut r.request,
+            Request::Inpaint(r) => &mut r.request,
+        }
+    }
+
+    pub fn pipeline(&self) -> Pipeline {
+        match self {
+            Request::TextToImage(_) => Pipeline::Text2Image,
+            Request::ImageToImage(_) => Pipeline::Image2Image,
+            Request::Inpaint(_) => Pipeline::Inpaint,
+        }
+    }
+}
 
 /// What a run produced.
 #[derive(Debug)]
@@ -49,7 +127,8 @@ pub trait Observer {
     fn text_embeddings(&mut self, _embeddings: &Tensor) {}
     /// The latents before the first step (already scaled by the scheduler's initial sigma).
     fn initial_latents(&mut self, _latents: &Tensor) {}
-    /// Called after step `step` (1-based) of `steps` with the latents it produced.
+    /// Called after step `step` (1-based) of the `steps` this run takes (fewer than asked when
+    /// image-to-image's strength skips some) with the latents it produced.
     fn step(&mut self, _step: usize, _steps: usize, _latents: &Tensor) {}
 }
 

@@ -18,7 +18,8 @@ use candle_core::{DType, Tensor};
 
 use super::sigmas::{self, vp_prediction, Division, Predicted};
 use super::{
-    draw_noise, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing,
+    draw_noise, NoiseLevel, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn,
+    TimestepSpacing,
 };
 use crate::error::{Error, Result};
 
@@ -67,6 +68,10 @@ impl Ddim {
 }
 
 impl SchedulerClass for Ddim {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::AlphaProduct(self.alphas_cumprod.at(self.int_timesteps[step_index]))
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Unscaled(&self.timesteps)
     }

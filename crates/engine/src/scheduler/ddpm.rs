@@ -20,8 +20,8 @@ use super::ddim::{
 };
 use super::sigmas::{vp_prediction, Division, Predicted};
 use super::{
-    draw_noise, BetaDefaults, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn,
-    TimestepSpacing,
+    draw_noise, BetaDefaults, NoiseLevel, PredictionType, Schedule, SchedulerClass,
+    SchedulerConfig, StepIn, TimestepSpacing,
 };
 use crate::error::Result;
 
@@ -104,6 +104,10 @@ impl Ddpm {
 }
 
 impl SchedulerClass for Ddpm {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::AlphaProduct(self.alphas_cumprod.at(self.int_timesteps[step_index]))
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Unscaled(&self.timesteps)
     }

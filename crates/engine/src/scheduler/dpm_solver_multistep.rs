@@ -24,8 +24,8 @@ use candle_core::Tensor;
 use super::ddim::PredictedSample;
 use super::sigmas::{self, alpha_sigma, mul, point, vp_prediction, Division, Predicted, SigmaRamp};
 use super::{
-    draw_noise, linspace_f64, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn,
-    TimestepSpacing,
+    draw_noise, linspace_f64, NoiseLevel, PredictionType, Schedule, SchedulerClass,
+    SchedulerConfig, StepIn, TimestepSpacing,
 };
 use crate::error::Result;
 
@@ -447,6 +447,10 @@ impl History {
 }
 
 impl SchedulerClass for DpmSolverMultistep {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::VpSigma(self.sigmas[step_index])
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Unscaled(&self.timesteps)
     }

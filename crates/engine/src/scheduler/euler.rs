@@ -18,7 +18,9 @@
 use candle_core::Tensor;
 
 use super::sigmas::{self, div, mul, Division, SigmaOptions, SigmaRamp, SigmaSchedule};
-use super::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing};
+use super::{
+    NoiseLevel, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing,
+};
 use crate::error::Result;
 
 pub(super) struct EulerDiscrete {
@@ -71,6 +73,10 @@ impl EulerDiscrete {
 }
 
 impl SchedulerClass for EulerDiscrete {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::Sigma(self.schedule.sigmas[step_index])
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Sigmas(&self.schedule)
     }

@@ -17,7 +17,8 @@ use candle_core::Tensor;
 use super::euler::euler_step;
 use super::sigmas::{self, mul, Division, SigmaOptions, SigmaSchedule};
 use super::{
-    draw_noise, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing,
+    draw_noise, NoiseLevel, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn,
+    TimestepSpacing,
 };
 use crate::error::Result;
 
@@ -47,6 +48,10 @@ impl EulerAncestralDiscrete {
 }
 
 impl SchedulerClass for EulerAncestralDiscrete {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::Sigma(self.schedule.sigmas[step_index])
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Sigmas(&self.schedule)
     }

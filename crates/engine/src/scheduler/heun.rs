@@ -15,7 +15,9 @@ use candle_core::Tensor;
 
 use super::lms::{predict_original, read_sigma_options, KarrasBounds};
 use super::sigmas::{self, SigmaSchedule};
-use super::{BetaDefaults, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn};
+use super::{
+    BetaDefaults, NoiseLevel, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn,
+};
 use crate::error::Result;
 
 /// What the first-order half leaves for the second.
@@ -66,6 +68,16 @@ impl Heun {
 }
 
 impl SchedulerClass for Heun {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::Sigma(self.schedule.sigmas[step_index])
+    }
+
+    /// Every inference step after the first is two entries (the first-order half and Heun's
+    /// correction).
+    fn order(&self) -> usize {
+        2
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Sigmas(&self.schedule)
     }

@@ -19,7 +19,9 @@
 use candle_core::Tensor;
 
 use super::sigmas::{self, Division, SigmaOptions, SigmaRamp, SigmaSchedule};
-use super::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing};
+use super::{
+    NoiseLevel, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing,
+};
 use crate::error::Result;
 
 /// diffusers' pipeline calls `step` with the default `order=4`.
@@ -63,6 +65,10 @@ impl Lms {
 }
 
 impl SchedulerClass for Lms {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::Sigma(self.schedule.sigmas[step_index])
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Sigmas(&self.schedule)
     }

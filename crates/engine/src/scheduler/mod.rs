@@ -449,6 +449,16 @@ pub trait Scheduler: Send {
         sample: &Tensor,
         noise: &mut NoiseSource<'_>,
     ) -> Result<Tensor>;
+
+    /// diffusers' `scheduler.order`: how many entries of [`Scheduler::timesteps`] make one
+    /// inference step (2 for Heun, which evaluates the model twice; 1 for the rest). An
+    /// image-to-image run that skips the first `k` inference steps starts at entry `k * order`.
+    fn order(&self) -> usize;
+
+    /// diffusers' `add_noise` once the pipeline has set the scheduler's begin index:
+    /// `original` (clean latents) noised with `noise` to the level of entry `step_index` of
+    /// [`Scheduler::timesteps`], each class in its own parametrisation, in float32.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor>;
 }
 
 /// A diffusers scheduler class as its file rewrites it: what its
@@ -459,6 +469,45 @@ trait SchedulerClass: Send {
 
     /// [`Scheduler::step`], at a step index within the timesteps.
     fn step(&mut self, at: StepIn<'_, '_>) -> Result<Tensor>;
+
+    /// How this class's `add_noise` noises clean latents to entry `step_index` (within the
+    /// timesteps) of its schedule.
+    fn noise_level(&self, step_index: usize) -> NoiseLevel;
+
+    /// [`Scheduler::order`].
+    fn order(&self) -> usize {
+        1
+    }
+}
+
+/// The three ways diffusers' classes add noise in `add_noise`, each at one level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum NoiseLevel {
+    /// The DDPM family (DDIM, DDPM, PNDM): `sqrt(a) * x + sqrt(1 - a) * noise`, with `a`
+    /// the training `alphas_cumprod` at the entry's timestep.
+    AlphaProduct(f32),
+    /// The sigma-space classes (LMS, Heun, Euler, Euler ancestral): `x + noise * sigma`.
+    Sigma(f32),
+    /// The multistep solvers (DPM-Solver, UniPC), which keep sigmas but noise as the
+    /// variance-preserving process does: `alpha_t * x + sigma_t * noise`, with
+    /// `alpha_t = 1 / sqrt(sigma^2 + 1)` and `sigma_t = sigma * alpha_t`.
+    VpSigma(f32),
+}
+
+impl NoiseLevel {
+    fn apply(self, original: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let (x_scale, noise_scale) = match self {
+            NoiseLevel::AlphaProduct(a) => (a.sqrt(), (1.0 - a).sqrt()),
+            NoiseLevel::Sigma(sigma) => (1.0, sigma),
+            NoiseLevel::VpSigma(sigma) => sigmas::alpha_sigma(sigma),
+        };
+        let noise = noise.to_dtype(original.dtype())?;
+        let scaled_noise = noise.affine(noise_scale as f64, 0.0)?;
+        if x_scale == 1.0 {
+            return Ok((original + scaled_noise)?);
+        }
+        Ok((original.affine(x_scale as f64, 0.0)? + scaled_noise)?)
+    }
 }
 
 /// The operands of one [`Scheduler::step`], as one value, so that every class's step has
@@ -522,6 +571,15 @@ impl<C: SchedulerClass> Scheduler for C {
             noise,
         };
         SchedulerClass::step(self, at)
+    }
+
+    fn order(&self) -> usize {
+        SchedulerClass::order(self)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
+        check_step_index(step_index, self.timesteps().len())?;
+        self.noise_level(step_index).apply(original, noise)
     }
 }
 

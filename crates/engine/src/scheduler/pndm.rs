@@ -16,7 +16,9 @@ use candle_core::Tensor;
 
 use super::ddim::{alpha_sigma_of, check_in_range, check_steps, AlphaProducts};
 use super::sigmas::{vp_prediction, Division, Predicted};
-use super::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing};
+use super::{
+    NoiseLevel, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing,
+};
 use crate::error::{Error, Result};
 
 /// Number of past model outputs the multistep formula uses (diffusers' `pndm_order`).
@@ -245,6 +247,10 @@ impl Pndm {
 }
 
 impl SchedulerClass for Pndm {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::AlphaProduct(self.alphas_cumprod.at(self.int_timesteps[step_index]))
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Unscaled(&self.timesteps)
     }

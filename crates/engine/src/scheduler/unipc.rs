@@ -23,7 +23,9 @@ use candle_core::Tensor;
 use super::ddim::PredictedSample;
 use super::dpm_solver_multistep::{read_threshold, refuse_flow_sigmas, History};
 use super::sigmas::{self, alpha_sigma, mul, point, vp_prediction, Division, Predicted, SigmaRamp};
-use super::{PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing};
+use super::{
+    NoiseLevel, PredictionType, Schedule, SchedulerClass, SchedulerConfig, StepIn, TimestepSpacing,
+};
 use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,6 +370,10 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
 }
 
 impl SchedulerClass for UniPcMultistep {
+    fn noise_level(&self, step_index: usize) -> NoiseLevel {
+        NoiseLevel::VpSigma(self.sigmas[step_index])
+    }
+
     fn schedule(&self) -> Schedule<'_> {
         Schedule::Unscaled(&self.timesteps)
     }

@@ -18,16 +18,17 @@ use sie_engine::tiny::{
 use sie_engine::{LoadOptions, SafetyCheckerSource, StableDiffusion};
 use sie_server::{AppState, Settings, Workers};
 use sie_store::{AccountName, BillingNote, OrgName, QueueCaps, SqliteStore, Store, Timestamp};
-use sie_vocab::{Capabilities, Pipeline};
 use sie_worker::{StoreSource, Worker};
 
 pub const BASE_PATH: &str = "/api/beta/organizations/acme/inference-endpoints/stable-diffusion-2-1";
 
-/// The tiny model with a checker that flags nothing, and the same model without one.
+/// The tiny model with a checker that flags nothing, the same model without one, and the
+/// tiny inpainting model (a 9-channel UNet, no checker).
 struct Models {
     _dir: tempfile::TempDir,
     with_checker: Arc<StableDiffusion>,
     without_checker: Arc<StableDiffusion>,
+    inpainting: Arc<StableDiffusion>,
 }
 
 fn models() -> &'static Models {
@@ -51,9 +52,19 @@ fn models() -> &'static Models {
             };
             Arc::new(StableDiffusion::load(&path, &options).expect("load the tiny model"))
         };
+        let inpainting = dir.path().join("tiny-inpainting");
+        let options = TinyOptions {
+            inpainting: true,
+            ..TinyOptions::default()
+        };
+        write_tiny_model(&inpainting, options).expect("write the tiny inpainting model");
         Models {
             with_checker: load(SafetyCheckerSource::ModelDefault),
             without_checker: load(SafetyCheckerSource::Disabled),
+            inpainting: Arc::new(
+                StableDiffusion::load(&inpainting, &LoadOptions::default())
+                    .expect("load the tiny inpainting model"),
+            ),
             _dir: dir,
         }
     })
@@ -67,9 +78,8 @@ pub struct Options {
     pub safety_checker: bool,
     pub caps: QueueCaps,
     pub lease: Duration,
-    /// The API believes its workers also run img2img and inpainting (none here does), so
-    /// requests with images pass the pipeline refusal and their images are decoded.
-    pub image_pipelines: bool,
+    /// The workers run the tiny inpainting model (9 channels: inpainting only, no checker).
+    pub inpainting: bool,
     /// `--request-timeout`.
     pub request_timeout: Duration,
 }
@@ -81,7 +91,7 @@ impl Default for Options {
             safety_checker: true,
             caps: QueueCaps::default(),
             lease: Duration::from_secs(60),
-            image_pipelines: false,
+            inpainting: false,
             request_timeout: sie_server::Limits::default().request_timeout,
         }
     }
@@ -104,10 +114,11 @@ impl Options {
         }
     }
 
-    /// See [`Options::image_pipelines`].
-    pub fn image_pipelines(self) -> Self {
+    /// See [`Options::inpainting`].
+    pub fn inpainting(self) -> Self {
         Options {
-            image_pipelines: true,
+            inpainting: true,
+            safety_checker: false,
             ..self
         }
     }
@@ -158,23 +169,12 @@ pub async fn spawn_app(options: Options) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Arc::new(SqliteStore::open(dir.path().join("sie.db")).expect("open the store"));
     let key = tenant(store.as_ref(), "acme");
-    let model = if options.safety_checker {
-        models().with_checker.clone()
-    } else {
-        models().without_checker.clone()
+    let model = match (options.inpainting, options.safety_checker) {
+        (true, _) => models().inpainting.clone(),
+        (false, true) => models().with_checker.clone(),
+        (false, false) => models().without_checker.clone(),
     };
-    let mut capabilities = sie_worker::task::capabilities(&model);
-    if options.image_pipelines {
-        capabilities = Capabilities::new(
-            [
-                Pipeline::Text2Image,
-                Pipeline::Image2Image,
-                Pipeline::Inpaint,
-            ],
-            capabilities.schedulers().iter().copied(),
-            capabilities.safety_checker(),
-        );
-    }
+    let capabilities = sie_worker::task::capabilities(&model);
     let announcement = sie_worker::task::announcement(&model, "tiny");
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..options.workers)
@@ -242,6 +242,26 @@ pub fn small(seed: u64, images: u32, steps: u32) -> Value {
                         "width": 64, "height": 64, "num_images_per_prompt": images, "seed": seed},
         "callInputs": {"SCHEDULER": "EulerAncestralDiscreteScheduler"}
     })
+}
+
+/// A PNG of `w` x `h` pixels (colour gradients), base64.
+pub fn png_base64(w: u32, h: u32) -> String {
+    use base64::Engine as _;
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 255 / w) as u8,
+            (y * 255 / h) as u8,
+            ((x + y) % 256) as u8,
+        ])
+    });
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A body that keeps a worker busy for a while (150 steps at 256x256).

@@ -54,6 +54,16 @@ pub struct GenerateArgs {
     /// PNG, JPEG or WEBP.
     #[arg(long)]
     format: Option<String>,
+    /// Start from this image file (image-to-image; inpainting with --mask). Without --width
+    /// and --height the output takes its size, rounded down to multiples of 8.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Inpaint: the mask image file (white = repaint).
+    #[arg(long, requires = "image")]
+    mask: Option<PathBuf>,
+    /// With --image: 0..=1, how far from the image the result may go.
+    #[arg(long, requires = "image")]
+    strength: Option<f64>,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -63,7 +73,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     runtime.block_on(generate(args))
 }
 
-fn body(args: &GenerateArgs) -> Value {
+fn body(args: &GenerateArgs) -> anyhow::Result<Value> {
+    let base64_file = |path: &PathBuf| -> anyhow::Result<Value> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(json!(
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
+    };
+    let image = args.image.as_ref().map(base64_file).transpose()?;
+    let mask = args.mask.as_ref().map(base64_file).transpose()?;
+    let pipeline = match (&image, &mask) {
+        (None, _) => None,
+        (Some(_), None) => Some("StableDiffusionImg2ImgPipeline"),
+        (Some(_), Some(_)) => Some("StableDiffusionInpaintPipeline"),
+    };
     let mut model = Map::new();
     model.insert("prompt".into(), json!(args.prompt));
     let mut put = |key: &str, value: Option<Value>| {
@@ -83,7 +106,13 @@ fn body(args: &GenerateArgs) -> Value {
     put("seed", args.seed.map(|v| json!(v)));
     put("eta", args.eta.map(|v| json!(v)));
     put("guidance_rescale", args.guidance_rescale.map(|v| json!(v)));
+    put("strength", args.strength.map(|v| json!(v)));
+    put("image", image);
+    put("mask_image", mask);
     let mut call = Map::new();
+    if let Some(p) = pipeline {
+        call.insert("PIPELINE".into(), json!(p));
+    }
     if let Some(s) = &args.scheduler {
         call.insert("SCHEDULER".into(), json!(s));
     }
@@ -93,7 +122,7 @@ fn body(args: &GenerateArgs) -> Value {
     if let Some(f) = &args.format {
         call.insert("image_format".into(), json!(f));
     }
-    json!({"modelInputs": model, "callInputs": call})
+    Ok(json!({"modelInputs": model, "callInputs": call}))
 }
 
 /// The server's words for a failed request: its problem `detail`, else the raw body.
@@ -119,7 +148,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let response = client
         .post(&base)
         .header("Salad-Api-Key", &args.key)
-        .json(&body(&args))
+        .json(&body(&args)?)
         .send()
         .await
         .with_context(|| format!("sending the request to {base}"))?;

@@ -6,9 +6,10 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use sie_api::request::InputImage;
 use sie_engine::candle_core::{Device, Tensor};
 use sie_engine::output::{encode, ImageFormat};
-use sie_engine::pipeline::{Observer, TextToImage};
+use sie_engine::pipeline::{ImageToImage, Inpaint, Observer, Request, RgbImage, TextToImage};
 use sie_engine::scheduler::{PredictionType, SchedulerKind};
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
@@ -28,7 +29,8 @@ pub enum ModelCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
-    /// Generate images from a prompt, offline.
+    /// Generate images from a prompt, offline (from an image too with --image, inpainting
+    /// with --mask).
     Run(Box<RunArgs>),
 }
 
@@ -52,6 +54,10 @@ pub struct TinyArgs {
     /// Seed of the random weights: the same seed writes the same bytes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write an inpainting model: a 9-channel UNet (latents, mask, masked-image latents), as
+    /// stabilityai/stable-diffusion-2-inpainting; it runs StableDiffusionInpaintPipeline only.
+    #[arg(long)]
+    inpainting: bool,
     /// Also write a tiny safety checker (safety_checker/, feature_extractor/).
     #[arg(long)]
     safety_checker: bool,
@@ -81,7 +87,18 @@ pub struct RunArgs {
     steps: usize,
     #[arg(long, default_value_t = 7.5)]
     guidance: f64,
-    /// Defaults to the model's native size.
+    /// Start from this image (PNG, JPEG or WebP): image-to-image, or inpainting with --mask.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Inpaint: the mask image (white = repaint), resized to the output size.
+    #[arg(long, requires = "image")]
+    mask: Option<PathBuf>,
+    /// With --image: 0..=1, how far from the image the result may go (the share of the steps
+    /// that run).
+    #[arg(long, requires = "image", default_value_t = 0.8)]
+    strength: f64,
+    /// Defaults to the model's native size, or with --image to the image's size rounded
+    /// down to multiples of 8.
     #[arg(long)]
     width: Option<usize>,
     #[arg(long)]
@@ -124,6 +141,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
                     Prediction::VPrediction => PredictionType::VPrediction,
                 },
                 seed: args.seed,
+                inpainting: args.inpainting,
             };
             write_tiny_model(&args.out, options)?;
             println!("wrote the tiny model to {}", args.out.display());
@@ -184,16 +202,37 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
             })?;
     let model = StableDiffusion::load(&args.model, &options)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let mut request = TextToImage::new(&model, args.prompt, seed);
-    request.negative_prompt = args.negative_prompt;
-    request.num_inference_steps = args.steps;
-    request.guidance_scale = args.guidance;
-    request.width = args.width.unwrap_or(request.width);
-    request.height = args.height.unwrap_or(request.height);
-    request.scheduler = scheduler;
-    request.num_images_per_prompt = args.images;
-    request.eta = args.eta;
-    request.guidance_rescale = args.guidance_rescale;
+    let image = args.image.as_deref().map(read_image).transpose()?;
+    let mask = args.mask.as_deref().map(read_image).transpose()?;
+    let mut common = TextToImage::new(&model, args.prompt, seed);
+    common.negative_prompt = args.negative_prompt;
+    common.num_inference_steps = args.steps;
+    common.guidance_scale = args.guidance;
+    // As diffusers: with an input image, the output takes its size rounded down to 8.
+    let (default_width, default_height) = match &image {
+        Some(img) => (img.width() / 8 * 8, img.height() / 8 * 8),
+        None => (common.width, common.height),
+    };
+    common.width = args.width.unwrap_or(default_width);
+    common.height = args.height.unwrap_or(default_height);
+    common.scheduler = scheduler;
+    common.num_images_per_prompt = args.images;
+    common.eta = args.eta;
+    common.guidance_rescale = args.guidance_rescale;
+    let request = match (image, mask) {
+        (None, _) => Request::TextToImage(common),
+        (Some(image), None) => Request::ImageToImage(ImageToImage {
+            request: common,
+            image,
+            strength: args.strength,
+        }),
+        (Some(image), Some(mask)) => Request::Inpaint(Inpaint {
+            request: common,
+            image,
+            mask,
+            strength: args.strength,
+        }),
+    };
 
     let mut observer = CliObserver {
         dump: args.dump.is_some().then(HashMap::new),
@@ -223,6 +262,19 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
     println!("scheduler: {}", generated.scheduler);
     println!("seed: {}", generated.seed);
     Ok(())
+}
+
+/// An input image file as the API would take it: PNG, JPEG or WebP, upright, RGB.
+fn read_image(path: &Path) -> anyhow::Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let rgb = InputImage::from_bytes(bytes)
+        .and_then(|image| image.to_rgb())
+        .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
+    Ok(RgbImage::new(
+        rgb.width as usize,
+        rgb.height as usize,
+        rgb.pixels,
+    )?)
 }
 
 fn output_paths(out: &Path, n: usize, format: ImageFormat) -> Vec<PathBuf> {

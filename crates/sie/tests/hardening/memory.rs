@@ -114,8 +114,9 @@ fn huge_png() -> String {
 }
 
 /// 32 inpainting requests at once, each with two 4096x4096 16-bit PNGs (128 MiB of pixels
-/// each), to an endpoint that cannot inpaint: all are answered, from what needs no pixels,
-/// and the server's memory grows by far less than one decoded image per request.
+/// each) and no width or height: every image is decoded (in at most two decode slots) and
+/// each request refused as too large an output, and the server's memory grows by far less
+/// than one decoded image per request.
 #[test]
 fn thirty_two_requests_with_4096_square_16_bit_images_keep_memory_growth_under_1_gb() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,8 +152,15 @@ fn thirty_two_requests_with_4096_square_16_bit_images_keep_memory_growth_under_1
     );
     for (status, v) in &answers {
         assert_eq!(
-            (*status, v["code"].as_str()),
-            (400, Some("pipeline_unavailable")),
+            (*status, v["code"].as_str(), v["field"].as_str()),
+            (400, Some("invalid_image"), Some("modelInputs.image")),
+            "{v}"
+        );
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("give width and height"),
             "{v}"
         );
     }
