@@ -265,36 +265,60 @@ impl InputImage {
         (self.width, self.height)
     }
 
-    /// Base64, optionally behind a `data:image/...;base64,` prefix.
+    /// As a request carries it: base64, optionally behind a `data:image/...;base64,`
+    /// prefix, its pixels decoded once to check that they do.
     fn parse(text: &str) -> Result<Self, String> {
-        let b64 = match text.strip_prefix("data:") {
-            Some(rest) => rest
-                .split_once(";base64,")
-                .map(|(_, data)| data)
-                .ok_or("a data: URL must be base64 (data:image/png;base64,...)")?,
-            None => text,
-        };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|e| format!("is not valid base64 ({e})"))?;
-        Self::from_bytes(bytes)
+        Self::from_bytes(base64_bytes(text)?)
     }
 
-    /// An image file's bytes (PNG, JPEG or WebP), decoded once to check them.
+    /// An image file's bytes (PNG, JPEG or WebP), its pixels decoded once to check that
+    /// they do.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, String> {
-        let decoded = decode_upright(&bytes)?;
+        let (width, height) = probe(&bytes)?;
+        let (format, mut limits, decoder) = decoder(&bytes)?;
+        limits
+            .reserve(image::ImageDecoder::total_bytes(&decoder))
+            .map_err(|e| failed(format, e))?;
+        image::DynamicImage::from_decoder(decoder).map_err(|e| failed(format, e))?;
         Ok(InputImage {
-            width: decoded.width(),
-            height: decoded.height(),
             bytes,
+            width,
+            height,
+        })
+    }
+
+    /// As the store holds it (base64): the bytes and their size from the file's header,
+    /// without decoding the pixels again; the worker decodes them ([`InputImage::to_rgb`]).
+    fn stored(text: &str) -> Result<Self, String> {
+        let bytes = base64_bytes(text)?;
+        let (width, height) = probe(&bytes)?;
+        Ok(InputImage {
+            bytes,
+            width,
+            height,
         })
     }
 
     /// The pixels the pipelines read, as diffusers' `load_image` gives them: turned upright
-    /// by the EXIF orientation, then RGB (`convert("RGB")`: alpha dropped, gray repeated;
-    /// 16-bit channels keep their top 8 bits). CPU work: decode off the async runtime.
+    /// by the EXIF orientation, then RGB (`convert("RGB")`: alpha dropped, gray repeated).
+    /// 16-bit channels are scaled to 8 bits (Pillow would clip 16-bit grayscale instead, so
+    /// such an image can differ from what diffusers reads). Decoded under the same limits as
+    /// at submission, plus one more buffer of that size when the orientation rotates it. CPU
+    /// work: decode off the async runtime.
     pub fn to_rgb(&self) -> Result<RgbPixels, String> {
-        let rgb = decode_upright(&self.bytes)?.into_rgb8();
+        use image::ImageDecoder as _;
+        let (format, mut limits, mut decoder) = decoder(&self.bytes)?;
+        limits
+            .reserve(decoder.total_bytes())
+            .map_err(|e| failed(format, e))?;
+        // An unreadable orientation tag leaves the image as stored, as Pillow's exif_transpose does.
+        let orientation = decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        let mut decoded =
+            image::DynamicImage::from_decoder(decoder).map_err(|e| failed(format, e))?;
+        decoded.apply_orientation(orientation);
+        let rgb = decoded.into_rgb8();
         Ok(RgbPixels {
             width: rgb.width(),
             height: rgb.height(),
@@ -303,11 +327,37 @@ impl InputImage {
     }
 }
 
-/// Decodes PNG, JPEG or WebP under [`MAX_INPUT_SIDE`] and [`MAX_DECODE_ALLOC`] (a small file
-/// can declare a huge canvas; this refuses it before the allocation is made), then applies
-/// the EXIF orientation.
-fn decode_upright(bytes: &[u8]) -> Result<image::DynamicImage, String> {
-    use image::ImageDecoder as _;
+/// Base64 text, optionally behind a `data:image/...;base64,` prefix, to bytes.
+fn base64_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let b64 = match text.strip_prefix("data:") {
+        Some(rest) => rest
+            .split_once(";base64,")
+            .map(|(_, data)| data)
+            .ok_or("a data: URL must be base64 (data:image/png;base64,...)")?,
+        None => text,
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("is not valid base64 ({e})"))
+}
+
+fn failed(format: image::ImageFormat, e: image::ImageError) -> String {
+    format!("does not decode as {format:?} within {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels: {e}")
+}
+
+/// A decoder for PNG, JPEG or WebP bytes under [`MAX_INPUT_SIDE`] and [`MAX_DECODE_ALLOC`]
+/// (a small file can declare a huge canvas: the caller reserves the decoded size against
+/// the returned limits before decoding), having read only the file's header.
+fn decoder(
+    bytes: &[u8],
+) -> Result<
+    (
+        image::ImageFormat,
+        image::Limits,
+        impl image::ImageDecoder + '_,
+    ),
+    String,
+> {
     let format =
         image::guess_format(bytes).map_err(|_| "is not a PNG, JPEG or WebP image".to_owned())?;
     if !matches!(
@@ -316,32 +366,37 @@ fn decode_upright(bytes: &[u8]) -> Result<image::DynamicImage, String> {
     ) {
         return Err(format!("is a {format:?} image; accepted: PNG, JPEG, WebP"));
     }
-    let failed = |e: image::ImageError| {
-        format!(
-            "does not decode as {format:?} within {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels: {e}"
-        )
-    };
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_INPUT_SIDE);
     limits.max_image_height = Some(MAX_INPUT_SIDE);
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
     reader.limits(limits.clone());
-    let mut decoder = reader.into_decoder().map_err(failed)?;
-    limits.reserve(decoder.total_bytes()).map_err(failed)?;
-    // An unreadable orientation tag leaves the image as stored, as Pillow's exif_transpose does.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut decoded = image::DynamicImage::from_decoder(decoder).map_err(failed)?;
-    decoded.apply_orientation(orientation);
-    Ok(decoded)
+    let decoder = reader.into_decoder().map_err(|e| failed(format, e))?;
+    Ok((format, limits, decoder))
+}
+
+/// The image's size once upright, from its header alone (no pixels decoded).
+fn probe(bytes: &[u8]) -> Result<(u32, u32), String> {
+    use image::metadata::Orientation;
+    use image::ImageDecoder as _;
+    let (_, _, mut decoder) = decoder(bytes)?;
+    let (w, h) = decoder.dimensions();
+    let turned = matches!(
+        decoder.orientation().unwrap_or(Orientation::NoTransforms),
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    Ok(if turned { (h, w) } else { (w, h) })
 }
 
 impl TryFrom<String> for InputImage {
     type Error = String;
+    /// The stored form (see [`InputImage::stored`]).
     fn try_from(s: String) -> Result<Self, String> {
-        InputImage::parse(&s)
+        InputImage::stored(&s)
     }
 }
 
@@ -352,8 +407,8 @@ impl From<InputImage> for String {
 }
 
 /// `modelInputs`, every field in its accepted range. `width`/`height` left out mean the
-/// model's native size, which only the worker knows (for text-to-image: with an input image
-/// they are always filled in, from its size); `seed` left out means a random one,
+/// model's native size, which only the worker knows (image-to-image fills them in from its
+/// image); `seed` left out means a random one,
 /// drawn by the API so the task is reproducible from what is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInputs {
@@ -466,6 +521,18 @@ impl Undecoded {
                 }
             }
             Pipeline::Image2Image | Pipeline::Inpaint => {
+                // diffusers' image-to-image and inpainting pipelines have no guidance_rescale
+                // (they drop it silently); running it would give images diffusers does not.
+                if model.inputs.guidance_rescale.get() > 0.0 {
+                    return Err(RequestError::new(
+                        "invalid_value",
+                        &field("guidance_rescale"),
+                        format!(
+                            "is only used by StableDiffusionPipeline; {} has none, so leave it out or 0",
+                            call_inputs.pipeline.as_str()
+                        ),
+                    ));
+                }
                 if model.image.is_none() {
                     return Err(RequestError::new(
                         "missing_field",
@@ -524,8 +591,8 @@ impl Undecoded {
     }
 
     /// Decodes the input images (each under [`MAX_INPUT_SIDE`] and [`MAX_DECODE_ALLOC`]);
-    /// the whole request. A width or height left out of an image-to-image or inpainting
-    /// request is the image's, rounded down to a multiple of 8, as diffusers takes it. CPU work, to be run off the async runtime and under the caller's
+    /// the whole request. A width or height left out of an image-to-image request is the
+    /// image's, rounded down to a multiple of 8, as diffusers' image-to-image takes it. CPU work, to be run off the async runtime and under the caller's
     /// bound on concurrent decodes.
     pub fn decode(self) -> Result<CreateTask, RequestError> {
         let Undecoded {
@@ -543,7 +610,11 @@ impl Undecoded {
         };
         task.model_inputs.image = decode("image", image)?;
         task.model_inputs.mask_image = decode("mask_image", mask_image)?;
-        if let Some((w, h)) = task.model_inputs.image.as_ref().map(InputImage::size) {
+        // diffusers' image-to-image takes the image's size; its inpainting, like text-to-image,
+        // the model's native size (which the worker fills in).
+        let takes_image_size = task.call_inputs.pipeline == Pipeline::Image2Image;
+        let image_size = task.model_inputs.image.as_ref().map(InputImage::size);
+        if let (true, Some((w, h))) = (takes_image_size, image_size) {
             let inputs = &mut task.model_inputs;
             let from_image = |side: u32| {
                 Dimension::try_from(side / 8 * 8).map_err(|_| {

@@ -436,7 +436,7 @@ fn img2img_body(image: &str, extra: Value) -> Vec<u8> {
 }
 
 #[test]
-fn without_width_and_height_an_image_request_takes_the_images_size_rounded_down_to_8() {
+fn without_width_and_height_image_to_image_takes_the_images_size_rounded_down_to_8() {
     let t = CreateTask::parse(&img2img_body(&png_base64(75, 70), json!({}))).unwrap();
     let m = &t.model_inputs;
     assert_eq!(
@@ -450,6 +450,13 @@ fn without_width_and_height_an_image_request_takes_the_images_size_rounded_down_
         (m.width.map(|d| d.get()), m.height.map(|d| d.get())),
         (Some(128), Some(64))
     );
+    // Inpainting, as in diffusers, takes the model's native size instead (the worker's).
+    let mut body: Value =
+        serde_json::from_slice(&img2img_body(&png_base64(75, 70), json!({}))).unwrap();
+    body["modelInputs"]["mask_image"] = body["modelInputs"]["image"].clone();
+    body["callInputs"]["PIPELINE"] = json!("StableDiffusionInpaintPipeline");
+    let t = CreateTask::parse(body.to_string().as_bytes()).unwrap();
+    assert_eq!((t.model_inputs.width, t.model_inputs.height), (None, None));
     // An image whose rounded size is out of range needs width and height.
     for (w, h) in [(1100, 64), (64, 60)] {
         let e = CreateTask::parse(&img2img_body(&png_base64(w, h), json!({}))).unwrap_err();
@@ -545,4 +552,35 @@ fn input_images_are_read_upright_and_as_rgb() {
     let gray = image::GrayImage::from_pixel(2, 2, image::Luma([77]));
     let img = InputImage::try_from(base64_png(gray.into())).unwrap();
     assert_eq!(img.to_rgb().unwrap().pixels, vec![77; 12]);
+}
+
+#[test]
+fn guidance_rescale_belongs_to_text_to_image() {
+    let png = png_base64(64, 64);
+    let e = CreateTask::parse(&img2img_body(&png, json!({"guidance_rescale": 0.5}))).unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        ("invalid_value", Some("modelInputs.guidance_rescale"))
+    );
+    // 0 does nothing, and is accepted.
+    assert!(CreateTask::parse(&img2img_body(&png, json!({"guidance_rescale": 0}))).is_ok());
+}
+
+#[test]
+fn a_stored_image_is_read_back_from_its_header_and_decoded_by_the_worker() {
+    use sie_api::request::InputImage;
+    // The stored form keeps the bytes; reading it back checks the header only, so pixels
+    // that no longer decode are found where they are used (InputImage::to_rgb).
+    let mut png = base64::engine::general_purpose::STANDARD
+        .decode(png_base64(64, 64))
+        .unwrap();
+    let n = png.len();
+    png.truncate(n - 40); // cut into the image data, keep the header
+    let stored = base64::engine::general_purpose::STANDARD.encode(&png);
+    let image = InputImage::try_from(stored.clone()).unwrap();
+    assert_eq!(image.size(), (64, 64));
+    assert!(image.to_rgb().is_err());
+    // At submission the same bytes are refused.
+    let e = CreateTask::parse(&img2img_body(&stored, json!({}))).unwrap_err();
+    assert_eq!(e.code, "invalid_image");
 }

@@ -80,7 +80,7 @@ async fn image_to_image_and_inpainting_succeed_at_the_requested_size() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_width_and_height_the_output_takes_the_images_size_rounded_down_to_8() {
+async fn without_width_and_height_image_to_image_takes_the_images_size_rounded_down_to_8() {
     let app = spawn_app(Options::default().without_checker()).await;
     let a = app.submit(img2img(png_base64(75, 70), json!({}))).await;
     let a = app.finish(&a).await;
@@ -100,7 +100,7 @@ async fn a_nine_channel_inpainting_worker_runs_inpainting() {
         .submit(inpaint(
             png_base64(64, 64),
             png_base64(64, 64),
-            json!({"strength": 1.0}),
+            json!({"strength": 1.0, "width": 64, "height": 64}),
         ))
         .await;
     let done = app.finish(&task).await;
@@ -176,6 +176,12 @@ async fn bad_image_inputs_are_refused_naming_the_field() {
             "out_of_range",
             "modelInputs.strength",
             "runs no step",
+        ),
+        (
+            inpaint(png(), png(), json!({"guidance_rescale": 0.7})),
+            "invalid_value",
+            "modelInputs.guidance_rescale",
+            "only used by StableDiffusionPipeline",
         ),
     ];
     for (body, code, field, needle) in cases {

@@ -144,7 +144,7 @@ impl Worker {
         let started = Instant::now();
         let mut observer = ProgressObserver {
             progress: &signals.progress,
-            steps: request.common().num_inference_steps as u64,
+            steps: request.steps_run() as u64,
             first_step: None,
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -199,7 +199,7 @@ impl Worker {
             };
         let usage = TaskUsage {
             images: generated.images.len() as u32,
-            steps: request.common().num_inference_steps as u32,
+            steps: request.steps_run() as u32,
             gpu_ms: inference_ms,
         };
         match self
@@ -312,7 +312,8 @@ struct Signals {
 /// 1, the last shows all of them.
 struct ProgressObserver<'a> {
     progress: &'a AtomicU64,
-    /// `num_inference_steps` of the request.
+    /// The denoising steps the request runs (fewer than `num_inference_steps` when an
+    /// image request's strength skips some).
     steps: u64,
     first_step: Option<Instant>,
 }

@@ -186,7 +186,7 @@ fn a_task_this_worker_cannot_run_is_left_for_another() {
         &s,
         json!({
             "modelInputs": {"prompt": "x", "image": png_64(), "mask_image": png_64(),
-                            "num_inference_steps": 2},
+                            "num_inference_steps": 2, "width": 64, "height": 64},
             "callInputs": {"PIPELINE": "StableDiffusionInpaintPipeline"}
         }),
     );
@@ -220,7 +220,7 @@ fn image_to_image_and_inpainting_run_on_an_ordinary_model() {
     ] {
         let mut body = json!({
             "modelInputs": {"prompt": "x", "image": png_64(), "num_inference_steps": 3,
-                            "strength": 0.7, "width": 72},
+                            "strength": 0.7, "width": 72, "height": 64},
             "callInputs": {"PIPELINE": pipeline, "safety_checker": false}
         });
         for (k, v) in extra.as_object().unwrap() {

@@ -36,7 +36,7 @@ impl ImageToImage {
     ) -> Result<Generated> {
         let request = &self.request;
         stages::refuse_inpainting_model(model)?;
-        let skipped = skipped_steps(request.num_inference_steps, self.strength)?;
+        let skipped = check_image_request(request, self.strength)?;
         let mut prepared = stages::prepare(request, model, observer)?;
         let begin = skipped * prepared.scheduler.order();
 
@@ -57,6 +57,18 @@ impl ImageToImage {
         };
         stages::denoise_and_finish(request, model, prepared, latents, how, observer, cancel)
     }
+}
+
+/// What image-to-image and inpainting check before they run: no `guidance_rescale` (their
+/// diffusers pipelines have none), and a strength that runs a step; the steps skipped.
+pub(super) fn check_image_request(request: &TextToImage, strength: f64) -> Result<usize> {
+    if request.guidance_rescale != 0.0 {
+        return Err(Error::invalid(
+            "guidance_rescale",
+            "diffusers' image-to-image and inpainting pipelines have none; leave it at 0",
+        ));
+    }
+    skipped_steps(request.num_inference_steps, strength)
 }
 
 /// diffusers' `get_timesteps`: of `steps` inference steps, the `int(steps * strength)` last

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Tensor};
 
-use super::image_to_image::skipped_steps;
+use super::image_to_image::check_image_request;
 use super::stages::{self, Loop};
 use super::{Generated, Observer, TextToImage};
 use crate::error::Result;
@@ -47,7 +47,7 @@ impl Inpaint {
     ) -> Result<Generated> {
         let request = &self.request;
         let n = request.num_images_per_prompt;
-        let skipped = skipped_steps(request.num_inference_steps, self.strength)?;
+        let skipped = check_image_request(request, self.strength)?;
         let mut prepared = stages::prepare(request, model, observer)?;
         let begin = skipped * prepared.scheduler.order();
         let at_full_strength = self.strength == 1.0;

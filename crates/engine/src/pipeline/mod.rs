@@ -93,6 +93,19 @@ impl Request {
         }
     }
 
+    /// The denoising steps this request runs: `num_inference_steps`, or for image-to-image
+    /// and inpainting the `int(steps * strength)` that strength leaves (0 when it leaves
+    /// none, which the run refuses).
+    pub fn steps_run(&self) -> usize {
+        let steps = self.common().num_inference_steps;
+        let strength = match self {
+            Request::TextToImage(_) => return steps,
+            Request::ImageToImage(r) => r.strength,
+            Request::Inpaint(r) => r.strength,
+        };
+        image_to_image::skipped_steps(steps, strength).map_or(0, |skipped| steps - skipped)
+    }
+
     pub fn pipeline(&self) -> Pipeline {
         match self {
             Request::TextToImage(_) => Pipeline::Text2Image,

@@ -31,7 +31,7 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -457,7 +457,8 @@ pub trait Scheduler: Send {
 
     /// diffusers' `add_noise` once the pipeline has set the scheduler's begin index:
     /// `original` (clean latents) noised with `noise` to the level of entry `step_index` of
-    /// [`Scheduler::timesteps`], each class in its own parametrisation, in float32.
+    /// [`Scheduler::timesteps`], each class in its own parametrisation, in the dtype of
+    /// `original` as diffusers computes it.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor>;
 }
 
@@ -495,11 +496,27 @@ enum NoiseLevel {
 }
 
 impl NoiseLevel {
+    /// diffusers moves the table to the samples' dtype first and computes the two scales in
+    /// it, so in float16 each operation rounds to float16 (`round` below; identity in f32).
     fn apply(self, original: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let round = |v: f32| -> f32 {
+            match original.dtype() {
+                DType::F16 => half::f16::from_f32(v).to_f32(),
+                DType::BF16 => half::bf16::from_f32(v).to_f32(),
+                _ => v,
+            }
+        };
         let (x_scale, noise_scale) = match self {
-            NoiseLevel::AlphaProduct(a) => (a.sqrt(), (1.0 - a).sqrt()),
-            NoiseLevel::Sigma(sigma) => (1.0, sigma),
-            NoiseLevel::VpSigma(sigma) => sigmas::alpha_sigma(sigma),
+            NoiseLevel::AlphaProduct(a) => {
+                let a = round(a);
+                (round(a.sqrt()), round(round(1.0 - a).sqrt()))
+            }
+            NoiseLevel::Sigma(sigma) => (1.0, round(sigma)),
+            NoiseLevel::VpSigma(sigma) => {
+                let sigma = round(sigma);
+                let alpha = round(1.0 / round(round(round(sigma * sigma) + 1.0).sqrt()));
+                (alpha, round(sigma * alpha))
+            }
         };
         let noise = noise.to_dtype(original.dtype())?;
         let scaled_noise = noise.affine(noise_scale as f64, 0.0)?;

@@ -81,6 +81,19 @@ fn body(args: &GenerateArgs) -> anyhow::Result<Value> {
         ))
     };
     let image = args.image.as_ref().map(base64_file).transpose()?;
+    // Without --width/--height the output takes the image's size rounded down to 8 (the
+    // server does so for image-to-image; for inpainting it would take the model's size).
+    let image_size = match &args.image {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let (w, h) = sie_api::request::InputImage::from_bytes(bytes)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?
+                .size();
+            Some((w / 8 * 8, h / 8 * 8))
+        }
+        None => None,
+    };
     let mask = args.mask.as_ref().map(base64_file).transpose()?;
     let pipeline = match (&image, &mask) {
         (None, _) => None,
@@ -100,8 +113,14 @@ fn body(args: &GenerateArgs) -> anyhow::Result<Value> {
     );
     put("num_inference_steps", args.steps.map(|v| json!(v)));
     put("guidance_scale", args.guidance.map(|v| json!(v)));
-    put("width", args.width.map(|v| json!(v)));
-    put("height", args.height.map(|v| json!(v)));
+    put(
+        "width",
+        args.width.or(image_size.map(|s| s.0)).map(|v| json!(v)),
+    );
+    put(
+        "height",
+        args.height.or(image_size.map(|s| s.1)).map(|v| json!(v)),
+    );
     put("num_images_per_prompt", args.images.map(|v| json!(v)));
     put("seed", args.seed.map(|v| json!(v)));
     put("eta", args.eta.map(|v| json!(v)));

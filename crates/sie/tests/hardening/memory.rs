@@ -113,10 +113,10 @@ fn huge_png() -> String {
     ))
 }
 
-/// 32 inpainting requests at once, each with two 4096x4096 16-bit PNGs (128 MiB of pixels
-/// each) and no width or height: every image is decoded (in at most two decode slots) and
-/// each request refused as too large an output, and the server's memory grows by far less
-/// than one decoded image per request.
+/// 32 image-to-image requests at once, each with a 4096x4096 16-bit PNG (128 MiB of pixels)
+/// and no width or height: every image is decoded (in at most two decode slots) and each
+/// request refused as too large an output, and the server's memory grows by far less than
+/// one decoded image per request.
 #[test]
 fn thirty_two_requests_with_4096_square_16_bit_images_keep_memory_growth_under_1_gb() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,8 +126,8 @@ fn thirty_two_requests_with_4096_square_16_bit_images_keep_memory_growth_under_1
     );
     let png = huge_png();
     let body = json!({
-        "modelInputs": {"prompt": "x", "image": png, "mask_image": png},
-        "callInputs": {"PIPELINE": "StableDiffusionInpaintPipeline"}
+        "modelInputs": {"prompt": "x", "image": png},
+        "callInputs": {"PIPELINE": "StableDiffusionImg2ImgPipeline"}
     })
     .to_string();
     server.get(&server.base);
