@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use sie_store::{OrgAccess, OrgId, OrgName};
+use sie_store::{OrgAccess, OrgId, OrgName, Timestamp};
 
 use crate::{ApiError, AppState};
 
@@ -90,7 +90,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, org: &str) -> Result<O
     let name = OrgName::parse(org).map_err(|e| unknown_org(&e.value))?;
     let access = state
         .store(move |s| {
-            let Some(account) = s.authenticate(&key)? else {
+            let Some(account) = s.authenticate(&key, Timestamp::now())? else {
                 return Ok(None);
             };
             s.org_access(account, &name).map(Some)

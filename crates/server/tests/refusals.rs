@@ -33,7 +33,11 @@ async fn keys_and_organizations_are_checked_401_404_403() {
         assert!(s == 401, "{bad:?}: {v}");
     }
     // A revoked key stops working at once.
-    let account = app.store.authenticate(&app.key).unwrap().unwrap();
+    let account = app
+        .store
+        .authenticate(&app.key, Timestamp::now())
+        .unwrap()
+        .unwrap();
     let key = app.store.create_api_key(account, Timestamp::now()).unwrap();
     app.store
         .revoke_api_key(key.prefix(), Timestamp::now())

@@ -354,6 +354,123 @@ impl BillingNote {
     }
 }
 
+/// An email address a portal account signs in with: trimmed and lower-cased (so one
+/// address is one account however it is typed), at most 254 bytes, one `@` between a
+/// non-empty local part and a domain with a dot, no spaces or control characters. Whether
+/// mail reaches it is not checked: no mail server is assumed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        const RULE: &str = "an email address like name@example.com (at most 254 characters)";
+        let e = s.trim().to_lowercase();
+        let ok = e.len() <= 254
+            && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+            && match e.split_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                }
+                None => false,
+            };
+        if !ok {
+            return Err(InvalidValue::new("email", s, RULE));
+        }
+        Ok(Self(e))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A line of billing information: not blank, at most `max` bytes, no control characters
+/// but line breaks (an address has several lines).
+fn billing_text(what: &'static str, s: &str, max: usize) -> Result<String, InvalidValue> {
+    let t = s.trim();
+    let controls = t.chars().any(|c| c.is_control() && c != '\n' && c != '\r');
+    if t.is_empty() || t.len() > max || controls {
+        return Err(InvalidValue::new(
+            what,
+            s,
+            "non-blank text of reasonable length, without control characters",
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+/// What the portal records when an organization adds billing information: who pays,
+/// where, and optionally a tax id. Each field checked once, here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingInfo {
+    name: String,
+    email: Email,
+    address: String,
+    country: String,
+    tax_id: Option<String>,
+}
+
+impl BillingInfo {
+    /// `country` is an ISO 3166-1 alpha-2 code (two letters, any case; stored upper-case).
+    pub fn parse(
+        name: &str,
+        email: &str,
+        address: &str,
+        country: &str,
+        tax_id: Option<&str>,
+    ) -> Result<Self, InvalidValue> {
+        let c = country.trim().to_ascii_uppercase();
+        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(InvalidValue::new(
+                "country",
+                country,
+                "a two-letter ISO 3166-1 country code, e.g. DE or US",
+            ));
+        }
+        let tax_id = match tax_id.map(str::trim) {
+            None | Some("") => None,
+            Some(t) => Some(billing_text("tax id", t, 64)?),
+        };
+        Ok(Self {
+            name: billing_text("billing name", name, 200)?,
+            email: Email::parse(email)?,
+            address: billing_text("address", address, 500)?,
+            country: c,
+            tax_id,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn email(&self) -> &Email {
+        &self.email
+    }
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+    pub fn country(&self) -> &str {
+        &self.country
+    }
+    pub fn tax_id(&self) -> Option<&str> {
+        self.tax_id.as_deref()
+    }
+
+    /// The one-line note approval records (`sie admin org list` shows it).
+    pub fn note(&self) -> BillingNote {
+        BillingNote(format!(
+            "{} <{}>, {}",
+            self.name,
+            self.email.as_str(),
+            self.country
+        ))
+    }
+}
+
 /// A point in time: milliseconds since the Unix epoch, UTC.
 ///
 /// Every store method takes the time as an argument instead of reading a
@@ -486,6 +603,69 @@ mod tests {
         assert!(OrgName::parse(&"a".repeat(65)).is_err());
         let err = OrgName::parse("a b").unwrap_err().to_string();
         assert!(err.contains("a-z, 0-9"), "{err}");
+    }
+
+    #[test]
+    fn emails_are_one_per_address() {
+        assert_eq!(
+            Email::parse("  Alice@Example.COM ").unwrap().as_str(),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a b@c.de",
+            "a@b@c.de",
+            "alice@.com",
+            "alice@example.",
+            "a\u{0}@c.de",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn billing_information_is_checked_field_by_field() {
+        let b = BillingInfo::parse(
+            " ACME ",
+            "b@acme.example",
+            "1 Main St\nTown",
+            "de",
+            Some(""),
+        )
+        .unwrap();
+        assert_eq!((b.name(), b.country(), b.tax_id()), ("ACME", "DE", None));
+        assert!(b.note().as_str().contains("b@acme.example"));
+        let err = |r: Result<BillingInfo, InvalidValue>| r.unwrap_err().what;
+        assert_eq!(
+            err(BillingInfo::parse("", "b@a.de", "x", "DE", None)),
+            "billing name"
+        );
+        assert_eq!(
+            err(BillingInfo::parse("A", "nope", "x", "DE", None)),
+            "email"
+        );
+        assert_eq!(
+            err(BillingInfo::parse("A", "b@a.de", " ", "DE", None)),
+            "address"
+        );
+        assert_eq!(
+            err(BillingInfo::parse("A", "b@a.de", "x", "Germany", None)),
+            "country"
+        );
+        assert_eq!(
+            err(BillingInfo::parse("A", "b@a.de", "x", "D1", None)),
+            "country"
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            err(BillingInfo::parse("A", "b@a.de", "x", "DE", Some(&long))),
+            "tax id"
+        );
     }
 
     #[test]

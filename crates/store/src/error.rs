@@ -31,6 +31,11 @@ pub enum StoreError {
     #[error("an organization named {0:?} already exists; pick another name")]
     OrgExists(String),
 
+    /// The portal shows no page that says so (no page reveals whether an email is
+    /// registered); the message is for the operator's command line.
+    #[error("an account with the email {0:?} already exists")]
+    EmailTaken(String),
+
     #[error("a worker token named {0:?} already exists (names are never reused, even after revoking); pick another name")]
     WorkerExists(String),
 

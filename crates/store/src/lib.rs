@@ -37,13 +37,13 @@ pub mod store;
 pub mod types;
 
 pub use domain::{
-    AccountId, AccountName, BillingNote, FailureCode, IdempotencyKey, InvalidValue, KeyPrefix,
-    OrgId, OrgName, PageRequest, TaskId, Timestamp, UtcDay, WorkerName,
+    AccountId, AccountName, BillingInfo, BillingNote, Email, FailureCode, IdempotencyKey,
+    InvalidValue, KeyPrefix, OrgId, OrgName, PageRequest, TaskId, Timestamp, UtcDay, WorkerName,
 };
 pub use error::{QueueScope, Result, StoreError};
 pub use keys::{NewApiKey, NewWorkerToken};
 pub use postgres::PostgresStore;
 pub use signal::WorkSignal;
 pub use sqlite::SqliteStore;
-pub use store::{Accounts, Queue, Store, Tasks, WorkerTokens, RECHECK};
+pub use store::{Accounts, Portal, Queue, Store, Tasks, WorkerTokens, RECHECK};
 pub use types::*;

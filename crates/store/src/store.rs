@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use crate::domain::WorkerName;
-use crate::domain::{AccountId, AccountName, BillingNote};
+use crate::domain::{AccountId, AccountName, BillingInfo, BillingNote, Email};
 use crate::domain::{KeyPrefix, OrgId, OrgName, PageRequest, TaskId, Timestamp, UtcDay};
 use crate::error::Result;
 use crate::keys::{NewApiKey, NewWorkerToken};
@@ -62,11 +62,62 @@ pub trait Accounts: Send + Sync {
     /// The account's keys, oldest first.
     fn list_api_keys(&self, account: AccountId) -> Result<Vec<ApiKeyInfo>>;
 
-    /// The account a presented `Salad-Api-Key` belongs to, if it is a live key.
-    fn authenticate(&self, presented_key: &str) -> Result<Option<AccountId>>;
+    /// The account a presented `Salad-Api-Key` belongs to, if it is a live key; its last
+    /// use is recorded (to the minute).
+    fn authenticate(&self, presented_key: &str, now: Timestamp) -> Result<Option<AccountId>>;
 
     /// Whether `account` may use the organization named `org`.
     fn org_access(&self, account: AccountId, org: &OrgName) -> Result<OrgAccess>;
+}
+
+/// What the portal keeps beside [`Accounts`]: accounts that sign in with an email and a
+/// password (hashed by the caller; the store never sees a password), server-side sessions
+/// (stored by the SHA-256 of their token), and billing information.
+pub trait Portal: Send + Sync {
+    /// A new account that signs in with `email`. Its name (for `sie admin`) is made from
+    /// the email. `StoreError::EmailTaken` when an account has it.
+    fn sign_up(&self, email: &Email, password_hash: &str, now: Timestamp) -> Result<AccountId>;
+
+    /// The sign-in record for `email`, if an account has it.
+    fn login(&self, email: &Email) -> Result<Option<Login>>;
+
+    /// Replaces the password hash and ends every session of the account.
+    fn set_password(&self, account: AccountId, password_hash: &str) -> Result<()>;
+
+    /// Starts a session for `account`, stored under `token_hash`.
+    fn create_session(
+        &self,
+        account: AccountId,
+        token_hash: &str,
+        csrf: &str,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// The session stored under `token_hash`, marked as seen now; `None` (and the session
+    /// deleted) when it was last seen more than `idle` ago.
+    fn session(&self, token_hash: &str, idle: Duration, now: Timestamp) -> Result<Option<Session>>;
+
+    /// Ends a session; whether there was one.
+    fn end_session(&self, token_hash: &str) -> Result<bool>;
+
+    /// The organizations `account` is a member of, by name.
+    fn orgs_of(&self, account: AccountId) -> Result<Vec<OrgInfo>>;
+
+    /// The members of `org`, by name.
+    fn members(&self, org: &OrgName) -> Result<Vec<Member>>;
+
+    /// Records `billing` for `org` (replacing what was there), and approves it when
+    /// `approve` (the first approval time is kept).
+    fn set_billing(
+        &self,
+        org: &OrgName,
+        billing: &BillingInfo,
+        approve: bool,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// The billing information `org` added, if any.
+    fn billing(&self, org: &OrgName) -> Result<Option<BillingInfo>>;
 }
 
 /// Worker tokens: how remote workers (`/worker/v1`) prove who they are.
@@ -252,6 +303,6 @@ pub trait Queue: Send + Sync {
 /// Every role at once, for the callers that wire them all (the server's state, `sie`'s
 /// commands). Any type with the four roles is a `Store`, and an `Arc<dyn Store>` upcasts
 /// to the one role a component needs (`Arc<dyn Queue>`).
-pub trait Store: Accounts + WorkerTokens + Tasks + Queue {}
+pub trait Store: Accounts + Portal + WorkerTokens + Tasks + Queue {}
 
-impl<T: Accounts + WorkerTokens + Tasks + Queue + ?Sized> Store for T {}
+impl<T: Accounts + Portal + WorkerTokens + Tasks + Queue + ?Sized> Store for T {}

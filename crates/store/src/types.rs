@@ -79,6 +79,35 @@ pub struct ApiKeyInfo {
     pub prefix: KeyPrefix,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// When it last authenticated a request (to the minute: a use within a minute of the
+    /// last recorded one is not written again).
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// A portal account's sign-in record: its id and its password hash (PHC string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub account: crate::AccountId,
+    pub password_hash: String,
+}
+
+/// A live portal session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub account: crate::AccountId,
+    pub email: crate::Email,
+    /// The token every state-changing form of this session carries.
+    pub csrf: String,
+}
+
+/// A member of an organization, as the portal lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub account: crate::AccountId,
+    pub name: crate::AccountName,
+    /// `None` for accounts made by `sie admin`.
+    pub email: Option<crate::Email>,
+    pub owner: bool,
 }
 
 /// What a task asks of the worker that runs it, fixed at enqueue and kept in columns

@@ -81,7 +81,10 @@ pub fn auth_and_org_access(h: &dyn Harness) {
     let alice = account(s, "alice");
     let mallory = account(s, "mallory");
     let key = s.create_api_key(alice, at(0)).unwrap();
-    assert_eq!(s.authenticate(key.expose_key()).unwrap(), Some(alice));
+    assert_eq!(
+        s.authenticate(key.expose_key(), at(0)).unwrap(),
+        Some(alice)
+    );
     assert!(
         key.expose_key().len() >= 4 + 8 + 1 + 26,
         "at least 128 random bits"
@@ -91,10 +94,10 @@ pub fn auth_and_org_access(h: &dyn Harness) {
     let mut wrong = key.expose_key().to_owned();
     let last = wrong.pop().unwrap();
     wrong.push(if last == 'a' { 'b' } else { 'a' });
-    assert_eq!(s.authenticate(&wrong).unwrap(), None);
-    assert_eq!(s.authenticate("").unwrap(), None);
-    assert_eq!(s.authenticate("sie_short").unwrap(), None);
-    assert_eq!(s.authenticate(key.prefix().as_str()).unwrap(), None);
+    assert_eq!(s.authenticate(&wrong, at(0)).unwrap(), None);
+    assert_eq!(s.authenticate("", at(0)).unwrap(), None);
+    assert_eq!(s.authenticate("sie_short", at(0)).unwrap(), None);
+    assert_eq!(s.authenticate(key.prefix().as_str(), at(0)).unwrap(), None);
 
     let acme = OrgName::parse("acme").unwrap();
     let acme_id = s.create_org(&acme, alice, at(0)).unwrap();
@@ -132,8 +135,8 @@ pub fn key_revoke(h: &dyn Harness) {
     assert!(!s
         .revoke_api_key(&KeyPrefix::parse("sie_aaaaaaaa").unwrap(), at(3))
         .unwrap());
-    assert_eq!(s.authenticate(k1.expose_key()).unwrap(), None);
-    assert_eq!(s.authenticate(k2.expose_key()).unwrap(), Some(alice));
+    assert_eq!(s.authenticate(k1.expose_key(), at(0)).unwrap(), None);
+    assert_eq!(s.authenticate(k2.expose_key(), at(0)).unwrap(), Some(alice));
 
     let keys = s.list_api_keys(alice).unwrap();
     assert_eq!(keys.len(), 2);

@@ -9,15 +9,17 @@
 //! TTLs are tested without sleeping.
 //!
 //! The checks are grouped by role: [`accounts`] (accounts, organizations, keys and
-//! worker tokens), [`tasks`] (the client's side of the queue) and [`queue`] (the
+//! worker tokens), [`portal`] (sign-in, sessions, members, billing), [`tasks`] (the client's side of the queue) and [`queue`] (the
 //! worker's side: leasing, fairness, fencing). Behind the crate's `conformance`
 //! feature, so the library does not carry them.
 
 mod accounts;
+mod portal;
 mod queue;
 mod tasks;
 
 pub use accounts::*;
+pub use portal::*;
 pub use queue::*;
 pub use tasks::*;
 
@@ -71,7 +73,10 @@ macro_rules! conformance_tests {
             worker_tokens,
             work_signal_rings_on_enqueue_and_requeue,
             sweep_finishes_lapsed_tasks_without_a_lease,
-            lapse_leases_frees_what_one_process_held
+            lapse_leases_frees_what_one_process_held,
+            portal_sign_up_and_sessions,
+            portal_orgs_members_and_billing,
+            api_keys_remember_their_last_use
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

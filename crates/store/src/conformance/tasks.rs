@@ -553,7 +553,7 @@ pub fn persistence_across_reopen(h: &dyn Harness) {
     };
     let s = &*h.open();
     let alice = s
-        .authenticate(&key)
+        .authenticate(&key, at(0))
         .unwrap()
         .expect("the key survives a reopen");
     assert_eq!(

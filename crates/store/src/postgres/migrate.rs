@@ -22,6 +22,7 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_digest.sql")),
+    (3, include_str!("../../migrations/postgres/0003_portal.sql")),
 ];
 
 /// Advisory lock key (arbitrary, but fixed: every node must use the same).

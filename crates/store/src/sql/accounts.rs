@@ -13,6 +13,9 @@ use crate::keys::{draw_api_key, hash_key, looks_like_key, NewApiKey};
 use crate::store::Accounts;
 use crate::types::{AccountInfo, ApiKeyInfo, OrgAccess, OrgInfo};
 
+/// How finely an API key's last use is recorded.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+
 fn require_account(tx: &mut impl Db, account: AccountId) -> Result<()> {
     tx.first(
         "find account",
@@ -123,16 +126,30 @@ impl<B: Backend> Accounts for B {
         })
     }
 
-    fn authenticate(&self, presented_key: &str) -> Result<Option<AccountId>> {
+    fn authenticate(&self, presented_key: &str, now: Timestamp) -> Result<Option<AccountId>> {
         if !looks_like_key(presented_key) {
             return Ok(None);
         }
         // Looked up by hash: the secret never reaches SQL or a log line.
         let hash = hash_key(presented_key);
-        self.read("authenticate", |tx| {
-            let id = tx.first("authenticate", sql::AUTHENTICATE, &[&hash], |r| r.int(0))?;
-            Ok(id.map(AccountId::from_row))
-        })
+        let found = self.read("authenticate", |tx| {
+            tx.first("authenticate", sql::AUTHENTICATE, &[&hash], |r| {
+                Ok((AccountId::from_row(r.int(0)?), r.opt_int(1)?))
+            })
+        })?;
+        let Some((account, last_used)) = found else {
+            return Ok(None);
+        };
+        // The last use is written at most once a minute per key, so a busy key costs a
+        // read per request, not a write.
+        let stale = now.as_millis() - LAST_USED_RESOLUTION_MS;
+        if last_used.is_none_or(|t| t < stale) {
+            self.write("record key use", |tx| {
+                let params: Params<'_> = &[&now.as_millis(), &hash, &stale];
+                tx.exec("record key use", sql::TOUCH_API_KEY, params)
+            })?;
+        }
+        Ok(Some(account))
     }
 
     fn org_access(&self, account: AccountId, org: &OrgName) -> Result<OrgAccess> {

@@ -11,10 +11,11 @@
 //! - [`statements`]: the SQL both run as written, in PostgreSQL's `$1` spelling.
 //! - [`schema`]: how both bring their schema up to date.
 //! - [`rows`]: how rows decode into records, through the drivers' common [`Row`].
-//! - [`accounts`], [`workers`], [`tasks`], [`queue`]: the role traits' implementations;
+//! - [`accounts`], [`portal`], [`workers`], [`tasks`], [`queue`]: the role traits' implementations;
 //!   their decisions come from [`rules`](crate::rules).
 
 mod accounts;
+mod portal;
 mod queue;
 pub(crate) mod rows;
 pub(crate) mod schema;

@@ -9,7 +9,8 @@
 //! record. Each reader's doc names the statement in [`statements`](super::statements) whose
 //! columns it reads, in that order.
 
-use crate::domain::{AccountId, AccountName, InvalidValue, KeyPrefix, OrgId, OrgName, TaskId};
+use crate::domain::{AccountId, AccountName, BillingInfo, Email, InvalidValue, KeyPrefix};
+use crate::domain::{OrgId, OrgName, TaskId};
 use crate::domain::{Timestamp, UtcDay, WorkerName};
 use crate::error::{Result, StoreError};
 use crate::types::*;
@@ -294,7 +295,36 @@ pub(crate) fn api_key(r: &dyn Row) -> Result<ApiKeyInfo> {
         prefix: parsed("prefix", KeyPrefix::parse(&r.text(0)?))?,
         created_at: Timestamp::from_millis(r.int(1)?),
         revoked_at: opt_ts(r.opt_int(2)?),
+        last_used_at: opt_ts(r.opt_int(3)?),
     })
+}
+
+/// [`sql::MEMBERS`](super::statements::MEMBERS).
+pub(crate) fn member(r: &dyn Row) -> Result<Member> {
+    Ok(Member {
+        account: AccountId::from_row(r.int(0)?),
+        name: parsed("name", AccountName::parse(&r.text(1)?))?,
+        email: r
+            .opt_text(2)?
+            .map(|e| parsed("email", Email::parse(&e)))
+            .transpose()?,
+        owner: r.flag(3)?,
+    })
+}
+
+/// [`sql::BILLING`](super::statements::BILLING).
+pub(crate) fn billing(r: &dyn Row) -> Result<BillingInfo> {
+    let tax_id = r.opt_text(4)?;
+    parsed(
+        "billing",
+        BillingInfo::parse(
+            &r.text(0)?,
+            &r.text(1)?,
+            &r.text(2)?,
+            &r.text(3)?,
+            tax_id.as_deref(),
+        ),
+    )
 }
 
 pub(crate) fn worker_name(r: &dyn Row) -> Result<WorkerName> {

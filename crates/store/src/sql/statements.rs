@@ -65,13 +65,69 @@ pub const REVOKE_API_KEY: &str =
 /// Read by [`rows::api_key`](super::rows::api_key).
 pub fn list_api_keys(made: &str) -> String {
     format!(
-        "SELECT prefix, created_at, revoked_at FROM api_keys
+        "SELECT prefix, created_at, revoked_at, last_used_at FROM api_keys
          WHERE account_id = $1 ORDER BY created_at, {made}"
     )
 }
-/// $1 the presented key's hash.
+/// $1 the presented key's hash: its account and when it was last used.
 pub const AUTHENTICATE: &str =
-    "SELECT account_id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL";
+    "SELECT account_id, last_used_at FROM api_keys WHERE hash = $1 AND revoked_at IS NULL";
+/// $1 now, $2 hash, $3 the time before which a last use is stale.
+pub const TOUCH_API_KEY: &str = "UPDATE api_keys SET last_used_at = $1
+     WHERE hash = $2 AND (last_used_at IS NULL OR last_used_at < $3)";
+
+// ---- The portal: sign-in, sessions, billing ----
+
+/// $1 name, $2 email, $3 password hash, $4 now. Returns the new id; no row when the name
+/// or the email is taken.
+pub const SIGN_UP: &str =
+    "INSERT INTO accounts (name, email, password_hash, created_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT DO NOTHING RETURNING id";
+/// $1 email.
+pub const EMAIL_TAKEN: &str = "SELECT id FROM accounts WHERE email = $1";
+/// $1 name.
+pub const NAME_TAKEN: &str = "SELECT id FROM accounts WHERE name = $1";
+/// $1 email: the account and its password hash (`id, password_hash`).
+pub const LOGIN: &str =
+    "SELECT id, password_hash FROM accounts WHERE email = $1 AND password_hash IS NOT NULL";
+/// $1 password hash, $2 account.
+pub const SET_PASSWORD: &str = "UPDATE accounts SET password_hash = $1 WHERE id = $2";
+/// $1 account.
+pub const END_SESSIONS_OF: &str = "DELETE FROM sessions WHERE account_id = $1";
+/// $1 token hash, $2 account, $3 csrf, $4 now.
+pub const CREATE_SESSION: &str =
+    "INSERT INTO sessions (hash, account_id, csrf, created_at, last_seen_at)
+     VALUES ($1, $2, $3, $4, $4)";
+/// $1 token hash: `account_id, email, csrf, last_seen_at`.
+pub const SESSION: &str = "SELECT s.account_id, a.email, s.csrf, s.last_seen_at
+     FROM sessions s JOIN accounts a ON a.id = s.account_id WHERE s.hash = $1";
+/// $1 now, $2 token hash.
+pub const TOUCH_SESSION: &str = "UPDATE sessions SET last_seen_at = $1 WHERE hash = $2";
+/// $1 token hash.
+pub const END_SESSION: &str = "DELETE FROM sessions WHERE hash = $1";
+/// $1 account. Read by [`rows::org`](super::rows::org).
+pub const ORGS_OF: &str = "SELECT o.id, o.name, o.owner_id,
+        (SELECT COUNT(*) FROM memberships m WHERE m.org_id = o.id),
+        o.billing_note, o.approved_at, o.created_at
+     FROM organizations o JOIN memberships me ON me.org_id = o.id AND me.account_id = $1
+     ORDER BY o.name";
+/// $1 organization name: `id, name, email, owner` per member.
+pub const MEMBERS: &str = "SELECT a.id, a.name, a.email, a.id = o.owner_id
+     FROM organizations o JOIN memberships m ON m.org_id = o.id
+     JOIN accounts a ON a.id = m.account_id
+     WHERE o.name = $1 ORDER BY a.name";
+/// $1 organization, $2 name, $3 email, $4 address, $5 country, $6 tax id, $7 now.
+pub const SET_BILLING: &str =
+    "INSERT INTO billing (org_id, name, email, address, country, tax_id, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (org_id) DO UPDATE SET name = excluded.name, email = excluded.email,
+        address = excluded.address, country = excluded.country, tax_id = excluded.tax_id,
+        updated_at = excluded.updated_at";
+/// $1 note, $2 organization. Records the note without approving.
+pub const SET_BILLING_NOTE: &str = "UPDATE organizations SET billing_note = $1 WHERE id = $2";
+/// $1 organization name: `name, email, address, country, tax_id`.
+pub const BILLING: &str = "SELECT b.name, b.email, b.address, b.country, b.tax_id
+     FROM billing b JOIN organizations o ON o.id = b.org_id WHERE o.name = $1";
 
 // ---- Worker tokens ----
 

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_workers.sql")),
     (3, include_str!("../../migrations/sqlite/0003_digest.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_portal.sql")),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
