@@ -1,6 +1,8 @@
 //! Who is calling, and may they use this organization (SPEC 2).
 //!
-//! A missing or unknown key is 401; an organization that does not exist or that the key's
+//! A caller is an API key or, without one, a portal session in the same browser (its
+//! POST and DELETE carrying the session's CSRF token), so the playground runs through the
+//! very routes the API serves. A missing or unknown key is 401; an organization that does not exist or that the key's
 //! account is not a member of is 404 (the two look alike, so names cannot be probed); an
 //! organization without billing information is 403.
 
@@ -8,7 +10,7 @@ use std::collections::HashMap;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sie_store::{OrgAccess, OrgId, OrgName, Timestamp};
 
 use crate::{ApiError, AppState};
@@ -26,7 +28,7 @@ impl FromRequestParts<AppState> for Authorized {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let name = path_param(parts, state, "org").await?;
-        let org = authorize(state, &parts.headers, &name).await?;
+        let org = authorize(state, &parts.headers, &parts.method, &name).await?;
         Ok(Authorized { org, name })
     }
 }
@@ -63,21 +65,66 @@ pub(crate) fn one_header<'a>(
     Ok(first)
 }
 
-/// Checks the key and the organization; returns the organization to act on.
-async fn authorize(state: &AppState, headers: &HeaderMap, org: &str) -> Result<OrgId, ApiError> {
-    let key = one_header(headers, API_KEY_HEADER)?
+/// Who is calling: an API key, or (for the portal's playground, in the same browser) a
+/// portal session.
+enum Caller {
+    Key(String),
+    Session(sie_store::AccountId),
+}
+
+/// The header the portal's scripts send with a session's state-changing API calls: the
+/// session's CSRF token (a cross-site page cannot read it, nor set a custom header).
+pub const CSRF_HEADER: &str = "X-CSRF-Token";
+
+/// The caller from the key header or, without one, the session cookie (whose POST and
+/// DELETE must carry the session's CSRF token).
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Caller, ApiError> {
+    let missing = || {
+        ApiError::client(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            "Missing API key",
+            format!("send your API key in the {API_KEY_HEADER} header"),
+        )
+    };
+    if let Some(key) = one_header(headers, API_KEY_HEADER)?
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::client(
-                StatusCode::UNAUTHORIZED,
-                "missing_api_key",
-                "Missing API key",
-                format!("send your API key in the {API_KEY_HEADER} header"),
-            )
-        })?
-        .to_owned();
+    {
+        return Ok(Caller::Key(key.to_owned()));
+    }
+    let Some(user) = crate::portal::session::user_of(state, headers).await? else {
+        return Err(missing());
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let sent = one_header(headers, CSRF_HEADER)?
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !crate::portal::session::same_token(&user.csrf, sent) {
+            return Err(ApiError::client(
+                StatusCode::FORBIDDEN,
+                "invalid_csrf_token",
+                "Invalid CSRF token",
+                format!("a call with the portal's session must carry its {CSRF_HEADER} header"),
+            ));
+        }
+    }
+    Ok(Caller::Session(user.account))
+}
+
+/// Checks the caller and the organization; returns the organization to act on.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+    org: &str,
+) -> Result<OrgId, ApiError> {
+    let caller = caller(state, headers, method).await?;
     // A name that cannot be one is echoed as far as InvalidValue keeps it.
     let unknown_org = |shown: &str| {
         ApiError::client(
@@ -90,8 +137,12 @@ async fn authorize(state: &AppState, headers: &HeaderMap, org: &str) -> Result<O
     let name = OrgName::parse(org).map_err(|e| unknown_org(&e.value))?;
     let access = state
         .store(move |s| {
-            let Some(account) = s.authenticate(&key, Timestamp::now())? else {
-                return Ok(None);
+            let account = match caller {
+                Caller::Session(account) => account,
+                Caller::Key(key) => match s.authenticate(&key, Timestamp::now())? {
+                    Some(account) => account,
+                    None => return Ok(None),
+                },
             };
             s.org_access(account, &name).map(Some)
         })

@@ -40,7 +40,9 @@ pub const MAX_HEADERS: usize = 100;
 
 /// What each connection runs on: the socket, under our two wrappers.
 type Socket = TokioIo<ProblemIo<WriteStall<TcpStream>>>;
-type Service = TowerToHyperService<axum::Router>;
+type Service = TowerToHyperService<
+    tower_http::add_extension::AddExtension<axum::Router, crate::ClientAddress>,
+>;
 
 /// Serves `router(state)` on `listener` until `shutdown` completes and the requests in
 /// flight have been answered, or the request timeout has passed since.
@@ -50,7 +52,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = state.settings.limits.clone();
-    let service = TowerToHyperService::new(crate::router(state));
+    let router = crate::router(state);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -80,7 +82,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let socket = TokioIo::new(ProblemIo::new(WriteStall::new(stream, limits.body_timeout)));
-        let connection = http.serve_connection(socket, service.clone());
+        // Each request knows its connection's peer (the portal throttles log-ins by it).
+        let service = TowerToHyperService::new(tower_http::add_extension::AddExtension::new(
+            router.clone(),
+            crate::ClientAddress(peer.ip()),
+        ));
+        let connection = http.serve_connection(socket, service);
         let (stopping, header_timeout) = (stopping.clone(), limits.header_timeout);
         tokio::spawn(async move {
             if let Err(e) = run(connection, stopping, header_timeout).await {

@@ -27,6 +27,7 @@ mod body;
 mod connection;
 pub mod error;
 mod layers;
+mod portal;
 mod problem_io;
 mod public_url;
 mod results;
@@ -49,6 +50,7 @@ pub use body::MAX_BODY;
 pub use connection::{serve, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use error::ApiError;
 pub use layers::MAX_URI_BYTES;
+pub use portal::{reset_password, PortalSettings};
 pub use public_url::{PublicUrl, PublicUrls};
 pub use settings::{default_decodes, CorsOrigin, Limits, Settings};
 
@@ -73,7 +75,13 @@ pub struct AppState {
     wake: tokio::sync::watch::Receiver<u64>,
     /// Raised at shutdown: long-polling lease calls answer 204 at once instead of leasing.
     stopping: Arc<AtomicBool>,
+    /// The portal's failed log-ins, per email and per address, in this process.
+    portal_throttle: Arc<portal::Throttle>,
 }
+
+/// The address of the connection a request came on (the peer: a proxy's, behind one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub std::net::IpAddr);
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, workers: Workers, settings: Settings) -> Self {
@@ -88,6 +96,7 @@ impl AppState {
             workers,
             settings: Arc::new(settings),
             stopping: Arc::new(AtomicBool::new(false)),
+            portal_throttle: Arc::new(portal::Throttle::default()),
         }
     }
 

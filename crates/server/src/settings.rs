@@ -24,6 +24,8 @@ pub struct Settings {
     pub urls: PublicUrls,
     /// Browser origins answered with CORS headers; none by default.
     pub cors_origins: Vec<CorsOrigin>,
+    /// Who may sign up on the portal, and whether billing information approves at once.
+    pub portal: crate::PortalSettings,
 }
 
 impl Default for Settings {
@@ -35,6 +37,7 @@ impl Default for Settings {
             limits: Limits::default(),
             urls: PublicUrls::FromHost,
             cors_origins: Vec::new(),
+            portal: crate::PortalSettings::default(),
         }
     }
 }

@@ -325,3 +325,93 @@ fn sigterm_gives_a_running_task_back_and_a_restart_finishes_it() {
     assert_eq!(v["status"], "success", "{v}");
     assert_eq!(v["modelOutputs"]["seed"], 8);
 }
+
+#[test]
+fn a_forgotten_portal_password_is_reset_by_the_operator_and_manual_approval_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--approval", "manual"], None);
+    let root = server.root().to_owned();
+    let browser = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = |path: &str, fields: &[(&str, &str)]| {
+        browser
+            .post(format!("{root}{path}"))
+            .form(fields)
+            .send()
+            .unwrap()
+    };
+    let r = form(
+        "/portal/signup",
+        &[
+            ("email", "lin@example.com"),
+            ("password", "a forgettable passphrase"),
+        ],
+    );
+    assert_eq!(r.status(), 200);
+    let data_dir = ["--data-dir", dir.path().to_str().unwrap()];
+    let new = admin(&data_dir, &["account", "reset-password", "LIN@example.com"]);
+    let new = new.trim();
+    assert_eq!(new.len(), 20, "{new}");
+    let old = form(
+        "/portal/login",
+        &[
+            ("email", "lin@example.com"),
+            ("password", "a forgettable passphrase"),
+        ],
+    );
+    assert_eq!(old.status(), 401);
+    let ok = form(
+        "/portal/login",
+        &[("email", "lin@example.com"), ("password", new)],
+    );
+    assert_eq!(ok.status(), 303);
+    let cookie = ok.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // With --approval manual, billing information leaves the organization waiting for the
+    // operator; `sie admin org approve` approves it.
+    let page = |path: &str| {
+        browser
+            .get(format!("{root}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let orgs = page("/portal/orgs");
+    let at = orgs.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = orgs[at..at + orgs[at..].find('"').unwrap()].to_owned();
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        browser
+            .post(format!("{root}{path}"))
+            .header("cookie", &cookie)
+            .form(fields)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        post("/portal/orgs", &[("csrf", &csrf), ("name", "lins")]).status(),
+        303
+    );
+    let billing = [
+        ("csrf", csrf.as_str()),
+        ("name", "Lin"),
+        ("email", "lin@example.com"),
+        ("address", "x"),
+        ("country", "NL"),
+    ];
+    let r = post("/portal/orgs/lins/billing", &billing);
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("waits for the operator"));
+    assert!(page("/portal/orgs/lins").contains("waiting for the operator"));
+    admin(&data_dir, &["org", "approve", "lins"]);
+    assert!(page("/portal/orgs/lins").contains("approved"));
+}

@@ -180,6 +180,10 @@ pub trait Tasks: Send + Sync {
     /// megabytes: [`Tasks::get`] and [`Tasks::list`] never read it.
     fn result(&self, org: OrgId, id: TaskId) -> Result<Option<String>>;
 
+    /// The stored request (the parsed create-task body, as JSON text) of a task of `org`;
+    /// read alone, like [`Tasks::result`], since input images make it large.
+    fn request(&self, org: OrgId, id: TaskId) -> Result<Option<String>>;
+
     /// The organization's tasks, newest first. States read as in [`Tasks::get`].
     fn list(&self, org: OrgId, page: PageRequest, now: Timestamp) -> Result<TaskPage>;
 

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(authenticated)
+        .merge(crate::portal::routes())
         .layer(from_fn_with_state(limits.clone(), layers::limit_time));
     let mut app = timed
         .merge(worker)
@@ -83,11 +84,11 @@ pub fn router(state: AppState) -> Router {
 /// is not one already is rewritten, its text becoming the detail.
 async fn problems_only(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == Problem::CONTENT_TYPE.as_bytes());
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    let content_type = response.headers().get(axum::http::header::CONTENT_TYPE);
+    let is_problem = content_type.is_some_and(|v| v.as_bytes() == Problem::CONTENT_TYPE.as_bytes());
+    // The portal's pages answer people, in HTML, with statuses of their own.
+    let is_page = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem || is_page {
         return response;
     }
     let body = axum::body::to_bytes(response.into_body(), 64 * 1024)

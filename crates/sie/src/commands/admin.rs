@@ -52,6 +52,9 @@ enum AccountCommand {
     Create { name: String },
     /// List accounts.
     List,
+    /// Give a portal account (by its email) a new random password, printed once; its
+    /// sessions end. For a forgotten password: no mail server is assumed.
+    ResetPassword { email: String },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +111,19 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Account(AccountCommand::Create { name }) => {
             let id = store.create_account(&AccountName::parse(&name)?, now)?;
             println!("created account {name} (id {id})");
+        }
+        AdminCommand::Account(AccountCommand::ResetPassword { email }) => {
+            let email = sie_store::Email::parse(&email)?;
+            let login = store.login(&email)?.ok_or_else(|| {
+                anyhow::anyhow!("no portal account has the email {}", email.as_str())
+            })?;
+            let (password, hash) = sie_server::reset_password().map_err(anyhow::Error::msg)?;
+            store.set_password(login.account, &hash)?;
+            println!("{password}");
+            eprintln!(
+                "the new password of {} (shown once); its sessions have ended",
+                email.as_str()
+            );
         }
         AdminCommand::Account(AccountCommand::List) => {
             for a in store.list_accounts()? {

@@ -74,6 +74,25 @@ pub struct ServerArgs {
     /// repeat for more. None by default.
     #[arg(long = "cors-origin", value_parser = sie_server::CorsOrigin::parse)]
     pub cors_origins: Vec<sie_server::CorsOrigin>,
+    /// Whether anyone may sign up on the portal (/portal): open or closed.
+    #[arg(long, value_enum, default_value = "open")]
+    pub signup: Signup,
+    /// Whether an organization's billing information approves it at once (auto), or waits
+    /// for `sie admin org approve` (manual).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub approval: Approval,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Signup {
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Approval {
+    Auto,
+    Manual,
 }
 
 impl ServerArgs {
@@ -109,6 +128,10 @@ impl ServerArgs {
             limits,
             urls,
             cors_origins: self.cors_origins.clone(),
+            portal: sie_server::PortalSettings {
+                signup_open: matches!(self.signup, Signup::Open),
+                auto_approval: matches!(self.approval, Approval::Auto),
+            },
         };
         sie_server::AppState::new(store, workers, settings)
     }

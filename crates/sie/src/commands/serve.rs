@@ -102,6 +102,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         &stop,
         "no new tasks; running tasks go back to the queue",
         |address| {
+            println!("the portal: open http://{address}/portal to sign up, create keys and organizations, and try prompts");
             if let Some(key) = &first_key {
                 print_welcome(address, key);
             }
@@ -163,7 +164,9 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<Option<String>> {
 }
 
 fn print_welcome(address: &str, key: &str) {
-    println!("created organization `default` and the API key below (shown once; keep it)");
+    println!(
+        "for scripts: created organization `default` and the API key below (shown once; keep it)"
+    );
     println!("api key: {key}");
     println!("try the seed document's example:");
     let example: Vec<&str> = sie_api::SEED_EXAMPLE.lines().map(str::trim).collect();

@@ -142,6 +142,11 @@ pub fn results_are_read_alone(h: &dyn Harness) {
     assert_eq!(s.result(a, failed).unwrap(), None);
     assert_eq!(s.result(a, queued).unwrap(), None);
     assert_eq!(s.result(a, TaskId::random()).unwrap(), None);
+    // The request is read the same way, for any state, and only by its organization.
+    assert_eq!(s.request(a, queued).unwrap().as_deref(), Some("{}"));
+    assert_eq!(s.request(a, done).unwrap().as_deref(), Some("{}"));
+    assert_eq!(s.request(b, done).unwrap(), None);
+    assert_eq!(s.request(a, TaskId::random()).unwrap(), None);
 }
 
 pub fn queue_caps_and_retry_after(h: &dyn Harness) {

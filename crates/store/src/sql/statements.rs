@@ -182,6 +182,8 @@ pub const REQUEST_CANCEL: &str = "UPDATE tasks SET cancel_requested = TRUE WHERE
 /// $1 organization, $2 id: the result of a task that succeeded.
 pub const RESULT: &str =
     "SELECT result FROM tasks WHERE org_id = $1 AND id = $2 AND state = 'succeeded'";
+/// $1 organization, $2 task id.
+pub const REQUEST: &str = "SELECT request FROM tasks WHERE org_id = $1 AND id = $2";
 /// $1 organization.
 pub const COUNT_TASKS: &str = "SELECT COUNT(*) FROM tasks WHERE org_id = $1";
 /// $1 cutoff: tasks finished at or before it.

@@ -139,6 +139,13 @@ impl<B: Backend> Tasks for B {
         })
     }
 
+    fn request(&self, org: OrgId, id: TaskId) -> Result<Option<String>> {
+        self.read("read request", |tx| {
+            let params: Params<'_> = &[&org.get(), &id.to_string()];
+            tx.first("read request", sql::REQUEST, params, |r| r.text(0))
+        })
+    }
+
     fn list(&self, org: OrgId, page: PageRequest, now: Timestamp) -> Result<TaskPage> {
         self.read("list tasks", |tx| {
             let total = tx.one("list tasks", sql::COUNT_TASKS, &[&org.get()], |r| r.int(0))?;
