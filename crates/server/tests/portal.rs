@@ -321,7 +321,7 @@ async fn log_in_refusals_reveal_nothing_and_are_throttled() {
     assert!(page.contains("too short"), "{page}");
 
     // Five failures for an account, then 429 with Retry-After, even with the right password.
-    for _ in 0..3 {
+    for _ in 0..4 {
         stranger
             .post(
                 "/portal/login",
@@ -338,6 +338,23 @@ async fn log_in_refusals_reveal_nothing_and_are_throttled() {
     assert_eq!(s, 429);
     let wait: u64 = headers[RETRY_AFTER].to_str().unwrap().parse().unwrap();
     assert!(wait > 0);
+
+    // A log-in or sign-up a browser marks as sent from another site is refused (login CSRF).
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+    ] {
+        for path in ["/portal/login", "/portal/signup"] {
+            let r = reqwest::Client::new()
+                .post(format!("{}{path}", app.root))
+                .header(name, value)
+                .form(&[("email", "new2@example.com"), ("password", PASSWORD)])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{path} with {name}: {value}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

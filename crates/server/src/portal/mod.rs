@@ -197,6 +197,56 @@ fn forbidden(user: &User) -> Response {
     )
 }
 
+/// Whether a form post came from this site. Log-in and sign-up have no session to carry a
+/// CSRF token, so a browser's `Sec-Fetch-Site` (or, without it, `Origin`) must not say
+/// another site: otherwise a page elsewhere could log a visitor into its own account.
+/// Clients that send neither (scripts, old browsers) are let through.
+fn same_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (text("origin"), text("host")) {
+        (Some("null"), _) => false,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host)),
+        _ => true,
+    }
+}
+
+fn cross_site() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "home.html",
+        None,
+        json!({"error": "This form was sent from another site; open the portal and try again."}),
+    )
+}
+
+/// The client a log-in is throttled by: behind `--trust-proxy`, the address the proxy
+/// appended last to `X-Forwarded-For`; otherwise the connection's peer.
+fn client_address(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<ClientAddress>,
+) -> Option<IpAddr> {
+    if matches!(state.settings.urls, crate::PublicUrls::TrustProxy) {
+        // The last entry only: the ones before it are whatever the client sent.
+        let last = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        if last.is_some() {
+            return last;
+        }
+    }
+    peer.map(|ClientAddress(ip)| ip)
+}
+
 /// Whether cookies must be `Secure`: the portal is reached over https.
 fn secure(state: &AppState, headers: &HeaderMap) -> bool {
     state
@@ -206,15 +256,25 @@ fn secure(state: &AppState, headers: &HeaderMap) -> bool {
         .is_ok_and(|url| url.starts_with("https://"))
 }
 
-/// Runs CPU-heavy work (argon2) off the async runtime.
+/// Runs password hashing or checking (argon2id: tens of milliseconds and 19 MiB each) off
+/// the async runtime, as many at once as the machine has cores, so a flood of sign-ups or
+/// log-ins queues instead of taking every thread and gigabytes.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
+    static SLOTS: OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::sync::Arc::new(tokio::sync::Semaphore::new(cores))
+    });
+    let _permit = slots
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(format!("the password slots closed: {e}")))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("a blocking task failed: {e}")))
 }
-
 fn when(t: Option<Timestamp>) -> String {
     match t {
         None => "never".into(),
@@ -271,6 +331,7 @@ async fn signup_page(State(state): State<AppState>, MaybeUser(user): MaybeUser) 
 
 async fn signup(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(form): Form<Credentials>,
 ) -> Result<Response, ApiError> {
     if !state.settings.portal.signup_open {
@@ -280,6 +341,9 @@ async fn signup(
             None,
             json!({"closed": true}),
         ));
+    }
+    if !same_site(&headers) {
+        return Ok(cross_site());
     }
     let again = |error: String| {
         page(
@@ -326,26 +390,31 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<Credentials>,
 ) -> Result<Response, ApiError> {
-    let address = client
-        .map(|Extension(ClientAddress(ip))| ip)
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-        .to_string();
-    let email_key = format!("email:{}", form.email.trim().to_lowercase());
-    let address_key = format!("address:{address}");
-    let keys = [email_key.as_str(), address_key.as_str()];
+    if !same_site(&headers) {
+        return Ok(cross_site());
+    }
+    let email_key = throttle::email_key(&form.email);
+    let address_key = client_address(&state, &headers, client.map(|Extension(c)| c))
+        .and_then(throttle::address_key);
+    let keys: Vec<&str> = std::iter::once(email_key.as_str())
+        .chain(address_key.as_deref())
+        .collect();
     if let Some(wait) = state.portal_throttle.wait(&keys, Instant::now()) {
         let secs = wait.as_secs().max(1);
         let mut response = page(
             StatusCode::TOO_MANY_REQUESTS,
             "login.html",
             None,
-            json!({"error": format!("Too many log-in attempts; try again in {} minutes.", secs.div_ceil(60)), "email": form.email}),
+            json!({"error": format!("Too many log-in attempts; try again in {} minutes.", secs.div_ceil(60))}),
         );
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return Ok(response);
     }
+    // Counted before the (slow) check, so attempts made in parallel count too; a success
+    // takes its count back.
+    state.portal_throttle.failed(&keys, Instant::now());
     let login = match Email::parse(&form.email) {
         Ok(email) => state.store(move |s| s.login(&email)).await?,
         Err(_) => None,
@@ -362,7 +431,6 @@ async fn login(
     })
     .await?;
     let Some(account) = account else {
-        state.portal_throttle.failed(&keys, Instant::now());
         // Not even the typed email is echoed: the page is the same whichever was wrong.
         return Ok(page(
             StatusCode::UNAUTHORIZED,
@@ -371,7 +439,9 @@ async fn login(
             json!({"error": "Wrong email or password."}),
         ));
     };
-    state.portal_throttle.succeeded(&email_key);
+    state
+        .portal_throttle
+        .succeeded(&email_key, address_key.as_deref());
     let token = session::random_token()?;
     let csrf = session::random_token()?;
     let hash = session::token_hash(&token);
@@ -432,6 +502,21 @@ async fn change_password(
     if let Some(why) = password::weakness(&form.password, user.email.as_str()) {
         return Ok(again(StatusCode::BAD_REQUEST, why));
     }
+    // Guessing the current password here is throttled as log-ins are.
+    let email_key = throttle::email_key(user.email.as_str());
+    if state
+        .portal_throttle
+        .wait(&[email_key.as_str()], Instant::now())
+        .is_some()
+    {
+        return Ok(again(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many wrong passwords; try again later.".into(),
+        ));
+    }
+    state
+        .portal_throttle
+        .failed(&[email_key.as_str()], Instant::now());
     let email = user.email.clone();
     let stored = state.store(move |s| s.login(&email)).await?;
     let (current, new) = (form.current.clone(), form.password.clone());
@@ -953,6 +1038,8 @@ fn task_row(t: &sie_store::TaskSummary, request: Option<&str>, result: Option<&s
             images
                 .iter()
                 .filter_map(|i| i.as_str())
+                // The first image only: a task's images can be several megabytes each.
+                .take(1)
                 .map(|b64| format!("data:{mime};base64,{b64}"))
                 .collect()
         })

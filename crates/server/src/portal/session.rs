@@ -41,10 +41,9 @@ pub fn token_hash(token: &str) -> String {
 pub fn set_cookie(token: Option<&str>, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     match token {
-        Some(t) => format!(
-            "{COOKIE}={t}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-            IDLE.as_secs()
-        ),
+        // No Max-Age: the server ends an idle session; a fixed lifetime on the cookie would
+        // end an active one too.
+        Some(t) => format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Lax{secure}"),
         None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
     }
 }
