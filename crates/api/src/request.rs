@@ -274,8 +274,8 @@ impl InputImage {
     /// An image file's bytes (PNG, JPEG or WebP), its pixels decoded once to check that
     /// they do.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, String> {
-        let (width, height) = probe(&bytes)?;
-        let (format, mut limits, decoder) = decoder(&bytes)?;
+        let (format, mut limits, mut decoder) = decoder(&bytes)?;
+        let (width, height) = upright_size(&mut decoder);
         limits
             .reserve(image::ImageDecoder::total_bytes(&decoder))
             .map_err(|e| failed(format, e))?;
@@ -378,9 +378,13 @@ fn decoder(
 
 /// The image's size once upright, from its header alone (no pixels decoded).
 fn probe(bytes: &[u8]) -> Result<(u32, u32), String> {
-    use image::metadata::Orientation;
-    use image::ImageDecoder as _;
     let (_, _, mut decoder) = decoder(bytes)?;
+    Ok(upright_size(&mut decoder))
+}
+
+/// A decoder's image size after its EXIF orientation (a quarter turn swaps the sides).
+fn upright_size(decoder: &mut impl image::ImageDecoder) -> (u32, u32) {
+    use image::metadata::Orientation;
     let (w, h) = decoder.dimensions();
     let turned = matches!(
         decoder.orientation().unwrap_or(Orientation::NoTransforms),
@@ -389,7 +393,11 @@ fn probe(bytes: &[u8]) -> Result<(u32, u32), String> {
             | Orientation::Rotate90FlipH
             | Orientation::Rotate270FlipH
     );
-    Ok(if turned { (h, w) } else { (w, h) })
+    if turned {
+        (h, w)
+    } else {
+        (w, h)
+    }
 }
 
 impl TryFrom<String> for InputImage {

@@ -247,6 +247,30 @@ fn client_address(
     peer.map(|ClientAddress(ip)| ip)
 }
 
+/// The absolute URL of `org`'s SIE endpoint, as this request reaches the server.
+fn endpoint(state: &AppState, headers: &HeaderMap, org: &str) -> String {
+    let root = state
+        .settings
+        .urls
+        .absolute(headers, "/")
+        .unwrap_or_default();
+    format!(
+        "{}{}",
+        root.trim_end_matches('/'),
+        BASE.replace("{org}", org)
+    )
+}
+
+/// A redirect to the portal's home that sets (or, with `None`, clears) the session cookie.
+fn home_with_cookie(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Response {
+    let mut response = Redirect::to("/portal").into_response();
+    let cookie = session::set_cookie(token, secure(state, headers));
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
 /// Whether cookies must be `Secure`: the portal is reached over https.
 fn secure(state: &AppState, headers: &HeaderMap) -> bool {
     state
@@ -448,12 +472,7 @@ async fn login(
     state
         .store(move |s| s.create_session(account, &hash, &csrf, Timestamp::now()))
         .await?;
-    let mut response = Redirect::to("/portal").into_response();
-    let cookie = session::set_cookie(Some(&token), secure(&state, &headers));
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    Ok(response)
+    Ok(home_with_cookie(&state, &headers, Some(&token)))
 }
 
 /// A form with nothing but its CSRF token (log out, create a key, revoke one).
@@ -467,12 +486,7 @@ async fn logout(
 ) -> Result<Response, ApiError> {
     let hash = user.token_hash.clone();
     state.store(move |s| s.end_session(&hash)).await?;
-    let mut response = Redirect::to("/portal").into_response();
-    let cookie = session::set_cookie(None, secure(&state, &headers));
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    Ok(response)
+    Ok(home_with_cookie(&state, &headers, None))
 }
 
 async fn password_page(SignedIn(user): SignedIn) -> Response {
@@ -588,16 +602,7 @@ async fn create_key(
         .or(orgs.first())
         .map(|o| o.name.as_str().to_owned())
         .unwrap_or_else(|| "YOUR_ORG".into());
-    let root = state
-        .settings
-        .urls
-        .absolute(&headers, "/")
-        .unwrap_or_default();
-    let url = format!(
-        "{}{}",
-        root.trim_end_matches('/'),
-        BASE.replace("{org}", &org)
-    );
+    let url = endpoint(&state, &headers, &org);
     let curl = format!(
         "curl -s -X POST {url} \\\n  -H 'Salad-Api-Key: {}' -H 'Content-Type: application/json' \\\n  -d '{}'",
         key.expose_key(),
@@ -794,16 +799,7 @@ async fn org_view(
             json!({"label": label, "owner": m.owner})
         })
         .collect();
-    let root = state
-        .settings
-        .urls
-        .absolute(headers, "/")
-        .unwrap_or_default();
-    let endpoint = format!(
-        "{}{}",
-        root.trim_end_matches('/'),
-        BASE.replace("{org}", name.as_str())
-    );
+    let endpoint = endpoint(state, headers, name.as_str());
     if let Value::Object(map) = &mut extra {
         map.insert(
             "org".into(),
@@ -910,16 +906,7 @@ async fn playground_page(
     let Some((name, approved)) = member_org(&state, &user, &org).await? else {
         return Ok(not_found(&user));
     };
-    let root = state
-        .settings
-        .urls
-        .absolute(&headers, "/")
-        .unwrap_or_default();
-    let api_url = format!(
-        "{}{}",
-        root.trim_end_matches('/'),
-        BASE.replace("{org}", name.as_str())
-    );
+    let api_url = endpoint(&state, &headers, name.as_str());
     let schedulers: Vec<&str> = sie_vocab::SchedulerKind::ALL
         .iter()
         .map(|s| s.as_str())
@@ -949,11 +936,11 @@ async fn usage_page(
     let now = Timestamp::now();
     let today = now.as_millis().div_euclid(86_400_000);
     let days: Vec<i64> = (today - USAGE_DAYS + 1..=today).collect();
-    let lookup = name.clone();
+    let (lookup, account) = (name.clone(), user.account);
     let (usage, recent) = state
         .store(move |s| {
             let id = s
-                .list_orgs()?
+                .orgs_of(account)?
                 .into_iter()
                 .find(|o| o.name == lookup)
                 .map(|o| o.id)

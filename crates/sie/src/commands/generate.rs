@@ -74,27 +74,29 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn body(args: &GenerateArgs) -> anyhow::Result<Value> {
-    let base64_file = |path: &PathBuf| -> anyhow::Result<Value> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(json!(
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ))
+    let read = |path: &PathBuf| -> anyhow::Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
     };
-    let image = args.image.as_ref().map(base64_file).transpose()?;
+    let base64 = |bytes: &[u8]| json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    let image_bytes = args.image.as_ref().map(read).transpose()?;
     // Without --width/--height the output takes the image's size rounded down to 8 (the
     // server does so for image-to-image; for inpainting it would take the model's size).
-    let image_size = match &args.image {
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let (w, h) = sie_api::request::InputImage::from_bytes(bytes)
+    let image_size = match (&args.image, &image_bytes) {
+        (Some(path), Some(bytes)) => {
+            let (w, h) = sie_api::request::InputImage::from_bytes(bytes.clone())
                 .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?
                 .size();
             Some((w / 8 * 8, h / 8 * 8))
         }
-        None => None,
+        _ => None,
     };
-    let mask = args.mask.as_ref().map(base64_file).transpose()?;
+    let image = image_bytes.as_deref().map(base64);
+    let mask = args
+        .mask
+        .as_ref()
+        .map(read)
+        .transpose()?
+        .map(|bytes| base64(&bytes));
     let pipeline = match (&image, &mask) {
         (None, _) => None,
         (Some(_), None) => Some("StableDiffusionImg2ImgPipeline"),
