@@ -9,13 +9,18 @@
 //! - `json.rs`: the body read as JSON strictly (a key given twice is refused).
 //! - [`problem`]: RFC 7807 problem documents with a stable machine `code`.
 //! - [`worker`]: the bodies of the worker protocol (`/worker/v1`).
+//! - [`answers`]: what the public routes answer (202, task status, list, usage, health).
+//! - [`schema`]: the OpenAPI schemas a derive cannot write (ranges, names, the checker
+//!   switch), from the same constants the parser uses.
 //!
 //! This crate knows nothing of HTTP servers, storage or tensors, so the API,
 //! the store and the engine can all depend on it without depending on each other.
 
+pub mod answers;
 mod json;
 pub mod problem;
 pub mod request;
+pub mod schema;
 pub mod worker;
 
 pub use problem::Problem;

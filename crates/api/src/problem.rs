@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 /// `application/problem+json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type; ours are `about:blank`-style tags under `/problems/`.
     #[serde(rename = "type")]

@@ -149,6 +149,8 @@ pub struct Dimension(u32);
 impl Dimension {
     pub const MIN: u32 = 64;
     pub const MAX: u32 = 1024;
+    /// Sides are multiples of this (the VAE's scale).
+    pub const STEP: u32 = 8;
 
     pub fn get(self) -> u32 {
         self.0
@@ -165,11 +167,12 @@ impl TryFrom<u32> for Dimension {
                 Self::MAX
             ));
         }
-        if v % 8 != 0 {
-            let below = v / 8 * 8;
+        if v % Self::STEP != 0 {
+            let below = v / Self::STEP * Self::STEP;
             return Err(format!(
-                "{v} is not a multiple of 8; use {below} or {}",
-                below + 8
+                "{v} is not a multiple of {}; use {below} or {}",
+                Self::STEP,
+                below + Self::STEP
             ));
         }
         Ok(Dimension(v))
@@ -224,6 +227,57 @@ impl TryFrom<String> for Prompt {
 impl From<Prompt> for String {
     fn from(p: Prompt) -> String {
         p.0
+    }
+}
+
+/// `callInputs.webhook_url`: an absolute `http` or `https` URL with a host, without a
+/// fragment, at most [`MAX_WEBHOOK_URL_BYTES`]. Whether its host may be called (not a
+/// loopback, private or metadata address) depends on DNS and the operator's flags, so the
+/// server checks that, not this type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WebhookUrl(url::Url);
+
+/// The longest webhook URL accepted, in bytes.
+pub const MAX_WEBHOOK_URL_BYTES: usize = 2048;
+
+impl WebhookUrl {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WebhookUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        const ACCEPTED: &str = "accepted: an absolute http:// or https:// URL with a host";
+        if s.len() > MAX_WEBHOOK_URL_BYTES {
+            return Err(format!(
+                "{} bytes is too long; accepted: at most {MAX_WEBHOOK_URL_BYTES} bytes",
+                s.len()
+            ));
+        }
+        let url = url::Url::parse(&s).map_err(|e| format!("is not a URL ({e}); {ACCEPTED}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("has the scheme {:?}; {ACCEPTED}", url.scheme()));
+        }
+        if url.host().is_none() {
+            return Err(format!("has no host; {ACCEPTED}"));
+        }
+        if url.fragment().is_some() {
+            return Err("has a #fragment, which is never sent; leave it out".into());
+        }
+        Ok(WebhookUrl(url))
+    }
+}
+
+impl From<WebhookUrl> for String {
+    fn from(u: WebhookUrl) -> String {
+        u.0.into()
     }
 }
 
@@ -418,40 +472,98 @@ impl From<InputImage> for String {
 /// model's native size, which only the worker knows (image-to-image fills them in from its
 /// image); `seed` left out means a random one,
 /// drawn by the API so the task is reproducible from what is stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The OpenAPI schema is derived from this type; `crate::schema` writes the fields whose
+/// ranges and defaults are constants of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "The pipeline's arguments, named as diffusers names them. \
+    Leaving a field out (or sending null) gives its default."
+)]
 pub struct ModelInputs {
+    #[schema(schema_with = crate::schema::prompt)]
     pub prompt: Prompt,
+    #[schema(required = false, schema_with = crate::schema::negative_prompt)]
     pub negative_prompt: String,
+    #[schema(required = false, schema_with = crate::schema::num_inference_steps)]
     pub num_inference_steps: Steps,
+    #[schema(required = false, schema_with = crate::schema::guidance_scale)]
     pub guidance_scale: GuidanceScale,
+    /// Left out: the model's native size (768 for 2-1, 512 for 2-1-base); with
+    /// StableDiffusionImg2ImgPipeline, the image's, rounded down to a multiple of 8.
+    #[schema(inline)]
     pub width: Option<Dimension>,
+    /// As `width`.
+    #[schema(inline)]
     pub height: Option<Dimension>,
+    #[schema(required = false, schema_with = crate::schema::num_images_per_prompt)]
     pub num_images_per_prompt: ImageCount,
+    /// Left out: a random one; the seed used is always returned.
+    #[schema(inline)]
     pub seed: Option<Seed>,
+    #[schema(required = false, schema_with = crate::schema::eta)]
     pub eta: UnitInterval,
+    #[schema(required = false, schema_with = crate::schema::guidance_rescale)]
     pub guidance_rescale: UnitInterval,
+    /// Required by StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline; 400
+    /// with StableDiffusionPipeline.
+    #[schema(inline)]
     pub image: Option<InputImage>,
+    /// StableDiffusionInpaintPipeline only, where it is required: white is repainted.
+    #[schema(inline)]
     pub mask_image: Option<InputImage>,
+    #[schema(required = false, schema_with = crate::schema::strength)]
     pub strength: UnitInterval,
 }
 
-/// `callInputs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The values SPEC 1.1 gives the `modelInputs` a body leaves out: the parser fills them in,
+/// the OpenAPI document states them.
+pub mod defaults {
+    pub const NUM_INFERENCE_STEPS: u32 = 50;
+    pub const GUIDANCE_SCALE: f64 = 7.5;
+    pub const NUM_IMAGES_PER_PROMPT: u32 = 1;
+    pub const ETA: f64 = 0.0;
+    pub const GUIDANCE_RESCALE: f64 = 0.0;
+    pub const STRENGTH: f64 = 0.8;
+}
+
+/// `callInputs`. (Stored with lower-case names; the body's are those the schema renames.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "How the task runs. Leaving a field out (or sending null) gives its \
+    default."
+)]
 pub struct CallInputs {
+    /// Which diffusers pipeline runs.
+    #[schema(rename = "PIPELINE", required = false, schema_with = crate::schema::pipeline_input)]
     pub pipeline: Pipeline,
     /// `None`: the model's own scheduler.
+    #[schema(rename = "SCHEDULER", schema_with = crate::schema::scheduler_input)]
     pub scheduler: Option<SchedulerKind>,
     /// `None`: the endpoint's default (on where a checker is installed).
+    #[schema(schema_with = crate::schema::safety_checker_input)]
     pub safety_checker: Option<bool>,
+    /// How the images are encoded.
+    #[schema(required = false, schema_with = crate::schema::image_format_input)]
     pub image_format: ImageFormat,
+    /// Where the final status is posted when the task ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    pub webhook_url: Option<WebhookUrl>,
 }
 
 /// A whole create-task body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "A create-task body. An unknown or repeated key, a wrong type or a \
+    value out of range is refused with 400 naming the field; nothing is queued then."
+)]
 pub struct CreateTask {
     #[serde(rename = "modelInputs")]
     pub model_inputs: ModelInputs,
+    /// Left out: every default.
     #[serde(rename = "callInputs")]
+    #[schema(required = false)]
     pub call_inputs: CallInputs,
 }
 
@@ -593,6 +705,12 @@ impl Undecoded {
         self.task.needs()
     }
 
+    /// `callInputs.webhook_url`, for the server's checks of its host before any image is
+    /// decoded.
+    pub fn webhook_url(&self) -> Option<&WebhookUrl> {
+        self.task.call_inputs.webhook_url.as_ref()
+    }
+
     /// Whether [`Undecoded::decode`] has pixels to decode.
     pub fn has_images(&self) -> bool {
         self.image.is_some() || self.mask_image.is_some()
@@ -676,17 +794,18 @@ fn parse_model_inputs(mut f: Fields) -> Result<ParsedModelInputs, RequestError> 
             check_prompt_length(&n).map_err(|m| f.invalid("negative_prompt", m))?;
             n
         },
-        num_inference_steps: f.bounded_int("num_inference_steps", 50)?,
-        guidance_scale: f.bounded_number("guidance_scale", 7.5)?,
+        num_inference_steps: f.bounded_int("num_inference_steps", defaults::NUM_INFERENCE_STEPS)?,
+        guidance_scale: f.bounded_number("guidance_scale", defaults::GUIDANCE_SCALE)?,
         width: f.dimension("width")?,
         height: f.dimension("height")?,
-        num_images_per_prompt: f.bounded_int("num_images_per_prompt", 1)?,
+        num_images_per_prompt: f
+            .bounded_int("num_images_per_prompt", defaults::NUM_IMAGES_PER_PROMPT)?,
         seed: f.seed("seed")?,
-        eta: f.bounded_number("eta", 0.0)?,
-        guidance_rescale: f.bounded_number("guidance_rescale", 0.0)?,
+        eta: f.bounded_number("eta", defaults::ETA)?,
+        guidance_rescale: f.bounded_number("guidance_rescale", defaults::GUIDANCE_RESCALE)?,
         image: None,
         mask_image: None,
-        strength: f.bounded_number("strength", 0.8)?,
+        strength: f.bounded_number("strength", defaults::STRENGTH)?,
     };
     let image = f.string("image")?;
     let mask_image = f.string("mask_image")?;
@@ -741,12 +860,23 @@ fn parse_call_inputs(mut f: Fields) -> Result<CallInputs, RequestError> {
         None => ImageFormat::Png,
         Some(s) => ImageFormat::parse(&s).map_err(|e| f.invalid("image_format", e.to_string()))?,
     };
-    f.finish(&["PIPELINE", "SCHEDULER", "safety_checker", "image_format"])?;
+    let webhook_url = f
+        .string("webhook_url")?
+        .map(|s| WebhookUrl::try_from(s).map_err(|e| f.invalid("webhook_url", e)))
+        .transpose()?;
+    f.finish(&[
+        "PIPELINE",
+        "SCHEDULER",
+        "safety_checker",
+        "image_format",
+        "webhook_url",
+    ])?;
     Ok(CallInputs {
         pipeline,
         scheduler,
         safety_checker,
         image_format,
+        webhook_url,
     })
 }
 

@@ -21,7 +21,7 @@ pub const PREFIX: &str = "/worker/v1";
 pub const MAX_WAIT_SECONDS: u32 = 30;
 
 /// What a worker serves, sent with every lease call; the API hands it only tasks it can run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Announcement {
     /// The model's name (its directory's name unless the operator gave one).
@@ -29,7 +29,9 @@ pub struct Announcement {
     /// The model's native size: what a task without `width`/`height` is generated at.
     pub native_width: u32,
     pub native_height: u32,
+    #[schema(schema_with = crate::schema::pipelines_list)]
     pub pipelines: Vec<Pipeline>,
+    #[schema(schema_with = crate::schema::schedulers_list)]
     pub schedulers: Vec<SchedulerKind>,
     pub safety_checker: bool,
     /// What the worker's model runs on (left out by workers older than this field).
@@ -38,7 +40,7 @@ pub struct Announcement {
 }
 
 /// The device and precision a worker's model runs on, for operators and clients.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunsOn {
     /// The GPU's name as its driver reports it (`NVIDIA H200`), or `cpu`.
@@ -61,7 +63,7 @@ impl Announcement {
 }
 
 /// `POST /worker/v1/lease`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     pub worker: Announcement,
@@ -75,12 +77,16 @@ pub struct LeaseRequest {
 /// a heartbeat. The server sends a [`CreateTask`]; a worker reads `request` as plain JSON
 /// first (`LeaseResponse<serde_json::Value>`), so a request it cannot read is reported on
 /// the task instead of being lost with the lease.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaseResponse<R = CreateTask> {
     /// The task's `requestId`.
     pub id: String,
     /// The fencing token: every later call for this task passes it back.
     pub attempt: u32,
+    /// The task's request as the API stored it: `CreateTask`'s own serde form (field names
+    /// as in Rust, `webhook_url` left out), not the public API's body; described here as
+    /// an open object, since the public document's schema is the body's.
+    #[schema(value_type = Object)]
     pub request: R,
     /// When the client's POST was accepted, milliseconds since the Unix epoch.
     pub created_at_ms: i64,
@@ -88,7 +94,7 @@ pub struct LeaseResponse<R = CreateTask> {
 }
 
 /// Denoising progress: `step` of `steps` done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepProgress {
     pub step: u32,
@@ -96,7 +102,7 @@ pub struct StepProgress {
 }
 
 /// `POST /worker/v1/tasks/{id}/heartbeat`: renews the lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub attempt: u32,
@@ -105,7 +111,7 @@ pub struct HeartbeatRequest {
 }
 
 /// What the worker does after a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// The lease is renewed; keep going.
@@ -114,13 +120,13 @@ pub enum Action {
     Cancel,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     pub action: Action,
 }
 
 /// What the worker used, for billing and the usage endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
     pub images: u32,
@@ -130,7 +136,7 @@ pub struct Usage {
 
 /// The `modelOutputs` a client reads (SPEC 1.2): built typed by the worker, stored as
 /// this JSON, and served as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOutputs {
     /// Base64 images, one per `num_images_per_prompt`.
@@ -150,18 +156,21 @@ pub struct ModelOutputs {
 /// release optional): a worker and an API node of different versions must not turn a
 /// finished result into a refused one, which would fail the task for good. A field the
 /// server does not know is dropped from what clients read until it is updated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Meta {
     #[serde(rename = "PIPELINE")]
+    #[schema(schema_with = crate::schema::pipeline_output)]
     pub pipeline: Pipeline,
     /// The scheduler that ran: the requested one, or the model's own.
     #[serde(rename = "SCHEDULER")]
+    #[schema(schema_with = crate::schema::scheduler_output)]
     pub scheduler: SchedulerKind,
     pub width: u32,
     pub height: u32,
     pub num_inference_steps: u32,
     pub num_images_per_prompt: u32,
     /// The images' MIME type (`image/png`, ...).
+    #[schema(inline)]
     pub image_format: MimeType,
     /// The prompt was longer than the text encoder reads (77 tokens) and was cut.
     pub prompt_truncated: bool,
@@ -196,7 +205,7 @@ impl From<MimeType> for &'static str {
 }
 
 /// `$timings`, in milliseconds; read leniently, as [`Meta`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     /// From the POST's acceptance to the start of inference.
     pub queue: u64,
@@ -209,7 +218,7 @@ pub struct Timings {
 }
 
 /// `POST /worker/v1/tasks/{id}/complete`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub attempt: u32,
@@ -218,7 +227,7 @@ pub struct CompleteRequest {
 }
 
 /// `POST /worker/v1/tasks/{id}/fail`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     pub attempt: u32,
@@ -232,7 +241,7 @@ pub struct FailRequest {
 
 /// `POST /worker/v1/tasks/{id}/release`: the worker is shutting down; the task goes back to
 /// the queue without counting the attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     pub attempt: u32,
@@ -240,7 +249,7 @@ pub struct ReleaseRequest {
 
 /// `200` to complete, fail and release: the call was this attempt's, and took effect.
 /// (A call for an attempt that no longer owns the task is `409` with code `lease_lost`.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub accepted: bool,
 }

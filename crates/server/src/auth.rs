@@ -28,7 +28,11 @@ impl FromRequestParts<AppState> for Authorized {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let name = path_param(parts, state, "org").await?;
-        let org = authorize(state, &parts.headers, &parts.method, &name).await?;
+        let (org, caller) = authorize(state, &parts.headers, &parts.method, &name).await?;
+        // Once the caller and organization are known good (so only they get buckets), and
+        // before any body byte is read.
+        let slot = parts.extensions.get::<crate::rate_limit::Slot>();
+        state.rate_limits.admit(&caller, org, slot)?;
         Ok(Authorized { org, name })
     }
 }
@@ -117,14 +121,19 @@ async fn caller(
     Ok(Caller::Session(user.account))
 }
 
-/// Checks the caller and the organization; returns the organization to act on.
+/// Checks the caller and the organization; returns the organization to act on, and who
+/// the caller is for the rate limits.
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
     org: &str,
-) -> Result<OrgId, ApiError> {
+) -> Result<(OrgId, crate::rate_limit::Caller), ApiError> {
     let caller = caller(state, headers, method).await?;
+    let limited = match &caller {
+        Caller::Key(key) => crate::rate_limit::Caller::key(key),
+        Caller::Session(account) => crate::rate_limit::Caller::Session(*account),
+    };
     // A name that cannot be one is echoed as far as InvalidValue keeps it.
     let unknown_org = |shown: &str| {
         ApiError::client(
@@ -163,6 +172,6 @@ async fn authorize(
                 "organization {org:?} has no billing information yet; add it (`sie admin org approve {org}`) and try again"
             ),
         )),
-        Some(OrgAccess::Allowed(id)) => Ok(id),
+        Some(OrgAccess::Allowed(id)) => Ok((id, limited)),
     }
 }

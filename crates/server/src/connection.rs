@@ -52,6 +52,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = state.settings.limits.clone();
+    let (stop, stopping) = watch::channel(false);
+    // The webhook outbox is delivered by every process that serves the API.
+    tokio::spawn(crate::webhooks::deliver(state.clone(), stopping.clone()));
     let router = crate::router(state);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -60,7 +63,6 @@ pub async fn serve(
         .max_headers(MAX_HEADERS);
     let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(max_connections as usize));
-    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {

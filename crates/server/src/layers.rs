@@ -10,7 +10,8 @@
 //! - [`safe_headers`]: `nosniff` and `no-store` on every answer: most carry one
 //!   organization's data, and none (a refusal, a health check) is worth keeping in a shared
 //!   cache, so one layer at the top covers refusals made before any route runs (405, 408,
-//!   414) too.
+//!   414) too. The one route that sets its own `Cache-Control` keeps it: the `/docs`
+//!   viewer's script, the same bytes for everyone at a path that names its version.
 //! - [`cors`]: only for the origins the operator lists, none by default.
 
 use std::time::Duration;
@@ -116,7 +117,10 @@ pub(crate) async fn safe_headers(mut response: Response) -> Response {
         HeaderName::from_static("x-content-type-options"),
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A route may say otherwise: the docs viewer's script, immutable at a versioned path.
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     response
 }
 
@@ -133,6 +137,13 @@ pub(crate) fn cors(origins: &[CorsOrigin]) -> CorsLayer {
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
         ])
-        .expose_headers([header::LOCATION, header::RETRY_AFTER])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            crate::REQUEST_ID_HEADER,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
         .max_age(Duration::from_secs(600))
 }

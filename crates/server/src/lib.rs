@@ -17,6 +17,10 @@
 //!   one; `slots.rs`: store calls and image decodes, a fixed number at a time.
 //! - `results.rs`: finished results served from a shared cache without a copy per GET.
 //! - `public_url.rs`: the URLs handed out, and which headers they may come from.
+//! - [`metrics`]: `/metrics`, each event counted once by its one owner; `rate_limit.rs`:
+//!   requests per key and per organization; `request_id.rs`: `X-Request-Id` and the log
+//!   span of every request.
+//! - [`webhooks`]: the outbox's deliveries (signed, retried, never to private addresses).
 //!
 //! The server holds no tensors and runs no model: tasks go into the store and come out
 //! of it; workers (in this process or elsewhere) do the rest. The store is synchronous, so
@@ -27,14 +31,18 @@ mod body;
 mod connection;
 pub mod error;
 mod layers;
+pub mod metrics;
 mod portal;
 mod problem_io;
 mod public_url;
+mod rate_limit;
+mod request_id;
 mod results;
 mod routes;
 mod settings;
 mod slots;
 mod stall;
+pub mod webhooks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,9 +58,13 @@ pub use body::MAX_BODY;
 pub use connection::{serve, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use error::ApiError;
 pub use layers::MAX_URI_BYTES;
+pub use metrics::Metrics;
 pub use portal::{reset_password, PortalSettings};
 pub use public_url::{PublicUrl, PublicUrls};
-pub use settings::{default_decodes, CorsOrigin, Limits, Settings};
+pub use request_id::REQUEST_ID_HEADER;
+pub use settings::{default_decodes, CorsOrigin, Limits, Rate, Settings};
+pub use settings::{DEFAULT_PER_KEY, DEFAULT_PER_ORG};
+pub use webhooks::WebhookSettings;
 
 /// What the routes share.
 #[derive(Clone)]
@@ -77,6 +89,12 @@ pub struct AppState {
     stopping: Arc<AtomicBool>,
     /// The portal's failed log-ins, per email and per address, in this process.
     portal_throttle: Arc<portal::Throttle>,
+    /// What `/metrics` shows of this node.
+    pub metrics: Arc<Metrics>,
+    /// The store's queue with this node's counts: every worker report goes through it.
+    queue: Arc<dyn sie_store::Queue>,
+    /// Requests per key and per organization on this node.
+    rate_limits: Arc<rate_limit::RateLimits>,
 }
 
 /// The address of the connection a request came on (the peer: a proxy's, behind one).
@@ -86,7 +104,15 @@ pub struct ClientAddress(pub std::net::IpAddr);
 impl AppState {
     pub fn new(store: Arc<dyn Store>, workers: Workers, settings: Settings) -> Self {
         let limits = &settings.limits;
+        let metrics = Arc::new(Metrics::new());
+        let queue = Arc::new(metrics::CountedQueue {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        });
         AppState {
+            rate_limits: Arc::new(rate_limit::RateLimits::new(limits.per_key, limits.per_org)),
+            metrics,
+            queue,
             wake: relay_work_signal(store.clone()),
             bodies: body::BodyBudget::new(limits.max_inflight_body_bytes),
             decodes: slots::Slots::new(limits.max_concurrent_decodes, "decoding an image"),
@@ -98,6 +124,12 @@ impl AppState {
             stopping: Arc::new(AtomicBool::new(false)),
             portal_throttle: Arc::new(portal::Throttle::default()),
         }
+    }
+
+    /// The queue for this process's own workers (`sie serve`'s `StoreSource`s): the store,
+    /// with every report they make counted in `/metrics` as remote workers' are.
+    pub fn worker_queue(&self) -> Arc<dyn sie_store::Queue> {
+        self.queue.clone()
     }
 
     /// Shutdown has begun: waiting lease calls answer `204` now and no new lease is handed

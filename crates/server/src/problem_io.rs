@@ -169,7 +169,9 @@ pub(crate) fn header_timeout(timeout: std::time::Duration) -> Vec<u8> {
     answer(&problem)
 }
 
-/// A whole HTTP/1.1 answer carrying `problem`, after which the connection closes.
+/// A whole HTTP/1.1 answer carrying `problem`, after which the connection closes. No
+/// request got as far as the router, so the answer's request id is a fresh one (logged
+/// nowhere, but present, as on every answer).
 fn answer(problem: &Problem) -> Vec<u8> {
     let status = problem.status;
     let reason = axum::http::StatusCode::from_u16(status)
@@ -180,9 +182,11 @@ fn answer(problem: &Problem) -> Vec<u8> {
     let mut answer = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
          x-content-type-options: nosniff\r\ncache-control: no-store\r\n\
-         connection: close\r\n\r\n",
+         {}: {}\r\nconnection: close\r\n\r\n",
         Problem::CONTENT_TYPE,
-        body.len()
+        body.len(),
+        crate::request_id::REQUEST_ID_HEADER.as_str(),
+        crate::request_id::fresh()
     )
     .into_bytes();
     answer.extend_from_slice(&body);

@@ -9,6 +9,7 @@ use axum::http::HeaderValue;
 use sie_store::{QueueCaps, DEFAULT_LEASE, DEFAULT_RESULT_TTL};
 
 use crate::public_url::PublicUrls;
+pub use crate::rate_limit::Rate;
 
 /// Everything a server is configured with.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Settings {
     pub cors_origins: Vec<CorsOrigin>,
     /// Who may sign up on the portal, and whether billing information approves at once.
     pub portal: crate::PortalSettings,
+    /// Where webhooks may be sent.
+    pub webhooks: crate::WebhookSettings,
 }
 
 impl Default for Settings {
@@ -38,6 +41,7 @@ impl Default for Settings {
             urls: PublicUrls::FromHost,
             cors_origins: Vec::new(),
             portal: crate::PortalSettings::default(),
+            webhooks: crate::WebhookSettings::default(),
         }
     }
 }
@@ -63,7 +67,27 @@ pub struct Limits {
     pub max_concurrent_decodes: usize,
     /// Bytes of finished results kept in memory for polling clients.
     pub result_cache_bytes: u64,
+    /// Requests per API key (or portal session) on this node: past it, 429 `rate_limited`.
+    pub per_key: Rate,
+    /// Requests per organization on this node, whichever keys make them.
+    pub per_org: Rate,
 }
+
+/// Per key, 200 a second with 1000 at once. Far above a client that polls its tasks once
+/// or twice a second each, or posts a batch: a hundred tasks in flight polled in a loop
+/// with a 50 ms pause, as `sie`'s own tests do, stays within it for many seconds. What it
+/// stops is a runaway loop with no pause at all, thousands a second: one key then takes
+/// at most about a sixth of a two-core node's GETs (3,400 a second measured,
+/// `docs/benchmarks.md`). Per organization, twice that, so a team's keys together get
+/// more than one but not the node.
+pub const DEFAULT_PER_KEY: Rate = Rate {
+    per_second: 200,
+    burst: 1000,
+};
+pub const DEFAULT_PER_ORG: Rate = Rate {
+    per_second: 400,
+    burst: 2000,
+};
 
 impl Default for Limits {
     fn default() -> Self {
@@ -75,6 +99,8 @@ impl Default for Limits {
             max_inflight_body_bytes: 256 << 20,
             max_concurrent_decodes: default_decodes(),
             result_cache_bytes: 512 << 20,
+            per_key: DEFAULT_PER_KEY,
+            per_org: DEFAULT_PER_ORG,
         }
     }
 }

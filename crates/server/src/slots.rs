@@ -40,9 +40,12 @@ impl Slots {
             .acquire_owned()
             .await
             .expect("the slots are never closed");
+        // The caller's span (its request id) goes with the work, so what it logs says
+        // which request it served.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            work()
+            span.in_scope(work)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("{what} panicked: {e}")))

@@ -1,7 +1,8 @@
 //! `sie`: the command-line binary that wires the crates together.
 //!
 //! # Layout
-//! - `commands/model.rs`: `sie model tiny|check|run`, the engine offline.
+//! - `commands/model.rs`: `sie model tiny|check|run`, the engine offline; `commands/pull.rs`:
+//!   `sie model pull`, a model directory from the Hugging Face hub.
 //! - `commands/generate.rs`: `sie generate`, a client with a progress bar.
 //! - `commands/admin.rs`: `sie admin`, accounts, organizations and keys.
 //! - `commands/serve.rs`: `sie serve`, the API with in-process workers on SQLite.

@@ -149,16 +149,25 @@ impl Driver {
         );
     }
 
-    /// Types `text` into the field labelled `label` (found through its `<label for>`).
+    /// Types `text` into the field labelled `label` (found through its `<label for>`), once
+    /// the page that has it has loaded (a click before may still be navigating).
     fn fill(&self, label: &str, text: &str) {
-        let for_id = self.script(
-            "const l = [...document.querySelectorAll('label')].find(l => l.textContent.trim() === arguments[0]); return l ? l.htmlFor : null;",
-            json!([label]),
-        );
-        let for_id = for_id
-            .as_str()
-            .unwrap_or_else(|| panic!("no field labelled {label:?}"))
-            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let for_id = loop {
+            let for_id = self.script(
+                "const l = [...document.querySelectorAll('label')].find(l => l.textContent.trim() === arguments[0]); return l ? l.htmlFor : null;",
+                json!([label]),
+            );
+            if let Some(id) = for_id.as_str() {
+                break id.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no field labelled {label:?}:\n{}",
+                self.source()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let id = self.find(&format!("#{for_id}"));
         self.call(
             reqwest::Method::POST,

@@ -415,3 +415,140 @@ fn a_forgotten_portal_password_is_reset_by_the_operator_and_manual_approval_wait
     admin(&data_dir, &["org", "approve", "lins"]);
     assert!(page("/portal/orgs/lins").contains("approved"));
 }
+
+/// A request a receiver got: its head, its body, and the status it was answered.
+type Hooked = (String, Vec<u8>, u16);
+
+/// A webhook receiver on 127.0.0.1: one thread answering each request `503` until
+/// `accepting` is raised, `204` after; every request it got.
+struct Receiver {
+    url: String,
+    accepting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Hooked>>>,
+}
+
+fn receiver() -> Receiver {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let accepting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, g) = (accepting.clone(), got.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let status = if a.load(Ordering::SeqCst) { 204 } else { 503 };
+            g.lock().unwrap().push((head, body, status));
+            let answer =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = reader.get_mut().write_all(answer.as_bytes());
+        }
+    });
+    Receiver {
+        url,
+        accepting,
+        got,
+    }
+}
+
+/// A header's value in a raw request head.
+fn header_of<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {head}"))
+}
+
+#[test]
+fn a_killed_server_delivers_its_pending_webhooks_after_restart() {
+    use hmac::{Hmac, Mac};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = receiver();
+    let args = ["--allow-private-webhooks"];
+    let mut server = Server::start(dir.path(), &args, None);
+    let data_dir = ["--data-dir", dir.path().to_str().unwrap()];
+    let secret = admin(&data_dir, &["org", "webhook-secret", "default"]);
+    let secret = secret.trim().to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+
+    let mut body = small(11, 1, 2);
+    body["callInputs"]["webhook_url"] = hook.url.clone().into();
+    let url = server.submit(body);
+    let done = server.finish(&url, Duration::from_secs(120));
+    assert_eq!(done["status"], "success", "{done}");
+    // The receiver refuses the first attempt; the delivery is pending when the server dies.
+    assert!(common::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || !hook.got.lock().unwrap().is_empty()
+    ));
+    server.proc.kill9();
+    let key = server.key.clone();
+    drop(server);
+    hook.accepting.store(true, Ordering::SeqCst);
+
+    let _server = Server::start(dir.path(), &args, Some(&key));
+    let delivered = || {
+        hook.got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, _, status)| *status == 204)
+            .cloned()
+    };
+    assert!(
+        common::eventually(Duration::from_secs(120), Duration::from_millis(50), || {
+            delivered().is_some()
+        }),
+        "the pending webhook was not delivered after the restart"
+    );
+    let (head, body, _) = delivered().unwrap();
+    // Verified as a Standard Webhooks receiver does.
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    let (id, timestamp) = (
+        header_of(&head, "webhook-id"),
+        header_of(&head, "webhook-timestamp"),
+    );
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    assert_eq!(header_of(&head, "webhook-signature"), expected);
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["status"], "success");
+    assert_eq!(sent["requestId"], done["requestId"]);
+    assert_eq!(
+        sent["modelOutputs"]["images"],
+        done["modelOutputs"]["images"]
+    );
+}

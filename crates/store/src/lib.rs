@@ -45,5 +45,5 @@ pub use keys::{NewApiKey, NewWorkerToken};
 pub use postgres::PostgresStore;
 pub use signal::WorkSignal;
 pub use sqlite::SqliteStore;
-pub use store::{Accounts, Portal, Queue, Store, Tasks, WorkerTokens, RECHECK};
+pub use store::{Accounts, Portal, Queue, Store, Tasks, Webhooks, WorkerTokens, RECHECK};
 pub use types::*;

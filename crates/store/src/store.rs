@@ -191,8 +191,13 @@ pub trait Tasks: Send + Sync {
     /// finished task left out, oldest first.
     fn usage(&self, org: OrgId, from: UtcDay, to: UtcDay) -> Result<Vec<DailyUsage>>;
 
-    /// How many tasks wait and run at `now`, across all organizations.
+    /// How many tasks wait and run at `now`, across all organizations, how long the
+    /// oldest has waited, and how many leases lapsed unreported (what `/metrics` shows).
     fn queue_stats(&self, now: Timestamp) -> Result<QueueStats>;
+
+    /// Where the task `id` stands, whatever its organization: for whoever accepted a
+    /// worker's report and counts how tasks end. `None` for an unknown or deleted task.
+    fn task_outcome(&self, id: TaskId) -> Result<Option<TaskOutcome>>;
 
     /// Deletes tasks that finished at least `result_ttl` before `now`, results
     /// and idempotency keys with them; returns how many. Usage totals stay.
@@ -256,10 +261,10 @@ pub trait Queue: Send + Sync {
     }
 
     /// Finishes the tasks whose lease lapsed and that may not run again (out
-    /// of attempts: `worker_lost`; cancel requested: `cancelled`); returns how
-    /// many. [`Queue::lease`] does this first; the expiry sweep calls it too,
+    /// of attempts: `worker_lost`; cancel requested: `cancelled`); returns them.
+    /// [`Queue::lease`] does this first; the expiry sweep calls it too,
     /// so such tasks end even while no worker asks for work.
-    fn sweep(&self, now: Timestamp) -> Result<u64>;
+    fn sweep(&self, now: Timestamp) -> Result<Vec<TaskId>>;
 
     /// Renews the lease of `fence`'s attempt and records progress. Answers `Lost` when
     /// that attempt of that worker no longer owns the task (fenced on `state = running
@@ -304,9 +309,38 @@ pub trait Queue: Send + Sync {
     fn release(&self, fence: &Fence, now: Timestamp) -> Result<bool>;
 }
 
+/// Webhooks (SPEC 1.1 `callInputs.webhook_url`): each organization's signing secret and
+/// the outbox of deliveries, which the queue fills in the transaction that ends a task
+/// with a webhook URL. The API process delivers them; the worker never does.
+pub trait Webhooks: Send + Sync {
+    /// Sets (or replaces) the organization's signing secret; `UnknownOrg` if none has the
+    /// name. The secret is kept as given: signing needs it.
+    fn set_webhook_secret(&self, org: &OrgName, secret: &str) -> Result<()>;
+
+    /// The organization's signing secret, if one was set.
+    fn webhook_secret(&self, org: OrgId) -> Result<Option<String>>;
+
+    /// Claims up to `limit` deliveries that are due at `now` for one attempt each, held
+    /// until `now + hold` (after which, unreported, they are due again: the node that
+    /// claimed them is presumed gone). Each claim counts an attempt. Oldest due first;
+    /// deliveries another caller is claiming at the same moment are passed over.
+    fn claim_deliveries(&self, limit: u32, hold: Duration, now: Timestamp)
+        -> Result<Vec<Delivery>>;
+
+    /// Records how the attempt `delivery` was claimed for ended; `false` (nothing written)
+    /// when the delivery already ended, or, for a failure, when that is no longer its latest
+    /// attempt. A success is recorded from any attempt.
+    fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        outcome: &DeliveryOutcome,
+        now: Timestamp,
+    ) -> Result<bool>;
+}
+
 /// Every role at once, for the callers that wire them all (the server's state, `sie`'s
 /// commands). Any type with the four roles is a `Store`, and an `Arc<dyn Store>` upcasts
 /// to the one role a component needs (`Arc<dyn Queue>`).
-pub trait Store: Accounts + Portal + WorkerTokens + Tasks + Queue {}
+pub trait Store: Accounts + Portal + WorkerTokens + Tasks + Queue + Webhooks {}
 
-impl<T: Accounts + Portal + WorkerTokens + Tasks + Queue + ?Sized> Store for T {}
+impl<T: Accounts + Portal + WorkerTokens + Tasks + Queue + Webhooks + ?Sized> Store for T {}

@@ -48,6 +48,24 @@ pub struct QueueStats {
     pub queued: u64,
     /// Running under a live lease.
     pub running: u64,
+    /// When the oldest waiting task was created; `None` when none waits.
+    pub oldest_waiting_since: Option<Timestamp>,
+    /// Running tasks whose lease lapsed without a report and that no worker took up again
+    /// yet (they wait for another attempt, or for the sweep to end them).
+    pub lapsed: u64,
+}
+
+/// Where a task stands, read by id alone, so that whoever accepted a worker's report can
+/// count how the task ended (`/metrics`) without knowing its organization beforehand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskOutcome {
+    pub org: OrgName,
+    /// The stored state (a lapsed lease still reads `Running`).
+    pub state: TaskState,
+    /// The latest attempt: a report on an earlier one did not end the task.
+    pub attempt: u32,
+    /// The failure's code, for a failed task.
+    pub code: Option<String>,
 }
 
 /// An organization as `sie admin org list` shows it.
@@ -190,6 +208,9 @@ pub struct NewTask<'a> {
     pub request_json: &'a str,
     pub needs: TaskNeeds,
     pub idempotency: Option<Idempotency<'a>>,
+    /// Where the task's final status is posted when it ends (already checked by the API);
+    /// the delivery is queued in the transaction that ends the task.
+    pub webhook_url: Option<&'a str>,
 }
 
 /// A client's `Idempotency-Key` and what identifies the request it came with: a retry
@@ -225,6 +246,9 @@ pub struct Leased {
     pub attempt: u32,
     pub request_json: String,
     pub created_at: Timestamp,
+    /// The task was running under a lease that lapsed (its worker presumed gone), not
+    /// queued: this attempt takes over from a lost one.
+    pub after_lapse: bool,
 }
 
 impl Leased {
@@ -423,3 +447,28 @@ pub struct DailyUsage {
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// How long finished tasks and their results are kept (SPEC 3's default).
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A webhook delivery claimed for one attempt: the outbox row of a task that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message id (`webhook-id`), the same on every attempt.
+    pub id: String,
+    pub task: TaskId,
+    pub org: OrgId,
+    pub url: String,
+    /// 1 on the first attempt; [`Webhooks::finish_delivery`](crate::Webhooks) is fenced on it.
+    pub attempt: u32,
+    /// When the task ended and the delivery was queued.
+    pub created_at: Timestamp,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The receiver answered 2xx: never sent again.
+    Delivered,
+    /// Not delivered; try again at `at`.
+    Retry { at: Timestamp, error: String },
+    /// Not delivered and never tried again (out of time, or the task is gone).
+    GiveUp { error: String },
+}

@@ -101,6 +101,7 @@ fn task(org: sie_store::OrgId) -> NewTask<'static> {
         request_json: "{}",
         needs: txt2img(),
         idempotency: None,
+        webhook_url: None,
     }
 }
 
@@ -160,7 +161,7 @@ fn nodes_starting_at_once_migrate_once() {
     let (recorded, distinct): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(
         (recorded, distinct),
-        (3, 3),
+        (4, 4),
         "each migration is recorded once"
     );
 }

@@ -53,6 +53,13 @@ macro_rules! vocabulary {
             /// Every spelling a refusal lists: canonical names, then their listed aliases.
             pub const SPELLINGS: &'static [&'static str] = &[$($text, $($alias,)*)*];
 
+            /// Every spelling `parse` takes: [`Self::SPELLINGS`] and the unlisted ones (in any
+            /// case too where [`Self::CASE_INSENSITIVE`]), for the OpenAPI document.
+            pub const ACCEPTED: &'static [&'static str] = &[$($text, $($alias,)* $($quiet,)*)*];
+
+            /// Whether `parse` ignores case.
+            pub const CASE_INSENSITIVE: bool = $ci;
+
             /// The canonical spelling (the wire name).
             pub fn as_str(self) -> &'static str {
                 match self {

@@ -71,6 +71,7 @@ fn enqueue(s: &Setup, body: Value) -> TaskId {
         request_json: &stored,
         needs: task.needs(),
         idempotency: None,
+        webhook_url: None,
     };
     let now = Timestamp::now();
     s.store.enqueue(&new, QueueCaps::default(), now).unwrap().id

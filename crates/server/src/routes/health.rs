@@ -3,15 +3,40 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use sie_api::answers::{Health, HealthStatus};
 
 use crate::{ApiError, AppState};
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness
+///
+/// The process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`.", body = sie_api::answers::Health)),
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: HealthStatus::Ok,
+    })
 }
 
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Readiness
+///
+/// The process answers and so does its store.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\"}`.", body = sie_api::answers::Health),
+        (status = 503, response = crate::routes::openapi::ServiceUnavailable),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state
         .store(|s| s.list_orgs().map(|_| ()))
         .await
@@ -24,5 +49,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
                 "the store does not answer; see the server's log",
             )
         })?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(Health {
+        status: HealthStatus::Ready,
+    }))
 }

@@ -1,7 +1,9 @@
 //! The route table, the layers around it (`layers.rs`), and the answers for routes and
 //! methods that do not exist.
 
+mod docs;
 mod health;
+mod openapi;
 pub(crate) mod tasks;
 mod usage;
 mod worker;
@@ -51,13 +53,21 @@ pub fn router(state: AppState) -> Router {
             &format!("{BASE}/{{id}}"),
             get(tasks::get::get).delete(tasks::delete::cancel),
         )
-        .route("/api/beta/organizations/{org}/usage", get(usage::usage));
+        .route("/api/beta/organizations/{org}/usage", get(usage::usage))
+        // The RateLimit-* headers of the limits the `Authorized` extractor checks.
+        .route_layer(from_fn(crate::rate_limit::headers));
     let limits = state.settings.limits.clone();
     // The request timeout around every route but the worker protocol's (see limit_time):
     // a layer reaches only the routes already in the router it is laid on.
     let timed = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/openapi/worker.json", get(openapi::worker_openapi_json))
+        .route("/docs", get(docs::page))
+        .route(docs::SCRIPT_PATH, get(docs::script))
+        .route(docs::LICENSE_PATH, get(docs::license))
         .merge(authenticated)
         .merge(crate::portal::routes())
         .layer(from_fn_with_state(limits.clone(), layers::limit_time));
@@ -72,10 +82,14 @@ pub fn router(state: AppState) -> Router {
         app = app.layer(layers::cors(&state.settings.cors_origins));
     }
     // Outside CORS, which answers every OPTIONS itself: these hold for preflights too.
+    let metrics = state.metrics.clone();
     app.layer(from_fn(layers::limit_uri))
         .layer(from_fn(layers::one_host))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        // Outside the panic catcher, so a panic's 500 is counted and carries its id.
+        .layer(from_fn_with_state(metrics, crate::metrics::count_requests))
         .layer(map_response(layers::safe_headers))
+        .layer(from_fn(crate::request_id::assign))
         .with_state(state)
 }
 
@@ -114,7 +128,9 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
-    tracing::error!(panic = %what, "a request handler panicked");
+    // Within the request's span too; named here so the line stands alone.
+    let request = crate::request_id::current().unwrap_or_default();
+    tracing::error!(request, panic = %what, "a request handler panicked");
     problem_response(
         &Problem::new(
             500,

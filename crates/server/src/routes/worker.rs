@@ -25,8 +25,8 @@ use sie_api::worker::{
 };
 use sie_api::{CreateTask, RequestError};
 use sie_store::{
-    Failure, FailureCode, Fence, Heartbeat, Leased, Progress, Store, StoreError, TaskId, TaskUsage,
-    Timestamp, WorkerName, WorkerOffer, RECHECK,
+    Failure, FailureCode, Fence, Heartbeat, Leased, Progress, Queue, Store, StoreError, TaskId,
+    TaskUsage, Timestamp, WorkerName, WorkerOffer, RECHECK,
 };
 
 use crate::{ApiError, AppState};
@@ -74,6 +74,7 @@ pub async fn require_worker(
         .store(move |s| s.authenticate_worker(&presented))
         .await?
         .ok_or_else(revoked)?;
+    state.metrics.worker_seen(name.as_str());
     request.extensions_mut().insert(Worker { name, token });
     Ok(next.run(request).await)
 }
@@ -186,13 +187,14 @@ where
 }
 
 /// Runs the write `write`, fenced on `fence`, on the store's thread; whether the fence held.
+/// It goes through the node's counted queue, so `/metrics` counts the report once.
 async fn fenced(
     state: &AppState,
     fence: &Fence,
-    write: impl FnOnce(&dyn Store, &Fence) -> Result<bool, StoreError> + Send + 'static,
+    write: impl FnOnce(&dyn Queue, &Fence) -> Result<bool, StoreError> + Send + 'static,
 ) -> Result<bool, ApiError> {
-    let fence = fence.clone();
-    state.store(move |s| write(s, &fence)).await
+    let (fence, queue) = (fence.clone(), state.worker_queue());
+    state.store(move |_| write(queue.as_ref(), &fence)).await
 }
 
 fn lease_lost(fence: &Fence) -> ApiError {
@@ -245,6 +247,7 @@ enum Look {
 /// not load is failed here, not handed out, and the look goes on).
 fn look(
     s: &dyn Store,
+    queue: &dyn Queue,
     token: &str,
     offer: &WorkerOffer,
     lease: Duration,
@@ -253,7 +256,7 @@ fn look(
         return Ok(Look::Revoked);
     }
     loop {
-        let Some(l) = s.lease(offer, lease, Timestamp::now())? else {
+        let Some(l) = queue.lease(offer, lease, Timestamp::now())? else {
             return Ok(Look::Empty);
         };
         match serde_json::from_str::<CreateTask>(&l.request_json) {
@@ -261,7 +264,7 @@ fn look(
             Err(e) => {
                 let message = format!("the stored request does not load: {e}");
                 let failure = Failure::new(INVALID_REQUEST, message, false);
-                s.fail(&l.fence(&offer.worker_id), &failure, Timestamp::now())?;
+                queue.fail(&l.fence(&offer.worker_id), &failure, Timestamp::now())?;
             }
         }
     }
@@ -273,6 +276,24 @@ fn look(
 /// each short look runs on the blocking pool. A look that leases a task after the worker
 /// hung up (its call dropped) gives the task straight back, so a vanished node does not
 /// cost the task an attempt.
+/// Lease a task
+///
+/// Waits up to `wait_seconds` for a task this worker can run; the task is its own until
+/// `lease_seconds` pass without a heartbeat.
+#[utoipa::path(
+    post,
+    path = "/lease",
+    context_path = sie_api::worker::PREFIX,
+    operation_id = "lease",
+    security(("worker_token" = [])),
+    request_body(content = LeaseRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A task, leased to this worker.", body = LeaseResponse<CreateTask>),
+        (status = 204, description = "No task came within `wait_seconds`, or the node is shutting down."),
+        (status = 401, response = crate::routes::openapi::WorkerUnauthorized),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge),
+    ),
+)]
 pub async fn lease(
     State(state): State<AppState>,
     Extension(worker): Extension<Worker>,
@@ -309,8 +330,9 @@ pub async fn lease(
         }
         let (answer, answered) = tokio::sync::oneshot::channel();
         let (store, token, offer) = (state.store.clone(), worker.token.clone(), offer.clone());
+        let queue = state.worker_queue();
         tokio::task::spawn_blocking(move || {
-            let outcome = look(store.as_ref(), &token, &offer, lease);
+            let outcome = look(store.as_ref(), queue.as_ref(), &token, &offer, lease);
             if let Err(Ok(Look::Leased(leased))) = answer.send(outcome) {
                 let (l, _) = *leased;
                 match store.release(&l.fence(&offer.worker_id), Timestamp::now()) {
@@ -360,6 +382,23 @@ pub async fn lease(
     .into_response())
 }
 
+/// Renew the lease, with progress
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/heartbeat",
+    context_path = sie_api::worker::PREFIX,
+    operation_id = "heartbeat",
+    security(("worker_token" = [])),
+    params(("id" = String, Path, description = "The task's id, as the lease gave it.")),
+    request_body(content = HeartbeatRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Renewed: continue, or stop because the client cancelled.", body = HeartbeatResponse),
+        (status = 401, response = crate::routes::openapi::WorkerUnauthorized),
+        (status = 404, response = crate::routes::openapi::WorkerNotFound),
+        (status = 409, response = crate::routes::openapi::LeaseLost),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge),
+    ),
+)]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Report(fence, HeartbeatRequest { progress, .. }): Report<HeartbeatRequest>,
@@ -380,6 +419,23 @@ pub async fn heartbeat(
     Ok(Json(HeartbeatResponse { action }))
 }
 
+/// Report the result
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/complete",
+    context_path = sie_api::worker::PREFIX,
+    operation_id = "complete",
+    security(("worker_token" = [])),
+    params(("id" = String, Path, description = "The task's id, as the lease gave it.")),
+    request_body(content = CompleteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The result is stored and the task succeeded.", body = Accepted),
+        (status = 401, response = crate::routes::openapi::WorkerUnauthorized),
+        (status = 404, response = crate::routes::openapi::WorkerNotFound),
+        (status = 409, response = crate::routes::openapi::LeaseLost),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge),
+    ),
+)]
 pub async fn complete(
     State(state): State<AppState>,
     Report(fence, done): Report<CompleteRequest>,
@@ -433,6 +489,23 @@ pub async fn complete(
     accepted(taken, &fence)
 }
 
+/// Report a failure
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/fail",
+    context_path = sie_api::worker::PREFIX,
+    operation_id = "fail",
+    security(("worker_token" = [])),
+    params(("id" = String, Path, description = "The task's id, as the lease gave it.")),
+    request_body(content = FailRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The failure is recorded (a retryable one queues the task again while attempts are left).", body = Accepted),
+        (status = 401, response = crate::routes::openapi::WorkerUnauthorized),
+        (status = 404, response = crate::routes::openapi::WorkerNotFound),
+        (status = 409, response = crate::routes::openapi::LeaseLost),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge),
+    ),
+)]
 pub async fn fail(
     State(state): State<AppState>,
     Report(fence, failed): Report<FailRequest>,
@@ -475,6 +548,23 @@ pub async fn fail(
     accepted(taken, &fence)
 }
 
+/// Give the task back
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/release",
+    context_path = sie_api::worker::PREFIX,
+    operation_id = "release",
+    security(("worker_token" = [])),
+    params(("id" = String, Path, description = "The task's id, as the lease gave it.")),
+    request_body(content = ReleaseRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task is queued again; the attempt does not count.", body = Accepted),
+        (status = 401, response = crate::routes::openapi::WorkerUnauthorized),
+        (status = 404, response = crate::routes::openapi::WorkerNotFound),
+        (status = 409, response = crate::routes::openapi::LeaseLost),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge),
+    ),
+)]
 pub async fn release(
     State(state): State<AppState>,
     Report(fence, _): Report<ReleaseRequest>,

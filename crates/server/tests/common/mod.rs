@@ -82,6 +82,10 @@ pub struct Options {
     pub inpainting: bool,
     /// `--request-timeout`.
     pub request_timeout: Duration,
+    /// The per-key and per-organization rate limits, when not the defaults.
+    pub rate_limits: Option<(sie_server::Rate, sie_server::Rate)>,
+    /// `--allow-private-webhooks`: webhooks to the test's own receivers on 127.0.0.1.
+    pub allow_private_webhooks: bool,
 }
 
 impl Default for Options {
@@ -93,6 +97,8 @@ impl Default for Options {
             lease: Duration::from_secs(60),
             inpainting: false,
             request_timeout: sie_server::Limits::default().request_timeout,
+            rate_limits: None,
+            allow_private_webhooks: false,
         }
     }
 }
@@ -126,6 +132,21 @@ impl Options {
     pub fn request_timeout(self, request_timeout: Duration) -> Self {
         Options {
             request_timeout,
+            ..self
+        }
+    }
+
+    /// See [`Options::allow_private_webhooks`].
+    pub fn allow_private_webhooks(self) -> Self {
+        Options {
+            allow_private_webhooks: true,
+            ..self
+        }
+    }
+
+    pub fn rate_limits(self, per_key: sie_server::Rate, per_org: sie_server::Rate) -> Self {
+        Options {
+            rate_limits: Some((per_key, per_org)),
             ..self
         }
     }
@@ -176,11 +197,24 @@ pub async fn spawn_app(options: Options) -> TestApp {
     };
     let capabilities = sie_worker::task::capabilities(&model);
     let announcement = sie_worker::task::announcement(&model, "tiny");
+    let mut settings = Settings {
+        caps: options.caps,
+        lease: options.lease,
+        ..Settings::default()
+    };
+    settings.limits.request_timeout = options.request_timeout;
+    settings.webhooks.allow_private = options.allow_private_webhooks;
+    if let Some((per_key, per_org)) = options.rate_limits {
+        (settings.limits.per_key, settings.limits.per_org) = (per_key, per_org);
+    }
+    let state = AppState::new(store.clone(), Workers::Local(capabilities), settings);
+    state.metrics.set_local_workers(options.workers);
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..options.workers)
         .map(|i| {
             let offer = sie_worker::task::offer(&announcement, &format!("local:{i}"));
-            let source = Arc::new(StoreSource::new(store.clone(), offer, options.lease));
+            // As `sie serve` does: through the API's counted queue.
+            let source = Arc::new(StoreSource::new(state.worker_queue(), offer, options.lease));
             let worker = Worker::new(source, model.clone()).with_stop(stop.clone());
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -192,13 +226,6 @@ pub async fn spawn_app(options: Options) -> TestApp {
             })
         })
         .collect();
-    let mut settings = Settings {
-        caps: options.caps,
-        lease: options.lease,
-        ..Settings::default()
-    };
-    settings.limits.request_timeout = options.request_timeout;
-    let state = AppState::new(store.clone(), Workers::Local(capabilities), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let root = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel();

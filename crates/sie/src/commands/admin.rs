@@ -3,7 +3,8 @@
 //!
 //! It opens the same store the servers use: the SQLite file of `sie serve` (WAL mode lets
 //! both run at once) or the PostgreSQL database of `sie api`. `key create` and
-//! `worker-token create` print only the secret on stdout, so scripts can capture it.
+//! `worker-token create` and `org webhook-secret` print only the secret on stdout, so
+//! scripts can capture it.
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -80,6 +81,10 @@ enum OrgCommand {
     },
     /// List organizations.
     List,
+    /// Make a new webhook signing secret for an organization, replacing any it had; prints
+    /// only the secret (`whsec_…`, shown once). Receivers verify the Standard Webhooks
+    /// signature of every delivery with it; one made before stops verifying at once.
+    WebhookSecret { name: String },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +158,15 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let approved = if o.approved_at.is_some() { "yes" } else { "no" };
                 println!("{}\t{approved}\t{}", o.name.as_str(), o.members);
             }
+        }
+        AdminCommand::Org(OrgCommand::WebhookSecret { name }) => {
+            let secret = sie_server::webhooks::Secret::generate().map_err(anyhow::Error::msg)?;
+            store.set_webhook_secret(&OrgName::parse(&name)?, &secret)?;
+            println!("{secret}");
+            eprintln!(
+                "the webhook signing secret of {name} (shown once); deliveries are signed \
+                 with it from now on"
+            );
         }
         AdminCommand::Key(KeyCommand::Create { account: who }) => {
             let key = store.create_api_key(account(&who)?, now)?;

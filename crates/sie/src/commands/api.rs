@@ -28,12 +28,18 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&args.database_url)?);
     let (runtime, listener) = super::common::bind(&args.server.listen)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let expiry = spawn_expiry(store.clone(), stop.clone(), args.server.result_ttl)?;
     // Remote workers announce what they run; this build's workers run the engine's pipelines.
     let workers = sie_server::Workers::Remote {
         pipelines: sie_engine::pipeline::PIPELINES.to_vec(),
     };
     let state = args.server.app_state(store.clone(), workers);
+    // Its sweep goes through the counted queue, so /metrics counts the tasks it ends.
+    let expiry = spawn_expiry(
+        store.clone(),
+        state.worker_queue(),
+        stop.clone(),
+        args.server.result_ttl,
+    )?;
     serve_until_signal(
         &runtime,
         listener,

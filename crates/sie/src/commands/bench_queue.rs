@@ -87,6 +87,7 @@ pub fn run(b: QueueBench) -> anyhow::Result<()> {
                         request_json: &request,
                         needs,
                         idempotency: None,
+                        webhook_url: None,
                     };
                     if let Err(e) = store.enqueue(&task, caps, Timestamp::now()) {
                         failed.store(true, Ordering::SeqCst);

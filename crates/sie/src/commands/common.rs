@@ -61,6 +61,21 @@ pub struct ServerArgs {
     /// 0 keeps none).
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub result_cache_bytes: u64,
+    /// Requests a second one API key may make, on average, on this server (kept in this
+    /// process's memory: behind a load balancer, each `sie api` node counts its own); past
+    /// it and --key-burst, 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, default_value_t = sie_server::DEFAULT_PER_KEY.per_second)]
+    pub key_rate_limit: u32,
+    /// Requests one API key may make at once before --key-rate-limit applies.
+    #[arg(long, default_value_t = sie_server::DEFAULT_PER_KEY.burst, value_parser = clap::value_parser!(u32).range(1..))]
+    pub key_burst: u32,
+    /// Requests a second one organization may make, all its keys together, on this server
+    /// (per node, in memory, as --key-rate-limit). 0 turns the limit off.
+    #[arg(long, default_value_t = sie_server::DEFAULT_PER_ORG.per_second)]
+    pub org_rate_limit: u32,
+    /// Requests one organization may make at once before --org-rate-limit applies.
+    #[arg(long, default_value_t = sie_server::DEFAULT_PER_ORG.burst, value_parser = clap::value_parser!(u32).range(1..))]
+    pub org_burst: u32,
     /// Build `resultUrl` and `Location` from the `X-Forwarded-Proto` and
     /// `X-Forwarded-Host` headers: only behind a proxy that sets them (and drops the
     /// client's own).
@@ -81,6 +96,11 @@ pub struct ServerArgs {
     /// for `sie admin org approve` (manual).
     #[arg(long, value_enum, default_value = "auto")]
     pub approval: Approval,
+    /// Let webhooks go to loopback, private, link-local and cloud-metadata addresses (a
+    /// receiver on this machine or its network). Off by default: a client could otherwise
+    /// make the server call into the network it runs in.
+    #[arg(long)]
+    pub allow_private_webhooks: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -117,6 +137,14 @@ impl ServerArgs {
                 .max_concurrent_decodes
                 .map_or_else(sie_server::default_decodes, |n| n as usize),
             result_cache_bytes: self.result_cache_bytes,
+            per_key: sie_server::Rate {
+                per_second: self.key_rate_limit,
+                burst: self.key_burst,
+            },
+            per_org: sie_server::Rate {
+                per_second: self.org_rate_limit,
+                burst: self.org_burst,
+            },
         };
         let settings = sie_server::Settings {
             caps: sie_store::QueueCaps {
@@ -131,6 +159,9 @@ impl ServerArgs {
             portal: sie_server::PortalSettings {
                 signup_open: matches!(self.signup, Signup::Open),
                 auto_approval: matches!(self.approval, Approval::Auto),
+            },
+            webhooks: sie_server::WebhookSettings {
+                allow_private: self.allow_private_webhooks,
             },
         };
         sie_server::AppState::new(store, workers, settings)
@@ -297,10 +328,12 @@ pub fn sleep_unless(stop: &AtomicBool, d: Duration) {
 }
 
 /// Deletes results older than `ttl`, and finishes lapsed tasks that may not run again
-/// ([`Store::sweep`], so they end even while no worker polls), every minute (or every `ttl`
+/// (`queue`'s sweep, the API's counted queue, so they end even while no worker polls, and
+/// /metrics counts them), every minute (or every `ttl`
 /// when shorter) until `stop`. Several API nodes may each run one: both are idempotent.
 pub fn spawn_expiry(
     store: Arc<dyn Store>,
+    queue: Arc<dyn sie_store::Queue>,
     stop: Arc<AtomicBool>,
     ttl: Duration,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -308,9 +341,12 @@ pub fn spawn_expiry(
         .name("expiry".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                match store.sweep(Timestamp::now()) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(finished = n, "lapsed tasks out of attempts finished"),
+                match queue.sweep(Timestamp::now()) {
+                    Ok(swept) if swept.is_empty() => {}
+                    Ok(swept) => tracing::info!(
+                        finished = swept.len(),
+                        "lapsed tasks out of attempts finished"
+                    ),
                     Err(e) => tracing::error!(error = %e, "sweep failed"),
                 }
                 match store.expire(ttl, Timestamp::now()) {

@@ -6,5 +6,6 @@ pub mod common;
 pub mod data_dir;
 pub mod generate;
 pub mod model;
+pub mod pull;
 pub mod serve;
 pub mod worker;

@@ -32,6 +32,9 @@ pub enum ModelCommand {
     /// Generate images from a prompt, offline (from an image too with --image, inpainting
     /// with --mask).
     Run(Box<RunArgs>),
+    /// Fetch a model directory from the Hugging Face hub (HF_ENDPOINT, HF_TOKEN), verify
+    /// every file, then check it.
+    Pull(Box<super::pull::PullArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -159,24 +162,29 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelCommand::Check { dir, device } => {
-            let files = ModelFiles::open(&dir)?;
-            for (key, value) in files.summary() {
-                println!("{key}: {value}");
-            }
-            // Building the networks checks every tensor's presence and shape.
-            let options = device.load_options(SafetyCheckerSource::ModelDefault)?;
-            let model = StableDiffusion::load(&dir, &options)?;
-            let runs_on = model.runs_on();
-            println!("device: {} ({})", runs_on.device, runs_on.precision);
-            if let Some(checker) = &model.safety_checker {
-                println!("safety_checker: {}", checker.summary());
-            }
-            println!("ok: every tensor is present with the shape its config asks for");
-            Ok(())
-        }
+        ModelCommand::Check { dir, device } => check(&dir, &device),
         ModelCommand::Run(args) => generate(*args),
+        ModelCommand::Pull(args) => super::pull::run(*args),
     }
+}
+
+/// `sie model check DIR`: the directory's summary, then the networks built on `device`
+/// (`sie model pull` ends with it too).
+pub(crate) fn check(dir: &Path, device: &DeviceArgs) -> anyhow::Result<()> {
+    let files = ModelFiles::open(dir)?;
+    for (key, value) in files.summary() {
+        println!("{key}: {value}");
+    }
+    // Building the networks checks every tensor's presence and shape.
+    let options = device.load_options(SafetyCheckerSource::ModelDefault)?;
+    let model = StableDiffusion::load(dir, &options)?;
+    let runs_on = model.runs_on();
+    println!("device: {} ({})", runs_on.device, runs_on.precision);
+    if let Some(checker) = &model.safety_checker {
+        println!("safety_checker: {}", checker.summary());
+    }
+    println!("ok: every tensor is present with the shape its config asks for");
+    Ok(())
 }
 
 fn generate(args: RunArgs) -> anyhow::Result<()> {

@@ -69,12 +69,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (runtime, listener) = super::common::bind(&args.server.listen)?;
     let first_key = bootstrap(store.as_ref())?;
 
+    let state = args.server.app_state(
+        store.clone(),
+        sie_server::Workers::Local(sie_worker::task::capabilities(&model)),
+    );
+    state.metrics.set_local_workers(args.workers);
+    state.metrics.leases_lapsed(released);
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..args.workers)
         .map(|i| {
             // See LOCAL_WORKERS: no remote worker can pass for a local one in the fence.
             let offer = sie_worker::task::offer(&announcement, &format!("{LOCAL_WORKERS}{i}"));
-            let source = Arc::new(StoreSource::new(store.clone(), offer, args.server.lease));
+            // Through the API's counted queue, so /metrics counts their reports.
+            let queue = state.worker_queue();
+            let source = Arc::new(StoreSource::new(queue, offer, args.server.lease));
             Worker::new(source, model.clone()).with_stop(stop.clone())
         })
         .collect();
@@ -87,14 +95,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     threads.push(spawn_expiry(
         store.clone(),
+        state.worker_queue(),
         stop.clone(),
         args.server.result_ttl,
     )?);
 
-    let state = args.server.app_state(
-        store.clone(),
-        sie_server::Workers::Local(sie_worker::task::capabilities(&model)),
-    );
     serve_until_signal(
         &runtime,
         listener,

@@ -9,19 +9,21 @@
 //! TTLs are tested without sleeping.
 //!
 //! The checks are grouped by role: [`accounts`] (accounts, organizations, keys and
-//! worker tokens), [`portal`] (sign-in, sessions, members, billing), [`tasks`] (the client's side of the queue) and [`queue`] (the
-//! worker's side: leasing, fairness, fencing). Behind the crate's `conformance`
+//! worker tokens), [`portal`] (sign-in, sessions, members, billing), [`tasks`] (the client's side of the queue), [`queue`] (the
+//! worker's side: leasing, fairness, fencing) and [`webhooks`] (secrets, the outbox). Behind the crate's `conformance`
 //! feature, so the library does not carry them.
 
 mod accounts;
 mod portal;
 mod queue;
 mod tasks;
+mod webhooks;
 
 pub use accounts::*;
 pub use portal::*;
 pub use queue::*;
 pub use tasks::*;
+pub use webhooks::*;
 
 use std::time::Duration;
 
@@ -74,9 +76,14 @@ macro_rules! conformance_tests {
             work_signal_rings_on_enqueue_and_requeue,
             sweep_finishes_lapsed_tasks_without_a_lease,
             lapse_leases_frees_what_one_process_held,
+            queue_stats_and_task_outcomes,
             portal_sign_up_and_sessions,
             portal_orgs_members_and_billing,
-            api_keys_remember_their_last_use
+            api_keys_remember_their_last_use,
+            webhook_secrets,
+            webhook_deliveries_are_queued_as_tasks_end,
+            webhook_attempts_are_claimed_fenced_and_retried,
+            webhook_deliveries_expire_with_their_task
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -138,6 +145,7 @@ fn new_task<'a>(org: OrgId, body: &'a str, key: Option<&'a IdempotencyKey>) -> N
             request: body,
             result_ttl: RESULT_TTL,
         }),
+        webhook_url: None,
     }
 }
 

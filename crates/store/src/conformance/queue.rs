@@ -110,14 +110,18 @@ pub fn lease_expiry_requeues(h: &dyn Harness) {
         s.queue_stats(secs(110)).unwrap(),
         QueueStats {
             queued: 1,
-            running: 0
+            running: 0,
+            oldest_waiting_since: Some(secs(0)),
+            lapsed: 1,
         }
     );
     assert_eq!(
         s.queue_stats(secs(109)).unwrap(),
         QueueStats {
             queued: 0,
-            running: 1
+            running: 1,
+            oldest_waiting_since: None,
+            lapsed: 0,
         }
     );
     // Lapsed: the next lease is attempt 2 of the same task.
@@ -579,10 +583,10 @@ pub fn sweep_finishes_lapsed_tasks_without_a_lease(h: &dyn Harness) {
     );
     let waiting = enqueue(s, a, "{}", secs(302));
     // Nothing has lapsed yet.
-    assert_eq!(s.sweep(secs(359)).unwrap(), 0);
+    assert_eq!(s.sweep(secs(359)).unwrap(), []);
     // Both leases lapsed, nobody asks for work: the sweep ends them, and only them.
-    assert_eq!(s.sweep(secs(400)).unwrap(), 2);
-    assert_eq!(s.sweep(secs(400)).unwrap(), 0);
+    assert_eq!(s.sweep(secs(400)).unwrap().len(), 2);
+    assert_eq!(s.sweep(secs(400)).unwrap(), []);
     let v = view(s, a, lost);
     assert_eq!(v.state, TaskState::Failed);
     assert_eq!(v.error.unwrap().code, codes::WORKER_LOST);
@@ -649,4 +653,71 @@ pub fn lapse_leases_frees_what_one_process_held(h: &dyn Harness) {
         s.lapse_leases("", secs(12)),
         Err(crate::StoreError::BadArgument(_))
     ));
+}
+
+pub fn queue_stats_and_task_outcomes(h: &dyn Harness) {
+    let s = &*h.open();
+    let a = approved_org(s, "a");
+    let b = approved_org(s, "b");
+    let empty = s.queue_stats(secs(0)).unwrap();
+    assert_eq!(
+        empty,
+        QueueStats {
+            queued: 0,
+            running: 0,
+            oldest_waiting_since: None,
+            lapsed: 0,
+        }
+    );
+    let first = enqueue(s, a, "{}", secs(1));
+    let second = enqueue(s, b, "{}", secs(2));
+    let third = enqueue(s, a, "{}", secs(3));
+    // The oldest waiting task is the first, until it is leased.
+    let stats = s.queue_stats(secs(4)).unwrap();
+    assert_eq!((stats.queued, stats.running), (3, 0));
+    assert_eq!(stats.oldest_waiting_since, Some(secs(1)));
+    assert_eq!(lease(s, secs(4)).unwrap().id, first);
+    let stats = s.queue_stats(secs(5)).unwrap();
+    assert_eq!((stats.queued, stats.running, stats.lapsed), (2, 1, 0));
+    assert_eq!(stats.oldest_waiting_since, Some(secs(2)));
+    // Its lease lapses: it waits again, the oldest, and counts as lapsed.
+    let stats = s.queue_stats(secs(4 + 60)).unwrap();
+    assert_eq!((stats.queued, stats.running, stats.lapsed), (3, 0, 1));
+    assert_eq!(stats.oldest_waiting_since, Some(secs(1)));
+
+    // Outcomes, read by id alone, name the organization.
+    let outcome = s.task_outcome(second).unwrap().unwrap();
+    assert_eq!(outcome.org.as_str(), "b");
+    assert_eq!(
+        (outcome.state, outcome.attempt, outcome.code),
+        (TaskState::Queued, 0, None)
+    );
+    let running = s.task_outcome(first).unwrap().unwrap();
+    assert_eq!((running.state, running.attempt), (TaskState::Running, 1));
+    assert!(s
+        .complete(
+            &Fence::new(W, first, 1),
+            "{}",
+            TaskUsage::default(),
+            secs(6)
+        )
+        .unwrap());
+    let done = s.task_outcome(first).unwrap().unwrap();
+    assert_eq!(done.org.as_str(), "a");
+    assert_eq!((done.state, done.attempt), (TaskState::Succeeded, 1));
+    // A retryable failure that leaves attempts puts the task back: not an end.
+    let l = lease(s, secs(7)).unwrap();
+    assert_eq!(l.id, second);
+    let retry = Failure::new(code("engine_error"), "try again", true);
+    assert!(s.fail(&l.fence(W), &retry, secs(8)).unwrap());
+    let requeued = s.task_outcome(second).unwrap().unwrap();
+    assert_eq!((requeued.state, requeued.attempt), (TaskState::Queued, 1));
+    assert_eq!(
+        s.cancel(a, third, secs(9)).unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let cancelled = s.task_outcome(third).unwrap().unwrap();
+    assert_eq!(cancelled.state, TaskState::Failed);
+    assert_eq!(cancelled.code.as_deref(), Some(codes::CANCELLED));
+    assert_eq!(s.task_outcome(TaskId::random()).unwrap(), None);
 }

@@ -70,6 +70,7 @@ pub fn idempotency_key_is_forgotten_when_its_result_expires(h: &dyn Harness) {
             request: body,
             result_ttl: ttl,
         }),
+        webhook_url: None,
     };
     let first = s.enqueue(&task("{\"n\":1}"), CAPS, secs(0)).unwrap();
     let repeat = Enqueued {

@@ -23,6 +23,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_digest.sql")),
     (3, include_str!("../../migrations/postgres/0003_portal.sql")),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_webhooks.sql"),
+    ),
 ];
 
 /// Advisory lock key (arbitrary, but fixed: every node must use the same).

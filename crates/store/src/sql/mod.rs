@@ -21,6 +21,7 @@ pub(crate) mod rows;
 pub(crate) mod schema;
 pub(crate) mod statements;
 mod tasks;
+mod webhooks;
 mod workers;
 
 use crate::domain::Timestamp;

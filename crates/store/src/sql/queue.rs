@@ -11,10 +11,10 @@
 
 use std::time::Duration;
 
-use super::rows::Fenced;
+use super::rows::{self, Fenced};
 use super::statements as sql;
 use super::{Backend, Db, Params};
-use crate::domain::Timestamp;
+use crate::domain::{TaskId, Timestamp};
 use crate::error::{Result, StoreError};
 use crate::rules::{self, Effect};
 use crate::signal::WorkSignal;
@@ -44,6 +44,17 @@ fn record_usage(
     Ok(())
 }
 
+/// Queues the webhook delivery of the task `seq`, which ended in `tx`, if it asked for one:
+/// in the same transaction, so an ended task's webhook is never lost.
+fn queue_webhook(tx: &mut impl Db, seq: i64, now: Timestamp) -> Result<()> {
+    tx.exec(
+        "queue webhook",
+        sql::QUEUE_WEBHOOK,
+        &[&seq, &now.as_millis()],
+    )?;
+    Ok(())
+}
+
 /// Writes `effect` to the unfinished task `seq`, which `tx` holds.
 pub(super) fn apply<B: Backend>(
     tx: &mut B::Tx<'_>,
@@ -62,6 +73,7 @@ pub(super) fn apply<B: Backend>(
             let org = tx.first("fail task", sql::FINISH_FAILED, params, |r| r.int(0))?;
             if let Some(org) = org {
                 record_usage(tx, org, now, TaskUsage::default(), false)?;
+                queue_webhook(tx, seq, now)?;
             }
         }
         Effect::RequestCancel => {
@@ -71,18 +83,18 @@ pub(super) fn apply<B: Backend>(
     Ok(())
 }
 
-/// Finishes lapsed tasks that must not run again; returns how many. Rows another
+/// Finishes lapsed tasks that must not run again; returns them. Rows another
 /// transaction holds are left to it (or to the next sweep).
-fn sweep_lapsed<B: Backend>(tx: &mut B::Tx<'_>, now: Timestamp) -> Result<u64> {
+fn sweep_lapsed<B: Backend>(tx: &mut B::Tx<'_>, now: Timestamp) -> Result<Vec<TaskId>> {
     let lapsed_sql = format!("{}{}", sql::LAPSED, B::SKIP_LOCKED_ROWS);
     let params: Params<'_> = &[&now.as_millis(), &i64::from(MAX_ATTEMPTS)];
     let lapsed = tx.all("sweep lapsed tasks", &lapsed_sql, params, |r| {
-        Ok((r.int(0)?, r.flag(1)?))
+        Ok((r.int(0)?, r.flag(1)?, rows::task_id(r, 2)?))
     })?;
-    for &(seq, cancel_requested) in &lapsed {
+    for &(seq, cancel_requested, _) in &lapsed {
         apply::<B>(tx, seq, rules::after_lapse(cancel_requested), now)?;
     }
-    Ok(lapsed.len() as u64)
+    Ok(lapsed.into_iter().map(|(_, _, id)| id).collect())
 }
 
 /// A worker's report on attempt `attempt` of task `id`: locks the task if the fence
@@ -152,7 +164,7 @@ impl<B: Backend> Queue for B {
         })
     }
 
-    fn sweep(&self, now: Timestamp) -> Result<u64> {
+    fn sweep(&self, now: Timestamp) -> Result<Vec<TaskId>> {
         self.write("sweep lapsed tasks", |tx| sweep_lapsed::<B>(tx, now))
     }
 
@@ -196,10 +208,14 @@ impl<B: Backend> Queue for B {
                 &i64::from(fence.attempt),
                 &fence.worker_id,
             ];
-            let Some(org) = tx.first("complete", sql::COMPLETE, params, |r| r.int(0))? else {
+            let returned = tx.first("complete", sql::COMPLETE, params, |r| {
+                Ok((r.int(0)?, r.int(1)?))
+            })?;
+            let Some((org, seq)) = returned else {
                 return Ok(false);
             };
             record_usage(tx, org, now, usage, true)?;
+            queue_webhook(tx, seq, now)?;
             Ok(true)
         })
     }

@@ -234,6 +234,7 @@ impl Candidate {
             id: self.id,
             org: OrgId::from_row(self.org_id),
             attempt: to_u32("attempt", self.attempt + 1)?,
+            after_lapse: self.state == "running",
             request_json: self.request_json,
             created_at: self.created_at,
         })
@@ -357,6 +358,31 @@ pub(crate) fn queue_stats(r: &dyn Row) -> Result<QueueStats> {
     Ok(QueueStats {
         queued: to_u64("queued", r.int(0)?)?,
         running: to_u64("running", r.int(1)?)?,
+        oldest_waiting_since: r.opt_int(2)?.map(Timestamp::from_millis),
+        lapsed: to_u64("lapsed", r.int(3)?)?,
+    })
+}
+
+/// [`sql::TASK_OUTCOME`](super::statements::TASK_OUTCOME).
+pub(crate) fn task_outcome(r: &dyn Row) -> Result<TaskOutcome> {
+    Ok(TaskOutcome {
+        org: parsed("name", OrgName::parse(&r.text(0)?))?,
+        state: task_state(&r.text(1)?)?,
+        attempt: to_u32("attempt", r.int(2)?)?,
+        code: r.opt_text(3)?,
+    })
+}
+
+/// A claimed delivery: `id, task_id, org_id, url, attempts, created_at`
+/// ([`sql::CLAIM_DELIVERY`](super::statements::CLAIM_DELIVERY)).
+pub(crate) fn delivery(r: &dyn Row) -> Result<crate::types::Delivery> {
+    Ok(crate::types::Delivery {
+        id: r.text(0)?,
+        task: task_id(r, 1)?,
+        org: OrgId::from_row(r.int(2)?),
+        url: r.text(3)?,
+        attempt: to_u32("attempts", r.int(4)?)?,
+        created_at: crate::domain::Timestamp::from_millis(r.int(5)?),
     })
 }
 

@@ -170,11 +170,12 @@ pub const FINISHED_SINCE: &str = "SELECT COUNT(*) FROM tasks
      WHERE finished_at IS NOT NULL AND finished_at > $1
        AND (CAST($2 AS BIGINT) IS NULL OR org_id = $2)";
 /// $1 id, $2 organization, $3 request, $4 idempotency key, $5 now, $6 pipeline,
-/// $7 scheduler, $8 needs the safety checker, $9 idempotency digest.
+/// $7 scheduler, $8 needs the safety checker, $9 idempotency digest, $10 webhook URL.
 pub const INSERT_TASK: &str =
     "INSERT INTO tasks (id, org_id, request, idempotency_key, state, created_at,
-                        pipeline, scheduler, needs_safety_checker, idempotency_digest)
-     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9)";
+                        pipeline, scheduler, needs_safety_checker, idempotency_digest,
+                        webhook_url)
+     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10)";
 /// $1 organization, $2 id: the task a cancel is about (`seq, state`).
 pub const CANCEL_TARGET: &str = "SELECT seq, state FROM tasks WHERE org_id = $1 AND id = $2";
 /// $1 seq.
@@ -255,15 +256,23 @@ pub fn tasks_ahead() -> String {
     )
 }
 
-/// $1 now. Read by [`rows::queue_stats`](super::rows::queue_stats).
+/// $1 now. Read by [`rows::queue_stats`](super::rows::queue_stats): waiting, running,
+/// the oldest waiting task's `created_at`, lapsed leases.
 pub fn queue_stats() -> String {
+    let waiting = waiting("", "$1");
     format!(
-        "SELECT COUNT(*) FILTER (WHERE {}),
-                COUNT(*) FILTER (WHERE state = 'running' AND lease_expires_at > $1)
-         FROM tasks WHERE state IN ('queued', 'running')",
-        waiting("", "$1")
+        "SELECT COUNT(*) FILTER (WHERE {waiting}),
+                COUNT(*) FILTER (WHERE state = 'running' AND lease_expires_at > $1),
+                MIN(created_at) FILTER (WHERE {waiting}),
+                COUNT(*) FILTER (WHERE state = 'running' AND lease_expires_at <= $1)
+         FROM tasks WHERE state IN ('queued', 'running')"
     )
 }
+
+/// $1 id: the task's organization name, state, attempt and error code, for
+/// [`rows::task_outcome`](super::rows::task_outcome).
+pub const TASK_OUTCOME: &str = "SELECT o.name, t.state, t.attempt, t.error_code
+     FROM tasks t JOIN organizations o ON o.id = t.org_id WHERE t.id = $1";
 
 // ---- The queue: the worker's side ----
 
@@ -271,7 +280,7 @@ pub fn queue_stats() -> String {
 /// cancel_requested`), for [`rules::after_lapse`](crate::rules::after_lapse). By
 /// organization, so concurrent sweeps take usage rows in one order and cannot deadlock
 /// on them.
-pub const LAPSED: &str = "SELECT seq, cancel_requested FROM tasks
+pub const LAPSED: &str = "SELECT seq, cancel_requested, id FROM tasks
      WHERE state = 'running' AND lease_expires_at <= $1
        AND (attempt - released >= $2 OR cancel_requested)
      ORDER BY org_id";
@@ -292,12 +301,12 @@ pub const HEARTBEAT: &str = "UPDATE tasks SET lease_expires_at = $1,
      RETURNING cancel_requested";
 
 /// $1 result, $2 now, $3 images, $4 steps, $5 GPU ms, $6 id, $7 attempt, $8 worker.
-/// Fenced; returns the organization, no row when the fence refuses.
+/// Fenced; returns the organization and the seq, no row when the fence refuses.
 pub const COMPLETE: &str = "UPDATE tasks SET state = 'succeeded', result = $1, finished_at = $2,
          usage_images = $3, usage_steps = $4, usage_gpu_ms = $5,
          lease_owner = NULL, lease_expires_at = NULL
      WHERE id = $6 AND attempt = $7 AND state = 'running' AND lease_owner = $8
-     RETURNING org_id";
+     RETURNING org_id, seq";
 
 /// $1 id, $2 attempt, $3 worker: the task a worker's report is about, if the fence holds.
 /// Read by [`Fenced::read`](super::rows::Fenced::read).
@@ -330,3 +339,37 @@ pub const RECORD_USAGE: &str =
          gpu_ms = usage_daily.gpu_ms + EXCLUDED.gpu_ms,
          tasks_succeeded = usage_daily.tasks_succeeded + EXCLUDED.tasks_succeeded,
          tasks_failed = usage_daily.tasks_failed + EXCLUDED.tasks_failed";
+
+/// $1 seq, $2 now: queues the webhook delivery of a task that just ended, if it has a
+/// webhook URL (the message id is the task's, so it is the same on every attempt).
+pub const QUEUE_WEBHOOK: &str =
+    "INSERT INTO webhook_deliveries (id, task_seq, task_id, org_id, url, created_at, next_attempt_at)
+     SELECT 'msg_' || id, seq, id, org_id, webhook_url, $2, $2 FROM tasks
+     WHERE seq = $1 AND webhook_url IS NOT NULL";
+/// $1 secret, $2 organization name.
+pub const SET_WEBHOOK_SECRET: &str = "UPDATE organizations SET webhook_secret = $1 WHERE name = $2";
+/// $1 organization id.
+pub const WEBHOOK_SECRET: &str = "SELECT webhook_secret FROM organizations WHERE id = $1";
+/// $1 now, $2 how many: the deliveries due and not held by a claim, oldest due first.
+pub const DUE_DELIVERIES: &str = "SELECT id FROM webhook_deliveries
+     WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= $1
+       AND (claimed_until IS NULL OR claimed_until <= $1)
+     ORDER BY next_attempt_at LIMIT $2";
+/// $1 id, $2 held until: claims a delivery for one more attempt. Read by
+/// [`rows::delivery`](super::rows::delivery).
+pub const CLAIM_DELIVERY: &str =
+    "UPDATE webhook_deliveries SET claimed_until = $2, attempts = attempts + 1 WHERE id = $1
+     RETURNING id, task_id, org_id, url, attempts, created_at";
+/// $1 id, $2 now: the receiver took it. Not fenced on the attempt: a delivery that
+/// arrived is never sent again, whichever attempt brought it.
+pub const DELIVERED: &str =
+    "UPDATE webhook_deliveries SET delivered_at = $2, claimed_until = NULL, last_error = NULL
+     WHERE id = $1 AND delivered_at IS NULL";
+/// $1 id, $2 attempt, $3 next attempt, $4 error.
+pub const RETRY_DELIVERY: &str =
+    "UPDATE webhook_deliveries SET next_attempt_at = $3, claimed_until = NULL, last_error = $4
+     WHERE id = $1 AND attempts = $2 AND delivered_at IS NULL AND given_up_at IS NULL";
+/// $1 id, $2 attempt, $3 now, $4 error.
+pub const GIVE_UP_DELIVERY: &str =
+    "UPDATE webhook_deliveries SET given_up_at = $3, claimed_until = NULL, last_error = $4
+     WHERE id = $1 AND attempts = $2 AND delivered_at IS NULL AND given_up_at IS NULL";

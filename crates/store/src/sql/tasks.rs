@@ -31,6 +31,7 @@ impl<B: Backend> Tasks for B {
             request_json,
             needs,
             idempotency,
+            webhook_url,
         } = *task;
         let digest = idempotency.map(|i| hash_key(i.request));
         let enqueued = self.write(op, |tx| {
@@ -90,6 +91,7 @@ impl<B: Backend> Tasks for B {
                 &needs.scheduler.map(|s| s.as_str()),
                 &needs.safety_checker,
                 &digest,
+                &webhook_url,
             ];
             tx.exec(op, sql::INSERT_TASK, params)?;
             B::announce_work(tx, op)?;
@@ -178,6 +180,18 @@ impl<B: Backend> Tasks for B {
                 &sql::queue_stats(),
                 &[&now.as_millis()],
                 rows::queue_stats,
+            )
+        })
+    }
+
+    fn task_outcome(&self, id: TaskId) -> Result<Option<TaskOutcome>> {
+        self.read("task outcome", |tx| {
+            let params: Params<'_> = &[&id.to_string()];
+            tx.first(
+                "task outcome",
+                sql::TASK_OUTCOME,
+                params,
+                rows::task_outcome,
             )
         })
     }

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_workers.sql")),
     (3, include_str!("../../migrations/sqlite/0003_digest.sql")),
     (4, include_str!("../../migrations/sqlite/0004_portal.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_webhooks.sql")),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

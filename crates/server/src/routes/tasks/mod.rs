@@ -8,7 +8,9 @@ pub mod post;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
+use sie_api::answers::{TaskError, TaskStatus};
+use sie_api::worker::StepProgress;
 use sie_store::{OrgId, Store, TaskId, TaskState, TaskView, Timestamp};
 
 use crate::{results, ApiError, AppState};
@@ -29,30 +31,40 @@ pub fn parse_id(id: &str) -> Result<TaskId, ApiError> {
 /// SPEC 1.2's status body for a task that has not succeeded: pending (with queue position
 /// or progress) or failed with an error. A success is answered from the results cache
 /// ([`task_status`]).
-fn unfinished_body(view: &TaskView) -> Value {
-    let id = view.id.to_string();
+pub(crate) fn unfinished_body(view: &TaskView) -> Value {
+    // Plain strings, numbers and objects: serialising them cannot fail.
+    serde_json::to_value(unfinished_status(view)).unwrap_or_default()
+}
+
+fn unfinished_status(view: &TaskView) -> TaskStatus {
+    let request_id = view.id.to_string();
     match view.state {
-        TaskState::Queued => {
-            let mut body = json!({"requestId": id, "status": "pending"});
-            if let Some(position) = view.queue_position {
-                body["queuePosition"] = json!(position);
-            }
-            body
-        }
-        TaskState::Running => {
-            let mut body = json!({"requestId": id, "status": "pending"});
-            if let Some(p) = view.progress {
-                body["progress"] = json!({"step": p.step, "steps": p.steps});
-            }
-            body
-        }
+        TaskState::Queued => TaskStatus::Pending {
+            request_id,
+            queue_position: view.queue_position,
+            progress: None,
+        },
+        TaskState::Running => TaskStatus::Pending {
+            request_id,
+            queue_position: None,
+            progress: view.progress.map(|p| StepProgress {
+                step: p.step,
+                steps: p.steps,
+            }),
+        },
         TaskState::Succeeded | TaskState::Failed => {
-            let (code, message) = view
+            let error = view
                 .error
                 .as_ref()
-                .map(|e| (e.code.clone(), e.message.clone()))
-                .unwrap_or_else(|| ("failed".into(), "the task failed".into()));
-            json!({"requestId": id, "status": "failed", "error": {"code": code, "message": message}})
+                .map(|e| TaskError {
+                    code: e.code.clone(),
+                    message: e.message.clone(),
+                })
+                .unwrap_or_else(|| TaskError {
+                    code: "failed".into(),
+                    message: "the task failed".into(),
+                });
+            TaskStatus::Failed { request_id, error }
         }
     }
 }
@@ -80,7 +92,7 @@ pub(crate) async fn task_status(
         }
     };
     if view.state != TaskState::Succeeded {
-        return Ok(Json(unfinished_body(&view)).into_response());
+        return Ok(Json(unfinished_status(&view)).into_response());
     }
     match state.results.outputs(state, org, id).await? {
         Some(outputs) => Ok(results::success(id, outputs)),

@@ -14,18 +14,52 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
-use sie_api::request::Seed;
+use sie_api::answers::Created;
+use sie_api::request::{Seed, WebhookUrl};
 use sie_api::{RequestError, Undecoded};
 use sie_store::{Idempotency, IdempotencyKey, NewTask, OrgId, Timestamp};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Authorized;
 use crate::body::{self, MAX_BODY};
+use crate::webhooks::Refusal;
 use crate::{ApiError, AppState};
 
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
+/// Create a task
+///
+/// Queues a Stable Diffusion task. Every field is checked before anything is queued; a
+/// 202 means the task is durably stored. With an `Idempotency-Key`, a retried POST answers
+/// the first task again.
+#[utoipa::path(
+    post,
+    path = crate::BASE,
+    operation_id = "createTask",
+    tag = "tasks",
+    security(("api_key" = [])),
+    params(
+        crate::routes::openapi::OrgParam,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST \
+            answer the first task instead of queuing a second; the same key with another \
+            body is 422. Forgotten when the task's result expires."),
+    ),
+    request_body(content = sie_api::CreateTask, content_type = "application/json",
+        description = "At most 20 MiB. Unknown keys, and keys given twice, are refused."),
+    responses(
+        (status = 202, description = "The task is stored.", body = sie_api::answers::Created,
+            headers(("Location" = String, description = "The task's `resultUrl`."))),
+        (status = 400, response = crate::routes::openapi::BadRequest),
+        (status = 401, response = crate::routes::openapi::Unauthorized),
+        (status = 403, response = crate::routes::openapi::Forbidden),
+        (status = 404, response = crate::routes::openapi::NotFound),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge),
+        (status = 415, response = crate::routes::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::routes::openapi::IdempotencyKeyReused),
+        (status = 429, response = crate::routes::openapi::TooManyRequests),
+        (status = 503, response = crate::routes::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     auth: Result<Authorized, ApiError>,
@@ -35,6 +69,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Admitted {
         org,
+        org_name,
         idempotency,
         collection_url,
         room,
@@ -64,6 +99,9 @@ pub async fn create(
     if let Some(refusal) = state.workers.refusal(&needs) {
         return Err(ApiError::Invalid(refusal));
     }
+    if let Some(url) = undecoded.webhook_url() {
+        check_webhook(&state, org, &org_name, url).await?;
+    }
     let mut task = if undecoded.has_images() {
         let held = room.clone();
         state
@@ -86,9 +124,17 @@ pub async fn create(
     if task.model_inputs.seed.is_none() {
         task.model_inputs.seed = Some(Seed::random());
     }
+    // The webhook URL is kept in a column of its own, not in the request a worker leases:
+    // such URLs often carry a token, and GPU nodes have no use for it.
+    let webhook_url = task
+        .call_inputs
+        .webhook_url
+        .take()
+        .map(|u| u.as_str().to_owned());
     let stored = serde_json::to_string(&task)
         .map_err(|e| ApiError::Internal(format!("serialising a parsed request: {e}")))?;
     let (caps, result_ttl) = (state.settings.caps, state.settings.result_ttl);
+
     let enqueued = state
         .store(move |s| {
             let _held = room;
@@ -101,18 +147,23 @@ pub async fn create(
                     request: &as_sent,
                     result_ttl,
                 }),
+                webhook_url: webhook_url.as_deref(),
             };
             s.enqueue(&task, caps, Timestamp::now())
         })
         .await?;
     if enqueued.created {
         tracing::info!(request_id = %enqueued.id, "task queued");
+        state.metrics.task_created(&org_name);
     }
 
     let result_url = format!("{collection_url}/{}", enqueued.id);
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({"requestId": enqueued.id.to_string(), "resultUrl": result_url})),
+        Json(Created {
+            request_id: enqueued.id.to_string(),
+            result_url: result_url.clone(),
+        }),
     )
         .into_response();
     if let Ok(location) = HeaderValue::from_str(&result_url) {
@@ -124,6 +175,8 @@ pub async fn create(
 /// What is decided from the request's head, before any body byte is read.
 struct Admitted {
     org: OrgId,
+    /// As the path spells it.
+    org_name: String,
     idempotency: Option<IdempotencyKey>,
     /// The absolute URL the client posted to; the task's `resultUrl` is below it.
     collection_url: String,
@@ -137,7 +190,7 @@ fn admit(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<Admitted, ApiError> {
-    let Authorized { org, .. } = auth?;
+    let Authorized { org, name } = auth?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -177,8 +230,46 @@ fn admit(
     let room = state.bodies.reserve(length)?;
     Ok(Admitted {
         org,
+        org_name: name,
         idempotency,
         collection_url,
         room,
     })
+}
+
+/// A webhook is refused (400, naming the field) when the organization has no signing secret
+/// to sign it with, or when its host may not be called: checked now, so the client hears
+/// it at once; every delivery checks the addresses again as it connects.
+async fn check_webhook(
+    state: &AppState,
+    org: OrgId,
+    org_name: &str,
+    url: &WebhookUrl,
+) -> Result<(), ApiError> {
+    const FIELD: &str = "callInputs.webhook_url";
+    let refused = |message: String| {
+        ApiError::Invalid(RequestError {
+            code: "invalid_value",
+            field: Some(FIELD.into()),
+            message: format!("{FIELD}: {message}"),
+        })
+    };
+    if state.store(move |s| s.webhook_secret(org)).await?.is_none() {
+        return Err(refused(format!(
+            "the organization {org_name} has no webhook signing secret yet; an operator \
+             makes one with `sie admin org webhook-secret {org_name}` (shown once), then \
+             webhooks can be asked for"
+        )));
+    }
+    let allow_private = state.settings.webhooks.allow_private;
+    match crate::webhooks::refusal(url.url(), allow_private).await {
+        Some(Refusal::Forbidden(why)) => Err(refused(why)),
+        Some(Refusal::Unresolved(why)) => Err(ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook_host_unresolved",
+            "Webhook host did not resolve",
+            format!("{FIELD}: {why}"),
+        )),
+        None => Ok(()),
+    }
 }
