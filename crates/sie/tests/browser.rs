@@ -3,7 +3,8 @@
 //! signs up, logs in, creates an organization, adds billing information and creates an API
 //! key, all by the names a person sees; the key then gets 202 and a result from the API;
 //! the playground generates a 64x64 image that appears on the page, and a screenshot of it
-//! is saved (`target/tmp/browser/playground.png`).
+//! is saved (`target/tmp/browser/playground.png`). The API docs (`/docs`) render there too,
+//! from this server alone.
 //!
 //! Needs `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`, as
 //! `.ci/run` does); `SIE_CHROMIUM` and `SIE_CHROMEDRIVER` name other binaries.
@@ -304,4 +305,51 @@ fn a_new_user_goes_from_sign_up_to_an_image_in_the_playground() {
     assert_eq!(image::guess_format(&png).unwrap(), image::ImageFormat::Png);
     std::fs::write(&shot, png).unwrap();
     eprintln!("screenshot: {}", shot.display());
+}
+
+#[test]
+fn the_api_docs_render_offline_from_this_server_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], None);
+    let root = server.root().to_owned();
+    let browser = Driver::start();
+
+    browser.go(&format!("{root}/docs"));
+    // The viewer renders the document into its shadow root: the operations by their
+    // summaries, once /openapi.json has loaded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = browser.script(
+            "const d = document.querySelector('rapi-doc'); return d && d.shadowRoot ? d.shadowRoot.textContent : '';",
+            json!([]),
+        );
+        let text = text.as_str().unwrap_or_default();
+        if text.contains("Create a task") && text.contains("Prometheus metrics") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the viewer did not render the document: {text:.500}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Everything the page loaded came from this server (the page's CSP would have blocked
+    // anything else; this shows nothing else was even asked for).
+    let loaded = browser.script(
+        "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name));",
+        json!([]),
+    );
+    let loaded: Vec<&str> = loaded
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        loaded.iter().any(|u| u.ends_with("/openapi.json")),
+        "{loaded:?}"
+    );
+    for url in &loaded {
+        assert!(url.starts_with(&root), "{url} is not from {root}");
+    }
 }
