@@ -143,7 +143,7 @@ impl Bench {
                 unet,
                 sample,
                 context,
-            } => unet.forward(sample, 999.0, context)?,
+            } => unet.forward(sample, &[999.0], context)?,
             Network::VaeDecoder { vae, latents } => vae.decode(latents)?,
             Network::TextEncoder { encoder, ids } => encoder.forward(ids)?,
         };

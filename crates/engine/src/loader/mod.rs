@@ -131,7 +131,18 @@ impl StableDiffusion {
     /// One UNet evaluation: `sample` (batch, in_channels, h, w) at `timestep`, conditioned on
     /// `context` (batch, tokens, cross_attention_dim); the prediction, shaped like `sample`.
     pub fn unet_forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
-        Ok(self.unet.forward(sample, timestep, context)?)
+        Ok(self.unet.forward(sample, &[timestep], context)?)
+    }
+
+    /// [`StableDiffusion::unet_forward`] with a timestep per row of `sample`: several runs at
+    /// different steps evaluated as one batch.
+    pub fn unet_forward_rows(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f64],
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        Ok(self.unet.forward(sample, timesteps, context)?)
     }
 
     /// Latents (already divided by the VAE's `scaling_factor`) to an image in about [-1, 1].

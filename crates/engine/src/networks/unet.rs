@@ -379,46 +379,61 @@ impl UNet {
         })
     }
 
-    /// diffusers' `get_timestep_embedding`: sinusoids of `timestep` at geometric frequencies,
-    /// computed in f32 as torch does, cosines first when `flip_sin_to_cos`.
+    /// diffusers' `get_timestep_embedding`: sinusoids of each row's timestep at geometric
+    /// frequencies, computed in f32 as torch does, cosines first when `flip_sin_to_cos`;
+    /// (rows, dim). One timestep for every row of `batch`, or one per row (a batch of runs at
+    /// different steps).
     fn time_proj(
         &self,
-        timestep: f64,
+        timesteps: &[f64],
         batch: usize,
         device: &candle_core::Device,
     ) -> candle_core::Result<Tensor> {
         let dim = self.config.block_out_channels[0];
         let half = dim / 2;
-        let t = timestep as f32;
         let ln_period = -(10000f64.ln()) as f32;
         let denom = (half as f64 - self.config.freq_shift) as f32;
-        let mut sin = Vec::with_capacity(half);
-        let mut cos = Vec::with_capacity(half);
-        for i in 0..half {
-            let freq = (ln_period * i as f32 / denom).exp();
-            let arg = t * freq;
-            sin.push(arg.sin());
-            cos.push(arg.cos());
-        }
-        let emb = if self.config.flip_sin_to_cos {
-            [cos, sin].concat()
-        } else {
-            [sin, cos].concat()
+        let row = |timestep: f64| {
+            let t = timestep as f32;
+            let mut sin = Vec::with_capacity(half);
+            let mut cos = Vec::with_capacity(half);
+            for i in 0..half {
+                let freq = (ln_period * i as f32 / denom).exp();
+                let arg = t * freq;
+                sin.push(arg.sin());
+                cos.push(arg.cos());
+            }
+            if self.config.flip_sin_to_cos {
+                [cos, sin].concat()
+            } else {
+                [sin, cos].concat()
+            }
         };
-        Tensor::from_vec(emb, (1, dim), device)?.repeat((batch, 1))
+        match timesteps {
+            [t] => Tensor::from_vec(row(*t), (1, dim), device)?.repeat((batch, 1)),
+            each if each.len() == batch => {
+                let rows: Vec<f32> = each.iter().flat_map(|&t| row(t)).collect();
+                Tensor::from_vec(rows, (batch, dim), device)
+            }
+            each => candle_core::bail!(
+                "{} timesteps for a batch of {batch}: give one, or one per row",
+                each.len()
+            ),
+        }
     }
 
-    /// One denoising evaluation: `xs` (batch, in_channels, h, w) at `timestep`, conditioned on
-    /// `context` (batch, tokens, cross_attention_dim). Returns the prediction, shaped like `xs`.
+    /// One denoising evaluation: `xs` (batch, in_channels, h, w) at `timesteps` (one for
+    /// every row, or one per row), conditioned on `context` (batch, tokens,
+    /// cross_attention_dim). Returns the prediction, shaped like `xs`.
     pub fn forward(
         &self,
         xs: &Tensor,
-        timestep: f64,
+        timesteps: &[f64],
         context: &Tensor,
     ) -> candle_core::Result<Tensor> {
         let (b, _, _, _) = xs.dims4()?;
         let dtype = xs.dtype();
-        let t_emb = self.time_proj(timestep, b, xs.device())?.to_dtype(dtype)?;
+        let t_emb = self.time_proj(timesteps, b, xs.device())?.to_dtype(dtype)?;
         let temb = self
             .time_linear_2
             .forward(&candle_nn::ops::silu(&self.time_linear_1.forward(&t_emb)?)?)?;

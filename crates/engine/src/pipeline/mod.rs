@@ -2,7 +2,8 @@
 //!
 //! One file per pipeline (`text_to_image.rs`, `image_to_image.rs`, `inpaint.rs`), each
 //! holding its request type and the run that owns it, so the order of operations is read
-//! where the request is; the stages they share are in `stages.rs`. What callers share is
+//! where the request is; the stages they share are in `stages.rs`, and `batch.rs` runs
+//! several text-to-image runs of one size through shared UNet evaluations ([`Batch`]). What callers share is
 //! here: [`Request`] (any of the three, as a worker holds a task), [`Observer`] (every stage
 //! of a run: progress for the queue, tensors for `--dump`), [`Generated`] (what a run
 //! produced), [`PIPELINES`] (what this engine implements) and [`pipelines`] (what a loaded
@@ -15,6 +16,7 @@
 //! loader import the pipeline. Noise and output encoding are leaves with no model in them;
 //! they stay at the crate's top, where the service and the parity tests reach them.
 
+mod batch;
 mod image_to_image;
 mod inpaint;
 mod stages;
@@ -30,6 +32,7 @@ use crate::loader::StableDiffusion;
 use crate::scheduler::SchedulerKind;
 
 pub use crate::input::RgbImage;
+pub use batch::{Batch, RunId};
 pub use image_to_image::ImageToImage;
 pub use inpaint::Inpaint;
 pub use text_to_image::TextToImage;

@@ -170,83 +170,142 @@ pub(super) fn refuse_inpainting_model(model: &StableDiffusion) -> Result<()> {
     Ok(())
 }
 
-/// The rest of every run: [`denoise`] from `latents` as `how` says, then [`finish`].
+/// The rest of every run: the denoising loop from `latents` as `how` says, a
+/// [`Denoising`] stepped alone (`cancel` read before every step), then [`finish`].
 pub(super) fn denoise_and_finish(
     request: &TextToImage,
     model: &StableDiffusion,
-    mut prepared: Prepared,
+    prepared: Prepared,
     latents: Tensor,
     how: Loop<'_>,
     observer: &mut dyn Observer,
     cancel: &AtomicBool,
 ) -> Result<Generated> {
-    let latents = denoise(
-        request,
-        model,
-        &mut prepared,
-        latents,
-        how,
-        observer,
-        cancel,
-    )?;
-    finish(request, model, &prepared, &latents)
-}
-
-/// The denoising loop from `latents`: classifier-free guidance over both halves as one
-/// batch, `guidance_rescale`, the scheduler's step; `cancel` is read before every step.
-fn denoise(
-    request: &TextToImage,
-    model: &StableDiffusion,
-    prepared: &mut Prepared,
-    mut latents: Tensor,
-    how: Loop<'_>,
-    observer: &mut dyn Observer,
-    cancel: &AtomicBool,
-) -> Result<Tensor> {
-    let n = request.num_images_per_prompt;
-    let shape = latents.dims4()?;
-    let timesteps = prepared.scheduler.timesteps().to_vec();
-    let total = timesteps.len().saturating_sub(how.begin);
-    for (i, &t) in timesteps.iter().enumerate().skip(how.begin) {
+    let mut run = Denoising::new(request, prepared, latents, how.begin);
+    while !run.done() {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        let model_input = if prepared.guided {
-            Tensor::cat(&[&latents, &latents], 0)?
+        let (input, t) = run.unet_input(how.unet_extra)?;
+        let noise_pred = model.unet_forward(&input, t, run.embeddings())?;
+        run.advance(&noise_pred, model, how.after_step, observer)?;
+    }
+    run.finish(request, model)
+}
+
+/// One run's denoising loop in progress: its latents and its place in its scheduler's
+/// timesteps, taken one step at a time, so a run can go alone ([`denoise_and_finish`]) or
+/// share each UNet evaluation with other runs (`batch.rs`): classifier-free guidance over
+/// both halves, `guidance_rescale`, the scheduler's step with the run's own generator.
+pub(super) struct Denoising {
+    prepared: Prepared,
+    latents: Tensor,
+    images: usize,
+    guidance_scale: f64,
+    guidance_rescale: f64,
+    timesteps: Vec<f64>,
+    /// The entry the loop began at, and the one it takes next.
+    begin: usize,
+    next: usize,
+}
+
+impl Denoising {
+    pub fn new(request: &TextToImage, prepared: Prepared, latents: Tensor, begin: usize) -> Self {
+        let timesteps = prepared.scheduler.timesteps().to_vec();
+        Denoising {
+            prepared,
+            latents,
+            images: request.num_images_per_prompt,
+            guidance_scale: request.guidance_scale,
+            guidance_rescale: request.guidance_rescale,
+            timesteps,
+            begin,
+            next: begin,
+        }
+    }
+
+    /// Whether every step has been taken.
+    pub fn done(&self) -> bool {
+        self.next >= self.timesteps.len()
+    }
+
+    /// Steps taken so far, and how many the run takes in all.
+    pub fn progress(&self) -> (usize, usize) {
+        (
+            self.next - self.begin,
+            self.timesteps.len().saturating_sub(self.begin),
+        )
+    }
+
+    /// The UNet's input for the next step (the latents twice when guided, scaled by the
+    /// scheduler, with `extra` on the channel axis) and that step's timestep.
+    pub fn unet_input(&self, extra: Option<&Tensor>) -> Result<(Tensor, f64)> {
+        let model_input = if self.prepared.guided {
+            Tensor::cat(&[&self.latents, &self.latents], 0)?
         } else {
-            latents.clone()
+            self.latents.clone()
         };
-        let mut model_input = prepared.scheduler.scale_model_input(model_input, i)?;
-        if let Some(extra) = how.unet_extra {
+        let mut model_input = self
+            .prepared
+            .scheduler
+            .scale_model_input(model_input, self.next)?;
+        if let Some(extra) = extra {
             model_input = Tensor::cat(&[&model_input, extra], 1)?;
         }
-        let noise_pred = model.unet_forward(&model_input, t, &prepared.embeddings)?;
-        let noise_pred = if prepared.guided {
+        Ok((model_input, self.timesteps[self.next]))
+    }
+
+    /// The text embeddings the UNet is conditioned on, a row per row of [`Self::unet_input`].
+    pub fn embeddings(&self) -> &Tensor {
+        &self.prepared.embeddings
+    }
+
+    /// Takes the step with the UNet's prediction for this run's rows: guidance, the
+    /// scheduler's step (stochastic ones draw from the run's generator), `after`.
+    pub fn advance(
+        &mut self,
+        noise_pred: &Tensor,
+        model: &StableDiffusion,
+        after: Option<AfterStep<'_>>,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        let (n, i) = (self.images, self.next);
+        let noise_pred = if self.prepared.guided {
             let uncond = noise_pred.narrow(0, 0, n)?;
             let text = noise_pred.narrow(0, n, n)?;
-            let guided_pred = (&uncond + ((&text - &uncond)? * request.guidance_scale)?)?;
-            if request.guidance_rescale > 0.0 {
-                rescale_noise_cfg(&guided_pred, &text, request.guidance_rescale)?
+            let guided_pred = (&uncond + ((&text - &uncond)? * self.guidance_scale)?)?;
+            if self.guidance_rescale > 0.0 {
+                rescale_noise_cfg(&guided_pred, &text, self.guidance_rescale)?
             } else {
                 guided_pred
             }
         } else {
-            noise_pred
+            noise_pred.clone()
         };
-        let generator = &mut prepared.generator;
+        let shape = self.latents.dims4()?;
+        let generator = &mut self.prepared.generator;
         let mut draw = || {
             let numel = shape.0 * shape.1 * shape.2 * shape.3;
             Tensor::from_vec(generator.randn(numel), shape, &model.device)?.to_dtype(model.dtype)
         };
-        latents = prepared
+        let mut latents = self
+            .prepared
             .scheduler
-            .step(&noise_pred, i, &latents, &mut draw)?;
-        if let Some(after) = how.after_step {
-            latents = after(prepared.scheduler.as_ref(), i, latents)?;
+            .step(&noise_pred, i, &self.latents, &mut draw)?;
+        if let Some(after) = after {
+            latents = after(self.prepared.scheduler.as_ref(), i, latents)?;
         }
-        observer.step(i + 1 - how.begin, total, &latents);
+        self.latents = latents;
+        self.next += 1;
+        let (step, steps) = self.progress();
+        observer.step(step, steps, &self.latents);
+        Ok(())
     }
-    Ok(latents)
+
+    /// Decodes what the loop made ([`finish`]).
+    pub fn finish(self, request: &TextToImage, model: &StableDiffusion) -> Result<Generated> {
+        finish(request, model, &self.prepared, &self.latents)
+    }
 }
 
 /// Decodes the latents, rounds to bytes and, when asked, runs the safety checker: diffusers'
