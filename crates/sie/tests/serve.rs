@@ -552,3 +552,20 @@ fn a_killed_server_delivers_its_pending_webhooks_after_restart() {
         done["modelOutputs"]["images"]
     );
 }
+
+#[test]
+fn with_max_batch_the_waiting_tasks_run_together_and_each_gets_its_own_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-batch", "4"], None);
+    let urls: Vec<String> = (0..4).map(|i| server.submit(small(40 + i, 1, 3))).collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, url) in urls.iter().enumerate() {
+        let done = server.finish(url, Duration::from_secs(120));
+        assert_eq!(done["status"], "success", "{done}");
+        assert_eq!(done["modelOutputs"]["seed"], 40 + i as u64);
+        assert!(seen.insert(done["modelOutputs"]["images"][0].to_string()));
+    }
+    let refused = common::sie(&["serve", "--max-batch", "0", "--model", "tiny"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--max-batch"));
+}

@@ -6,7 +6,8 @@
 //! - [`source`]: [`TaskSource`], the seam between this loop and the queue, and
 //!   [`StoreSource`], the store in this process (`sie serve`).
 //! - [`remote`]: [`remote::HttpSource`], an API node's `/worker/v1` over HTTP (`sie worker`).
-//! - This file: [`Worker::run_one`], one task from lease to completion.
+//! - This file: [`Worker::run_one`], one task from lease to completion; `batch.rs`:
+//!   [`Worker::run_some`], several at once as one engine batch (`--max-batch`).
 //!
 //! A worker owns a task only while its lease lasts, so a sibling thread renews the lease
 //! (and reports progress) while the engine runs; if the store answers that the client
@@ -16,6 +17,7 @@
 //! runs inside `catch_unwind`: a panic fails the task with `internal_error` instead of
 //! taking the worker down.
 
+mod batch;
 pub mod remote;
 pub mod source;
 pub mod task;
@@ -60,6 +62,8 @@ pub struct Worker {
     source: Arc<dyn TaskSource>,
     model: Arc<StableDiffusion>,
     stop: Arc<AtomicBool>,
+    /// Tasks run at once as one batch ([`Worker::run_some`]); 1 runs each alone.
+    max_batch: usize,
 }
 
 impl Worker {
@@ -68,7 +72,15 @@ impl Worker {
             source,
             model,
             stop: Arc::new(AtomicBool::new(false)),
+            max_batch: 1,
         }
+    }
+
+    /// Runs up to `max_batch` text-to-image tasks of one size as one batch (`batch.rs`); 1
+    /// (the default) runs each task alone.
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
     }
 
     /// Shares a stop flag: once raised, a running task is stopped at its next step and given
@@ -88,6 +100,11 @@ impl Worker {
         let Some(leased) = self.source.lease(wait)? else {
             return Ok(Ran::Idle);
         };
+        self.run_leased(leased)
+    }
+
+    /// Runs one leased task to the end, alone.
+    fn run_leased(&self, leased: LeasedTask) -> Result<Ran, SourceError> {
         let (id, attempt) = (leased.id, leased.attempt);
         let span = tracing::info_span!("task", request_id = %id, attempt);
         let _enter = span.enter();
@@ -99,28 +116,16 @@ impl Worker {
                 Ok(Ran::Lost(id))
             };
         }
-        let queue_ms = (Timestamp::now().as_millis() - leased.created_at.as_millis()).max(0) as u64;
-        // Heartbeats go every second, or every third of the lease where that is shorter.
-        let heartbeat_every = (leased.lease / 3).min(Duration::from_secs(1));
-
-        let task = match leased.request {
-            Ok(t) => t,
-            Err(why) => return self.report(id, attempt, why),
+        let queue_ms = queue_ms(&leased);
+        let heartbeat_every = heartbeat_every(&leased);
+        let (task, request) = match self.readable(leased) {
+            Ok(both) => both,
+            Err(ran) => return ran,
         };
-        let request =
-            match task::request(&self.model, &task, sie_api::request::Seed::random().get()) {
-                Ok(r) => r,
-                Err(task::NotRun::Incompatible(why)) => {
-                    return self.report(id, attempt, Failure::new(INCOMPATIBLE, why, true))
-                }
-                Err(task::NotRun::InvalidImage(why)) => {
-                    return self.fail(id, attempt, INVALID_IMAGE, why)
-                }
-            };
 
         // The lease is renewed (and progress reported) until the outcome is reported, not
         // only while the engine runs: encoding and uploading a result can outlast a lease.
-        let signals = Signals::default();
+        let signals = Arc::new(Signals::default());
         std::thread::scope(|scope| {
             let heartbeats =
                 scope.spawn(|| self.heartbeats(id, attempt, heartbeat_every, &signals));
@@ -131,6 +136,27 @@ impl Worker {
         })
     }
 
+    /// The leased task's request and what the engine runs for it; or, when this worker
+    /// cannot read or run it, the failure reported for it.
+    fn readable(
+        &self,
+        leased: LeasedTask,
+    ) -> Result<(sie_api::CreateTask, sie_engine::pipeline::Request), Result<Ran, SourceError>>
+    {
+        let (id, attempt) = (leased.id, leased.attempt);
+        let task = match leased.request {
+            Ok(t) => t,
+            Err(why) => return Err(self.report(id, attempt, why)),
+        };
+        match task::request(&self.model, &task, sie_api::request::Seed::random().get()) {
+            Ok(r) => Ok((task, r)),
+            Err(task::NotRun::Incompatible(why)) => {
+                Err(self.report(id, attempt, Failure::new(INCOMPATIBLE, why, true)))
+            }
+            Err(task::NotRun::InvalidImage(why)) => Err(self.fail(id, attempt, INVALID_IMAGE, why)),
+        }
+    }
+
     /// Runs the engine and reports the outcome; the caller's heartbeat thread runs meanwhile.
     fn run_and_report(
         &self,
@@ -139,30 +165,58 @@ impl Worker {
         task: &sie_api::CreateTask,
         request: &sie_engine::pipeline::Request,
         queue_ms: u64,
-        signals: &Signals,
+        signals: &Arc<Signals>,
     ) -> Result<Ran, SourceError> {
         let started = Instant::now();
-        let mut observer = ProgressObserver {
-            progress: &signals.progress,
-            steps: request.steps_run() as u64,
-            first_step: None,
-        };
+        let mut observer = ProgressObserver::new(signals.clone(), request.steps_run(), started);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             request.run(&self.model, &mut observer, &signals.cancel)
         }));
-        let first_step = observer.first_step;
+        let outcome = outcome.map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into())
+        });
+        let ran = Ended {
+            id,
+            attempt,
+            task,
+            request: request.common(),
+            steps: request.steps_run(),
+            queue_ms,
+            started,
+        };
+        self.conclude(ran, outcome, signals)
+    }
+
+    /// Reports how a run ended (the engine's outcome, or its panic): the images as the
+    /// task's result, a failure, a release when the worker is stopping, or nothing when the
+    /// lease was lost meanwhile.
+    fn conclude(
+        &self,
+        ran: Ended<'_>,
+        outcome: Result<sie_engine::Result<sie_engine::pipeline::Generated>, String>,
+        signals: &Signals,
+    ) -> Result<Ran, SourceError> {
+        let Ended {
+            id,
+            attempt,
+            task,
+            request,
+            steps,
+            queue_ms,
+            started,
+        } = ran;
+        let first_step = signals.first_step_ms();
         let inference_ms = started.elapsed().as_millis() as u64;
         if signals.lost.load(Ordering::SeqCst) {
             tracing::warn!("lease lost; discarding this attempt's work");
             return Ok(Ran::Lost(id));
         }
         let generated = match outcome {
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
+            Err(what) => {
                 tracing::error!(panic = %what, "the engine panicked");
                 // Possibly this node's fault (a driver, memory): another attempt may succeed,
                 // and after the last one the task fails with this code.
@@ -190,16 +244,15 @@ impl Worker {
         let spent = task::Spent {
             queue_ms,
             inference_ms,
-            first_step_ms: first_step.map(|t| t.duration_since(started).as_millis() as u64),
+            first_step_ms: first_step,
         };
-        let outputs =
-            match task::model_outputs(&self.model, task, request.common(), &generated, spent) {
-                Ok(o) => o,
-                Err(e) => return self.fail(id, attempt, ENGINE_ERROR, e.to_string()),
-            };
+        let outputs = match task::model_outputs(&self.model, task, request, &generated, spent) {
+            Ok(o) => o,
+            Err(e) => return self.fail(id, attempt, ENGINE_ERROR, e.to_string()),
+        };
         let usage = TaskUsage {
             images: generated.images.len() as u32,
-            steps: request.steps_run() as u32,
+            steps: steps as u32,
             gpu_ms: inference_ms,
         };
         match self
@@ -256,6 +309,7 @@ impl Worker {
             client_cancelled,
             lost,
             done,
+            ..
         } = signals;
         while !done.load(Ordering::SeqCst) {
             std::thread::park_timeout(every);
@@ -288,19 +342,50 @@ impl Worker {
     }
 }
 
+/// A run that ended, as its report needs it.
+struct Ended<'a> {
+    id: TaskId,
+    attempt: u32,
+    task: &'a sie_api::CreateTask,
+    request: &'a sie_engine::pipeline::TextToImage,
+    /// The denoising steps the request runs (see [`ProgressObserver`]).
+    steps: usize,
+    queue_ms: u64,
+    started: Instant,
+}
+
+/// How long the task waited in the queue before this lease.
+fn queue_ms(leased: &LeasedTask) -> u64 {
+    (Timestamp::now().as_millis() - leased.created_at.as_millis()).max(0) as u64
+}
+
+/// Heartbeats go every second, or every third of the lease where that is shorter.
+fn heartbeat_every(leased: &LeasedTask) -> Duration {
+    (leased.lease / 3).min(Duration::from_secs(1))
+}
+
 /// What the engine thread and the heartbeat thread tell each other during one task.
 #[derive(Default)]
 struct Signals {
     /// (step << 32) | steps of the latest step; 0 before the first.
     progress: AtomicU64,
+    /// Milliseconds from the start of inference to the end of the first step, plus one; 0
+    /// before it ends.
+    first_step: AtomicU64,
     /// Read by the engine before every step.
-    cancel: AtomicBool,
+    cancel: Arc<AtomicBool>,
     /// The store said the client cancelled (as opposed to the worker stopping).
     client_cancelled: AtomicBool,
     /// The store said this attempt no longer owns the task.
     lost: AtomicBool,
     /// The engine returned; the heartbeat thread exits.
     done: AtomicBool,
+}
+
+impl Signals {
+    fn first_step_ms(&self) -> Option<u64> {
+        self.first_step.load(Ordering::SeqCst).checked_sub(1)
+    }
 }
 
 /// Packs (step, steps) into one atomic for the heartbeat thread, and notes when the first
@@ -310,20 +395,35 @@ struct Signals {
 /// than that (PNDM lists one timestep twice, Heun evaluates twice per step), so the engine's
 /// count of calls is scaled to the requested steps, rounding up: the first call shows step
 /// 1, the last shows all of them.
-struct ProgressObserver<'a> {
-    progress: &'a AtomicU64,
+struct ProgressObserver {
+    signals: Arc<Signals>,
     /// The denoising steps the request runs (fewer than `num_inference_steps` when an
     /// image request's strength skips some).
     steps: u64,
-    first_step: Option<Instant>,
+    started: Instant,
 }
 
-impl Observer for ProgressObserver<'_> {
+impl ProgressObserver {
+    fn new(signals: Arc<Signals>, steps: usize, started: Instant) -> Self {
+        ProgressObserver {
+            signals,
+            steps: steps as u64,
+            started,
+        }
+    }
+}
+
+impl Observer for ProgressObserver {
     fn step(&mut self, call: usize, calls: usize, _latents: &Tensor) {
-        self.first_step.get_or_insert_with(Instant::now);
+        let first = self.started.elapsed().as_millis() as u64 + 1;
+        let _ =
+            self.signals
+                .first_step
+                .compare_exchange(0, first, Ordering::SeqCst, Ordering::SeqCst);
         let (call, calls) = (call as u64, calls.max(1) as u64);
         let step = (call * self.steps).div_ceil(calls).min(self.steps);
-        self.progress
+        self.signals
+            .progress
             .store((step << 32) | self.steps, Ordering::SeqCst);
     }
 }

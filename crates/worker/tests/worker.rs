@@ -23,6 +23,19 @@ struct Setup {
     store: Arc<dyn Store>,
     org: OrgId,
     worker: Worker,
+    model: Arc<StableDiffusion>,
+    lease: Duration,
+}
+
+/// Another worker on the same store and model, running up to `max_batch` tasks at once.
+fn batching_worker(s: &Setup, max_batch: usize) -> Worker {
+    let announcement = sie_worker::task::announcement(&s.model, "tiny");
+    let offer = sie_worker::task::offer(&announcement, "batching-worker");
+    Worker::new(
+        Arc::new(StoreSource::new(s.store.clone(), offer, s.lease)),
+        s.model.clone(),
+    )
+    .with_max_batch(max_batch)
 }
 
 fn setup(lease: Duration) -> Setup {
@@ -53,13 +66,15 @@ fn setup_with(lease: Duration, tiny: TinyOptions) -> Setup {
     let offer = sie_worker::task::offer(&announcement, "test-worker");
     let worker = Worker::new(
         Arc::new(StoreSource::new(store.clone(), offer, lease)),
-        model,
+        model.clone(),
     );
     Setup {
         _dir: dir,
         store,
         org,
         worker,
+        model,
+        lease,
     }
 }
 
@@ -300,4 +315,162 @@ fn a_cancel_stops_a_running_task_and_progress_is_reported() {
         p.step < p.steps,
         "the task ran to the end despite the cancel: {p:?}"
     );
+}
+
+/// Four tasks as unlike as one batch allows: one size, different prompts, seeds, guidance,
+/// image counts and schedulers.
+fn unlike_four(steps: u32, side: u32) -> Vec<Value> {
+    vec![
+        json!({"modelInputs": {"prompt": "An oil painting of a salad", "seed": 1,
+            "num_inference_steps": steps, "width": side, "height": side},
+            "callInputs": {"SCHEDULER": "DDIM"}}),
+        json!({"modelInputs": {"prompt": "A lighthouse", "negative_prompt": "blurry", "seed": 2,
+            "guidance_scale": 12, "num_inference_steps": steps, "width": side, "height": side},
+            "callInputs": {"SCHEDULER": "EulerAncestralDiscreteScheduler"}}),
+        json!({"modelInputs": {"prompt": "A bowl of soup", "seed": 3, "guidance_scale": 1,
+            "num_images_per_prompt": 2, "num_inference_steps": steps, "width": side, "height": side},
+            "callInputs": {"SCHEDULER": "DPMSolverMultistepScheduler"}}),
+        json!({"modelInputs": {"prompt": "A cat", "seed": 4, "guidance_rescale": 0.7,
+            "num_inference_steps": steps, "width": side, "height": side},
+            "callInputs": {"SCHEDULER": "LMS"}}),
+    ]
+}
+
+/// The images of a task, as RGB bytes.
+fn pixels(s: &Setup, id: TaskId) -> Vec<Vec<u8>> {
+    outputs(s, id)["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b64| decode(b64).to_rgb8().into_raw())
+        .collect()
+}
+
+/// Within 1/255 on at least 99.9% of values.
+fn assert_close(name: &str, got: &[Vec<u8>], want: &[Vec<u8>]) {
+    assert_eq!(got.len(), want.len(), "{name}");
+    let (mut close, mut all) = (0, 0);
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.len(), w.len(), "{name}");
+        all += g.len();
+        close += g
+            .iter()
+            .zip(w)
+            .filter(|(a, b)| a.abs_diff(**b) <= 1)
+            .count();
+    }
+    assert!(
+        close as f64 >= 0.999 * all as f64,
+        "{name}: {close} of {all} values within 1/255 of the task run alone"
+    );
+}
+
+#[test]
+fn four_tasks_run_as_one_batch_give_the_images_they_give_alone() {
+    let s = setup(Duration::from_secs(60));
+    let bodies = unlike_four(5, 64);
+    let alone: Vec<Vec<Vec<u8>>> = bodies
+        .iter()
+        .map(|body| {
+            let id = enqueue(&s, body.clone());
+            assert_eq!(
+                s.worker.run_one(Duration::ZERO).unwrap(),
+                Ran::Succeeded(id)
+            );
+            pixels(&s, id)
+        })
+        .collect();
+
+    let ids: Vec<TaskId> = bodies.iter().map(|b| enqueue(&s, b.clone())).collect();
+    let batching = batching_worker(&s, 4);
+    // All four waiting: one call runs them together.
+    let ran = batching.run_some(Duration::ZERO).unwrap();
+    let mut succeeded: Vec<TaskId> = ran
+        .iter()
+        .map(|r| match r {
+            Ran::Succeeded(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    succeeded.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(succeeded, want);
+    for (k, id) in ids.iter().enumerate() {
+        assert_close(&format!("task {k}"), &pixels(&s, *id), &alone[k]);
+    }
+    assert_eq!(batching.run_some(Duration::ZERO).unwrap(), [Ran::Idle]);
+}
+
+#[test]
+fn a_task_cancelled_mid_batch_stops_and_the_others_finish_unchanged() {
+    // A short lease makes heartbeats (which relay the cancel) frequent.
+    let s = setup(Duration::from_millis(300));
+    let bodies = unlike_four(150, 128);
+    let keep = [0usize, 2];
+    let alone: Vec<Vec<Vec<u8>>> = keep
+        .iter()
+        .map(|&k| {
+            let id = enqueue(&s, bodies[k].clone());
+            assert_eq!(
+                s.worker.run_one(Duration::ZERO).unwrap(),
+                Ran::Succeeded(id)
+            );
+            pixels(&s, id)
+        })
+        .collect();
+
+    let ids: Vec<TaskId> = bodies[..3].iter().map(|b| enqueue(&s, b.clone())).collect();
+    let batching = batching_worker(&s, 4);
+    let ran = std::thread::scope(|scope| {
+        let run = scope.spawn(|| batching.run_some(Duration::ZERO).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let view = s
+                .store
+                .get(s.org, ids[1], Timestamp::now())
+                .unwrap()
+                .unwrap();
+            if view.progress.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no progress: {view:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.store.cancel(s.org, ids[1], Timestamp::now()).unwrap();
+        run.join().unwrap()
+    });
+    assert!(
+        ran.contains(&Ran::Failed(ids[1], "cancelled".into())),
+        "{ran:?}"
+    );
+    let view = s
+        .store
+        .get(s.org, ids[1], Timestamp::now())
+        .unwrap()
+        .unwrap();
+    let p = view.progress.unwrap();
+    assert!(p.step < p.steps, "the cancelled task ran to the end: {p:?}");
+    for (i, &k) in keep.iter().enumerate() {
+        assert!(ran.contains(&Ran::Succeeded(ids[k])), "{ran:?}");
+        assert_close(&format!("task {k}"), &pixels(&s, ids[k]), &alone[i]);
+    }
+}
+
+#[test]
+fn a_task_that_cannot_join_is_given_back_and_runs_after_the_batch() {
+    let s = setup(Duration::from_secs(60));
+    let mut bodies = unlike_four(3, 64);
+    // Another size: it cannot share the batch of the first.
+    bodies[1]["modelInputs"]["width"] = json!(128);
+    let ids: Vec<TaskId> = bodies[..2].iter().map(|b| enqueue(&s, b.clone())).collect();
+    let batching = batching_worker(&s, 4);
+    let first = batching.run_some(Duration::ZERO).unwrap();
+    assert!(first.contains(&Ran::Succeeded(ids[0])), "{first:?}");
+    assert!(first.contains(&Ran::Released(ids[1])), "{first:?}");
+    // Given back without an attempt counted, it is the next batch's.
+    let second = batching.run_some(Duration::ZERO).unwrap();
+    assert_eq!(second, [Ran::Succeeded(ids[1])]);
+    let out = outputs(&s, ids[1]);
+    assert_eq!(decode(&out["images"][0]).width(), 128);
 }

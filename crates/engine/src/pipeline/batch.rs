@@ -12,8 +12,9 @@
 //! step is taken (its images decoded) or at the first step after its cancel flag is raised;
 //! the others carry on untouched.
 //!
-//! The batch is the worker's to fill: which runs may share one (the same model and size) and
-//! how many at once are its decisions, the engine only refuses a run of another size.
+//! The batch is the worker's to fill (`sie_worker`'s `batch.rs`, `--max-batch`): which runs
+//! may share one and how many at once are its decisions; the engine only refuses a run of
+//! another size.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -284,9 +284,9 @@ pub fn spawn_workers(
                         // The engine has its own panic boundary; this one keeps the thread
                         // alive through anything else (the task's lease then lapses and it
                         // is retried).
-                        let pause = match catch_unwind(AssertUnwindSafe(|| worker.run_one(wait))) {
+                        let pause = match catch_unwind(AssertUnwindSafe(|| worker.run_some(wait))) {
                             Ok(Ok(ran)) => {
-                                if !matches!(ran, Ran::Idle) {
+                                for ran in ran.iter().filter(|r| !matches!(r, Ran::Idle)) {
                                     tracing::debug!(?ran, "worker: task done");
                                 }
                                 backoff = Duration::from_millis(500);

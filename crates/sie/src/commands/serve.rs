@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// In-process worker threads; 0 serves the API alone (tasks wait in the queue).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Text-to-image tasks of one size a worker thread runs as one batch, sharing each UNet
+    /// evaluation, each joining and leaving at a step boundary (1: each task alone).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_batch: u32,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -83,7 +87,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             // Through the API's counted queue, so /metrics counts their reports.
             let queue = state.worker_queue();
             let source = Arc::new(StoreSource::new(queue, offer, args.server.lease));
-            Worker::new(source, model.clone()).with_stop(stop.clone())
+            Worker::new(source, model.clone())
+                .with_stop(stop.clone())
+                .with_max_batch(args.max_batch as usize)
         })
         .collect();
     // Idle workers wait a second per lease call, so a shutdown is noticed within one.

@@ -43,6 +43,10 @@ pub struct WorkerArgs {
     /// Tasks run at once, each on its own thread with the one loaded model.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     concurrency: u32,
+    /// Text-to-image tasks of one size a worker thread runs as one batch, sharing each UNet
+    /// evaluation, each joining and leaving at a step boundary (1: each task alone).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_batch: u32,
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -72,7 +76,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let source = Arc::new(HttpSource::new(&args.server, &args.token, announcement)?);
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..args.concurrency)
-        .map(|_| Worker::new(source.clone(), model.clone()).with_stop(stop.clone()))
+        .map(|_| {
+            Worker::new(source.clone(), model.clone())
+                .with_stop(stop.clone())
+                .with_max_batch(args.max_batch as usize)
+        })
         .collect();
     let threads = spawn_workers(workers, stop.clone(), LEASE_WAIT, Duration::from_secs(30))?;
 
