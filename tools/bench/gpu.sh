@@ -4,7 +4,8 @@
 # written to OUTDIR/ROW.json, with nvidia-smi's memory trace in OUTDIR/gpumem.csv (device
 # memory per process is read off its humps: ours first, then PyTorch's). With MODEL (a
 # diffusers SD 2.1-base directory) the last row is a whole 50-step 512x512 generation
-# (median of 3, no warm-up on either side).
+# (median of 3, no warm-up on either side), then 8 such requests at once through the queue
+# (`sie bench throughput`, step-level batching) beside diffusers running them serially.
 # Run from the repository root.
 # Usage: tools/bench/gpu.sh path/to/sie-built-with-cuda path/to/python OUTDIR [MODEL]
 set -u
@@ -30,4 +31,7 @@ row vae768_f16 90 vae --size 768 --steps 5
 row text_f16 60 text --steps 10
 if [ -n "$model" ]; then
   row pipeline512_f16 150 pipeline --model "$model" --size 512 --steps 50 --runs 3
+  # 8 concurrent 50-step 512x512 requests through the queue, batched, beside diffusers
+  # running them one after another (issue 17's throughput row).
+  row throughput512_c8_f16 240 throughput --model "$model" --concurrency 8 --size 512 --steps 50
 fi

@@ -1,5 +1,6 @@
-//! `sie bench unet|vae|text|pipeline|table`: how fast the engine runs SD 2.1, beside PyTorch.
-//! (`sie bench queue` lives in `bench_queue.rs`.)
+//! `sie bench unet|vae|text|pipeline|table|throughput`: how fast the engine runs SD 2.1,
+//! beside PyTorch. (`sie bench queue` lives in `bench_queue.rs`; `throughput.rs` measures the
+//! whole service with concurrent requests.)
 //!
 //! `unet`, `vae` and `text` time the engine's full-size networks of the published configs on
 //! random weights (`sie_engine::bench`), so they need no files and the same figure can be
@@ -18,6 +19,7 @@
 
 mod networks;
 mod table;
+mod throughput;
 mod torch;
 
 use std::path::PathBuf;
@@ -80,6 +82,9 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Images per second and latency of concurrent requests through the service (queue,
+    /// worker, step-level batching), beside diffusers running them one after another.
+    Throughput(throughput::ThroughputArgs),
     /// Tasks per second through the queue alone (create, lease, complete), no engine.
     Queue {
         /// A scratch PostgreSQL database; without it, SQLite.
@@ -275,6 +280,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             (pipeline(&args)?, args.common, flags)
         }
         BenchCommand::Table { torch, steps, json } => return table::table(&torch, steps, json),
+        BenchCommand::Throughput(args) => return throughput::run(args),
         BenchCommand::Queue {
             database_url,
             data_dir,
