@@ -35,6 +35,11 @@ pub enum Error {
     /// A tensor operation failed; carries candle's own message.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+
+    /// A run in a [`Batch`](crate::pipeline::Batch) panicked in its own part of a step
+    /// (guidance, the scheduler, decoding); the others went on. Carries the panic's message.
+    #[error("the run panicked: {0}")]
+    Panicked(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -112,7 +112,9 @@ fn runs_batched_make_the_images_they_make_alone() {
         if step == 3 {
             assert_eq!(batch.len(), 4, "all four share this step");
         }
-        for (id, outcome) in batch.step().unwrap() {
+        let stepped = batch.step();
+        assert!(stepped.failed.is_none(), "{:?}", stepped.failed);
+        for (id, outcome) in stepped.left {
             done.insert(ids[&id], outcome.unwrap());
         }
         step += 1;
@@ -153,7 +155,9 @@ fn a_run_cancelled_mid_batch_stops_at_the_next_step_and_the_others_finish_unchan
         if step == 2 {
             cancels[1].store(true, Ordering::SeqCst);
         }
-        for (id, outcome) in batch.step().unwrap() {
+        let stepped = batch.step();
+        assert!(stepped.failed.is_none(), "{:?}", stepped.failed);
+        for (id, outcome) in stepped.left {
             outcomes.insert(ids[&id], outcome);
         }
         if batch.is_empty() {
@@ -188,4 +192,61 @@ fn a_run_of_another_size_cannot_join() {
         .unwrap_err();
     assert!(e.to_string().contains("128x64"), "{e}");
     assert_eq!(batch.len(), 1);
+}
+
+#[test]
+fn each_row_of_a_batched_unet_call_is_evaluated_at_its_own_timestep() {
+    let model = model();
+    let device = &model.device;
+    // The tiny text-to-image model's UNet reads 4 latent channels.
+    let x: Vec<Tensor> = (0..2)
+        .map(|_| Tensor::randn(0f32, 1.0, (1, 4, 8, 8), device).unwrap())
+        .collect();
+    let ctx: Vec<Tensor> = ["a salad", "a lighthouse"]
+        .iter()
+        .map(|p| model.encode_text(&model.tokenizer.encode(p).ids).unwrap())
+        .collect();
+    let (t0, t1) = (901.0, 41.0);
+    let alone = [
+        model.unet_forward(&x[0], t0, &ctx[0]).unwrap(),
+        model.unet_forward(&x[1], t1, &ctx[1]).unwrap(),
+    ];
+    let both = |ts: &[f64]| {
+        model
+            .unet_forward_rows(
+                &Tensor::cat(&x, 0).unwrap(),
+                ts,
+                &Tensor::cat(&ctx, 0).unwrap(),
+            )
+            .unwrap()
+    };
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let rows = both(&[t0, t1]);
+    for (k, expected) in alone.iter().enumerate() {
+        let row = rows.narrow(0, k, 1).unwrap();
+        assert!(max_diff(&row, expected) < 1e-4, "row {k}");
+    }
+    // The control: the second row at the first row's timestep is another prediction, so
+    // the comparison above can tell timesteps apart.
+    let wrong = both(&[t0, t0]).narrow(0, 1, 1).unwrap();
+    assert!(max_diff(&wrong, &alone[1]) > 1e-3);
+    // One timestep for every row is still accepted; a count that fits neither is not.
+    assert!(model
+        .unet_forward_rows(
+            &Tensor::cat(&x, 0).unwrap(),
+            &[t0, t1, t0],
+            &Tensor::cat(&ctx, 0).unwrap()
+        )
+        .is_err());
 }

@@ -554,7 +554,8 @@ fn a_killed_server_delivers_its_pending_webhooks_after_restart() {
 }
 
 #[test]
-fn with_max_batch_the_waiting_tasks_run_together_and_each_gets_its_own_images() {
+fn max_batch_is_taken_and_checked_and_each_task_gets_its_own_seed_and_images() {
+    // What batching does is tested in crates/worker/tests/worker.rs; here, the flag's way in.
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-batch", "4"], None);
     let urls: Vec<String> = (0..4).map(|i| server.submit(small(40 + i, 1, 3))).collect();

@@ -10,8 +10,9 @@
 //! task run alone. A task that cannot join (another pipeline, another size) is given back to
 //! the queue (`release`: it counts no attempt) and no more are leased until the batch ends,
 //! so it runs next, here or on another worker. A first task that cannot be batched runs
-//! alone. A panic in the shared evaluation fails every member retryably, as a panic fails a
-//! task alone.
+//! alone. A run's own failure or panic ends that run alone; when the evaluation the members
+//! share fails, they go back to the queue without an attempt counted, and this worker runs
+//! tasks alone from then on.
 //!
 //! `gpu_ms` in a member's usage is its wall time in the batch, shared with the others.
 
@@ -45,7 +46,7 @@ impl Worker {
     /// Runs at most `max_batch` tasks at once: [`Worker::run_one`] when that is 1, else a
     /// batch as the module says, until it is empty. What each leased task came to.
     pub fn run_some(&self, wait: Duration) -> Result<Vec<Ran>, SourceError> {
-        if self.max_batch <= 1 {
+        if self.max_batch <= 1 || self.degraded.load(Ordering::SeqCst) {
             return self.run_one(wait).map(|ran| vec![ran]);
         }
         if self.stop.load(Ordering::SeqCst) {
@@ -80,6 +81,9 @@ impl Worker {
         let mut next = Some(first);
         // Cleared when a task could not join: the rest wait for the batch to end.
         let mut admitting = true;
+        // When the queue had nothing (or did not answer), it is asked again only after a
+        // pause, not before every step: a remote queue costs a round trip per look.
+        let mut look_after = Instant::now();
         loop {
             while let Some(leased) = next.take() {
                 match self.admit(scope, &mut batch, leased) {
@@ -92,24 +96,32 @@ impl Worker {
                         admitting = false;
                     }
                 }
-                next = self.more(&batch, admitting);
+                next = self.more(&batch, admitting, &mut look_after);
             }
             if batch.is_empty() {
                 break;
             }
-            let left = match catch_unwind(AssertUnwindSafe(|| batch.step())) {
-                Ok(Ok(left)) => left,
-                // The shared evaluation failed: every member ends with it, retryably, as a
-                // panic ends a task alone (it may be this node's fault).
-                Ok(Err(e)) => return self.end_all(members, ran, e.to_string()),
-                Err(panic) => return self.end_all(members, ran, panic_message(&panic)),
-            };
-            for (id, outcome) in left {
+            let stepped = batch.step();
+            for (id, outcome) in stepped.left {
                 if let Some(member) = members.remove(&id) {
                     keep(self.leave(member, Ok(outcome)));
                 }
             }
-            next = self.more(&batch, admitting);
+            if let Some(e) = stepped.failed {
+                // The evaluation the members shared failed (out of memory, most likely, with
+                // so many rows): no one task is at fault. They go back to the queue without
+                // an attempt counted, and this worker runs its tasks alone from now on, where
+                // a failure is the task's own.
+                tracing::error!(error = %e, batch = members.len(),
+                    "a batch's UNet evaluation failed; its tasks go back to the queue and this \
+                     worker runs tasks alone from now on");
+                self.degraded.store(true, Ordering::SeqCst);
+                for (_, member) in members.drain() {
+                    keep(self.give_back(member.id, member.attempt));
+                }
+                break;
+            }
+            next = self.more(&batch, admitting, &mut look_after);
         }
         match failed_report {
             Some(e) => Err(e),
@@ -118,38 +130,29 @@ impl Worker {
     }
 
     /// Another waiting task for the batch, if it has room and this worker is not stopping;
-    /// never waits. A source that cannot answer now is asked again at the next step.
-    fn more(&self, batch: &Batch<'_>, admitting: bool) -> Option<LeasedTask> {
-        if !admitting || batch.len() >= self.max_batch || self.stop.load(Ordering::SeqCst) {
+    /// never waits. After the queue had none (or did not answer), it is asked again only
+    /// once [`LOOK_AGAIN`] has passed.
+    fn more(
+        &self,
+        batch: &Batch<'_>,
+        admitting: bool,
+        look_after: &mut Instant,
+    ) -> Option<LeasedTask> {
+        if !admitting
+            || batch.len() >= self.max_batch
+            || self.stop.load(Ordering::SeqCst)
+            || Instant::now() < *look_after
+        {
             return None;
         }
-        self.source.lease(Duration::ZERO).unwrap_or_else(|e| {
+        let leased = self.source.lease(Duration::ZERO).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "could not lease another task for the batch");
             None
-        })
-    }
-
-    /// Ends every member with the failure of the evaluation they shared.
-    fn end_all(
-        &self,
-        members: HashMap<RunId, Member<'_>>,
-        mut ran: Vec<Ran>,
-        what: String,
-    ) -> Result<Vec<Ran>, SourceError> {
-        tracing::error!(error = %what, "a batch's UNet evaluation failed");
-        let mut failed_report = None;
-        for (_, member) in members {
-            match self.leave(member, Err(what.clone())) {
-                Ok(r) => ran.push(r),
-                Err(e) => {
-                    failed_report.get_or_insert(e);
-                }
-            }
+        });
+        if leased.is_none() {
+            *look_after = Instant::now() + LOOK_AGAIN;
         }
-        match failed_report {
-            Some(e) => Err(e),
-            None => Ok(ran),
-        }
+        leased
     }
 
     /// A leased task into the batch, with a heartbeat thread of its own; or its end, when
@@ -161,7 +164,8 @@ impl Worker {
         leased: LeasedTask,
     ) -> Admitted<'scope> {
         let (id, attempt) = (leased.id, leased.attempt);
-        if !batchable(&leased) {
+        // Stopping: what was leased meanwhile goes straight back, as a task alone does.
+        if !batchable(&leased) || self.stop.load(Ordering::SeqCst) {
             return Admitted::GivenBack(self.give_back(id, attempt));
         }
         let queue_ms = queue_ms(&leased);
@@ -177,19 +181,28 @@ impl Worker {
         let signals = Arc::new(Signals::default());
         let started = Instant::now();
         let observer = ProgressObserver::new(signals.clone(), request.num_inference_steps, started);
-        let beat = signals.clone();
+        let (beat, joining) = (signals.clone(), request.clone());
+        // Nothing that can panic between the thread's start and the member that stops it.
         let heartbeats = scope.spawn(move || self.heartbeats(id, attempt, every, &beat));
         let member = Member {
             id,
             attempt,
             task,
-            request: request.clone(),
+            request,
             queue_ms,
             started,
             signals: signals.clone(),
             heartbeats,
         };
-        match batch.join(request, Box::new(observer), signals.cancel.clone()) {
+        let joined = catch_unwind(AssertUnwindSafe(|| {
+            batch.join(joining, Box::new(observer), signals.cancel.clone())
+        }));
+        let joined = match joined {
+            Ok(joined) => joined,
+            // Encoding its prompts panicked: reported as a panic alone is, retryably.
+            Err(panic) => return Admitted::Ended(self.leave(member, Err(panic_message(&panic)))),
+        };
+        match joined {
             Ok(run) => {
                 tracing::info!(request_id = %id, attempt, batch = batch.len(), "task joined a batch");
                 Admitted::Joined(run, Box::new(member))
@@ -239,6 +252,9 @@ impl Drop for Member<'_> {
         self.heartbeats.thread().unpark();
     }
 }
+
+/// How long a batch waits before asking an empty queue again.
+const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// What became of a leased task offered to the batch.
 enum Admitted<'scope> {

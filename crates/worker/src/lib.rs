@@ -64,6 +64,8 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     /// Tasks run at once as one batch ([`Worker::run_some`]); 1 runs each alone.
     max_batch: usize,
+    /// Raised when a batch's shared evaluation failed: tasks run alone from then on.
+    degraded: AtomicBool,
 }
 
 impl Worker {
@@ -73,6 +75,7 @@ impl Worker {
             model,
             stop: Arc::new(AtomicBool::new(false)),
             max_batch: 1,
+            degraded: AtomicBool::new(false),
         }
     }
 

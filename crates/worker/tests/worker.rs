@@ -474,3 +474,45 @@ fn a_task_that_cannot_join_is_given_back_and_runs_after_the_batch() {
     let out = outputs(&s, ids[1]);
     assert_eq!(decode(&out["images"][0]).width(), 128);
 }
+
+#[test]
+fn a_worker_stopping_mid_batch_gives_every_member_back() {
+    let s = setup(Duration::from_millis(300));
+    let bodies = unlike_four(150, 128);
+    let ids: Vec<TaskId> = bodies[..3].iter().map(|b| enqueue(&s, b.clone())).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let batching = batching_worker(&s, 4).with_stop(stop.clone());
+    let ran = std::thread::scope(|scope| {
+        let run = scope.spawn(|| batching.run_some(Duration::ZERO).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while s
+            .store
+            .get(s.org, ids[2], Timestamp::now())
+            .unwrap()
+            .unwrap()
+            .progress
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        run.join().unwrap()
+    });
+    let mut released: Vec<TaskId> = ran
+        .iter()
+        .map(|r| match r {
+            Ran::Released(id) => *id,
+            other => panic!("{other:?} in {ran:?}"),
+        })
+        .collect();
+    released.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(released, want);
+    // Back in the queue, each runs again from the start on the next lease.
+    for id in &ids {
+        let view = s.store.get(s.org, *id, Timestamp::now()).unwrap().unwrap();
+        assert_eq!(view.state, TaskState::Queued, "{view:?}");
+    }
+}

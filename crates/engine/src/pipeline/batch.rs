@@ -16,6 +16,7 @@
 //! may share one and how many at once are its decisions; the engine only refuses a run of
 //! another size.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -122,81 +123,129 @@ impl<'m> Batch<'m> {
         Ok(id)
     }
 
-    /// Takes one step of every run in one UNet evaluation. Returns the runs that left: those
-    /// whose last step this was, with their images; those cancelled before it
-    /// ([`Error::Cancelled`]); those whose own step failed. An error of the evaluation itself
-    /// (shared by all) is returned as such, and the runs stay for the caller to end.
-    pub fn step(&mut self) -> Result<Vec<(RunId, Result<Generated>)>> {
+    /// Takes one step of every run in one UNet evaluation. What left the batch: runs whose
+    /// last step this was, with their images; runs cancelled before it
+    /// ([`Error::Cancelled`]); runs whose own part failed or panicked. When the evaluation
+    /// they share fails, [`Stepped::failed`] says so and the runs still in the batch stay
+    /// there, untouched, for the caller to end.
+    pub fn step(&mut self) -> Stepped {
         let mut left = Vec::new();
-        // Runs cancelled since the last step leave before it, as a run alone stops.
+        // Runs cancelled since the last step leave before it, as a run alone stops; so do
+        // runs whose input cannot be made (their own scheduler refused the step).
+        let mut inputs = Vec::with_capacity(self.members.len());
+        let mut timesteps = Vec::new();
         let mut i = 0;
         while i < self.members.len() {
             let m = &self.members[i];
-            if m.cancel.load(Ordering::Relaxed) || m.run.done() {
-                let m = self.members.remove(i);
-                let outcome = if m.run.done() {
-                    m.run.finish(&m.request, self.model)
-                } else {
-                    Err(Error::Cancelled)
-                };
-                left.push((m.id, outcome));
+            if m.run.done() {
+                // Nothing to denoise (no timesteps): it leaves with its decoded latents.
+                let Member {
+                    id, request, run, ..
+                } = self.members.remove(i);
+                let model = self.model;
+                left.push((id, guarded(|| run.finish(&request, model))));
+                continue;
+            }
+            let input = if m.cancel.load(Ordering::Relaxed) {
+                Err(Error::Cancelled)
             } else {
-                i += 1;
+                m.run.unet_input(None)
+            };
+            match input.and_then(|(input, t)| Ok((input.dim(0)?, input, t))) {
+                Ok((rows, input, t)) => {
+                    timesteps.extend(std::iter::repeat_n(t, rows));
+                    inputs.push(input);
+                    i += 1;
+                }
+                Err(e) => {
+                    let m = self.members.remove(i);
+                    left.push((m.id, Err(e)));
+                }
             }
         }
         if self.members.is_empty() {
             self.size = None;
-            return Ok(left);
+            return Stepped { left, failed: None };
         }
 
-        let mut inputs = Vec::with_capacity(self.members.len());
-        let mut timesteps = Vec::new();
-        for m in &self.members {
-            let (input, t) = m.run.unet_input(None)?;
-            timesteps.extend(std::iter::repeat_n(t, input.dim(0)?));
-            inputs.push(input);
-        }
-        let prediction = if let [m] = self.members.as_slice() {
-            // Alone, the run's evaluation is exactly what it would be outside a batch.
-            self.model
-                .unet_forward(&inputs[0], timesteps[0], m.run.embeddings())?
-        } else {
-            let embeddings: Vec<&Tensor> =
-                self.members.iter().map(|m| m.run.embeddings()).collect();
-            self.model.unet_forward_rows(
-                &Tensor::cat(&inputs, 0)?,
-                &timesteps,
-                &Tensor::cat(&embeddings, 0)?,
-            )?
+        let prediction = match self.evaluate(&inputs, &timesteps) {
+            Ok(p) => p,
+            Err(e) => {
+                return Stepped {
+                    left,
+                    failed: Some(e),
+                }
+            }
         };
-
         let mut row = 0;
         let mut i = 0;
         while i < self.members.len() {
-            let rows = inputs[i].dim(0)?;
+            let rows = inputs[i].dim(0).unwrap_or_default();
+            let model = self.model;
             let member = &mut self.members[i];
-            let stepped = prediction
-                .narrow(0, row, rows)
-                .map_err(Error::from)
-                .and_then(|p| {
-                    member
-                        .run
-                        .advance(&p, self.model, None, member.observer.as_mut())
-                });
+            let stepped = guarded(|| {
+                let p = prediction.narrow(0, row, rows)?;
+                member
+                    .run
+                    .advance(&p, model, None, member.observer.as_mut())
+            });
             row += rows;
             match stepped {
                 Ok(()) if !member.run.done() => i += 1,
                 stepped => {
-                    let m = self.members.remove(i);
+                    let Member {
+                        id, request, run, ..
+                    } = self.members.remove(i);
                     inputs.remove(i);
-                    let outcome = stepped.and_then(|()| m.run.finish(&m.request, self.model));
-                    left.push((m.id, outcome));
+                    let outcome = stepped.and_then(|()| guarded(|| run.finish(&request, model)));
+                    left.push((id, outcome));
                 }
             }
         }
         if self.members.is_empty() {
             self.size = None;
         }
-        Ok(left)
+        Stepped { left, failed: None }
+    }
+
+    /// The UNet over every run's rows at once (a run alone: exactly its own evaluation).
+    fn evaluate(&self, inputs: &[Tensor], timesteps: &[f64]) -> Result<Tensor> {
+        guarded(|| {
+            if let [m] = self.members.as_slice() {
+                return self
+                    .model
+                    .unet_forward(&inputs[0], timesteps[0], m.run.embeddings());
+            }
+            let embeddings: Vec<&Tensor> =
+                self.members.iter().map(|m| m.run.embeddings()).collect();
+            self.model.unet_forward_rows(
+                &Tensor::cat(inputs, 0)?,
+                timesteps,
+                &Tensor::cat(&embeddings, 0)?,
+            )
+        })
+    }
+}
+
+/// What one [`Batch::step`] did.
+pub struct Stepped {
+    /// The runs that left the batch, each with its outcome.
+    pub left: Vec<(RunId, Result<Generated>)>,
+    /// The shared evaluation failed (or panicked): no run in the batch took this step.
+    pub failed: Option<Error>,
+}
+
+/// Runs `f`, turning a panic into [`Error::Panicked`], so one run's panic (or the shared
+/// evaluation's) ends what it touched and no more.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => Err(Error::Panicked(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into()),
+        )),
     }
 }

@@ -32,7 +32,7 @@ use crate::loader::StableDiffusion;
 use crate::scheduler::SchedulerKind;
 
 pub use crate::input::RgbImage;
-pub use batch::{Batch, RunId};
+pub use batch::{Batch, RunId, Stepped};
 pub use image_to_image::ImageToImage;
 pub use inpaint::Inpaint;
 pub use text_to_image::TextToImage;
