@@ -1,10 +1,13 @@
-//! One weights file of a model directory: which file, its dtype and size, and a
-//! `VarBuilder` over it.
+//! One component's weights in a model directory: which file (or shards), its dtype and size,
+//! and a `VarBuilder` over it.
 //!
-//! A component's weights are `{stem}.safetensors` or the `{stem}.fp16.safetensors` variant;
-//! [`WeightsFile::find`] picks one and reads its header, and every failure afterwards
-//! (mapping the file, a tensor missing or misshapen for the config) is wrapped with the
-//! file's path. The networks' components and the safety checker both load through it; it
+//! A component's weights are `{stem}.safetensors` or the `{stem}.fp16.safetensors` variant,
+//! whole or in shards beside an index (`{stem}.safetensors.index.json`, as diffusers and
+//! transformers save large checkpoints); [`WeightsFile::find`] picks one, checks every
+//! shard the index names (present, readable, holding what the index says) and reads the
+//! headers, and every failure afterwards (mapping, a tensor missing or misshapen for the
+//! config) is wrapped with the file's path. Shards are mapped, not copied: one VarBuilder
+//! reads across them. The networks' components and the safety checker both load through it; it
 //! imports nothing of the engine but the error type, so neither import the other through it.
 
 use std::path::{Path, PathBuf};
@@ -14,46 +17,56 @@ use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 
-/// One weights file and what its header says.
+/// One component's weights, a file or the shards an index names, and what their headers say.
 #[derive(Debug, Clone)]
 pub(crate) struct WeightsFile {
+    /// The weights file, or the shards' index: what errors name.
     pub(crate) path: PathBuf,
+    /// The files the tensors are read from: `path` itself, or every shard.
+    pub(crate) files: Vec<PathBuf>,
     pub(crate) dtype: DType,
     pub(crate) parameters: usize,
 }
 
 impl WeightsFile {
-    /// Finds `{stem}.safetensors`, else `{stem}.fp16.safetensors`, in `dir`, and reads its header.
+    /// Finds the component's weights in `dir`, the first that exists of
+    /// `{stem}.safetensors`, its shards' index `{stem}.safetensors.index.json`,
+    /// `{stem}.fp16.safetensors` and `{stem}.safetensors.index.fp16.json` (as diffusers and
+    /// transformers save them), and reads every header.
     pub(crate) fn find(dir: &Path, stem: &str) -> Result<Self> {
-        let full = dir.join(format!("{stem}.safetensors"));
-        let half = dir.join(format!("{stem}.fp16.safetensors"));
-        let path = if full.is_file() {
-            full
-        } else if half.is_file() {
-            half
-        } else {
+        let candidates = [
+            (format!("{stem}.safetensors"), false),
+            (format!("{stem}.safetensors.index.json"), true),
+            (format!("{stem}.fp16.safetensors"), false),
+            (format!("{stem}.safetensors.index.fp16.json"), true),
+        ];
+        let Some((path, sharded)) = candidates
+            .iter()
+            .map(|(name, sharded)| (dir.join(name), *sharded))
+            .find(|(path, _)| path.is_file())
+        else {
             return Err(Error::File {
-                path: full,
+                path: dir.join(&candidates[0].0),
                 message: format!(
-                    "missing: the weights must be `{stem}.safetensors` or `{stem}.fp16.safetensors` \
-                     (convert .bin checkpoints to safetensors first)"
+                    "missing: the weights must be `{stem}.safetensors`, `{stem}.fp16.safetensors`, \
+                     or shards with their index `{stem}.safetensors.index.json` (or \
+                     `.index.fp16.json`); convert .bin checkpoints to safetensors first"
                 ),
             });
         };
-        // SAFETY: the mapping is read-only and dropped before this function returns;
-        // a weights file changed underneath a running server is an operator error we cannot guard.
-        let tensors =
-            unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.map_err(|e| {
-                Error::File {
-                    path: path.clone(),
-                    message: format!("not a readable safetensors file: {e}"),
-                }
-            })?;
+        let files = if sharded {
+            shards(&path)?
+        } else {
+            vec![path.clone()]
+        };
         let mut dtype = None;
         let mut parameters = 0;
-        for (_, view) in tensors.tensors() {
-            parameters += view.shape().iter().product::<usize>();
-            dtype.get_or_insert(view.dtype());
+        for file in &files {
+            let tensors = read_header(file)?;
+            for (_, view) in tensors.tensors() {
+                parameters += view.shape().iter().product::<usize>();
+                dtype.get_or_insert(view.dtype());
+            }
         }
         let dtype = match dtype {
             Some(safetensors::Dtype::F16) => DType::F16,
@@ -68,6 +81,7 @@ impl WeightsFile {
         };
         Ok(WeightsFile {
             path,
+            files,
             dtype,
             parameters,
         })
@@ -76,7 +90,7 @@ impl WeightsFile {
     /// A VarBuilder over this file converting to `dtype` on `device`.
     pub(crate) fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         // SAFETY: as in `find`; the mapping lives as long as the VarBuilder that reads it.
-        unsafe { VarBuilder::from_mmaped_safetensors(&[&self.path], dtype, device) }.map_err(|e| {
+        unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }.map_err(|e| {
             Error::File {
                 path: self.path.clone(),
                 message: format!("cannot map the weights: {e}"),
@@ -92,4 +106,87 @@ impl WeightsFile {
             message: format!("does not match its config: {e}"),
         }
     }
+}
+
+/// A safetensors file's header and tensor table, mapped (not read) and dropped at once.
+fn read_header(path: &Path) -> Result<candle_core::safetensors::MmapedSafetensors> {
+    // SAFETY: the mapping is read-only and dropped by the caller before loading goes on; a
+    // weights file changed underneath a running server is an operator error we cannot guard.
+    unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| Error::File {
+        path: path.to_owned(),
+        message: format!("not a readable safetensors file (truncated or not safetensors?): {e}"),
+    })
+}
+
+/// The shards a sharded checkpoint's `index` names (its `weight_map`: tensor to file, beside
+/// it), each checked to exist and to hold every tensor the index puts in it.
+fn shards(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::File {
+        path: index.to_owned(),
+        message: format!("cannot read the shards' index: {e}"),
+    })?;
+    let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
+        path: index.to_owned(),
+        message: format!("not a shards' index (JSON with a `weight_map`): {e}"),
+    })?;
+    let Some(map) = parsed.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(Error::File {
+            path: index.to_owned(),
+            message: "has no `weight_map` object (tensor name to shard file)".into(),
+        });
+    };
+    let dir = index.parent().unwrap_or(Path::new("."));
+    // Shard file name to the tensors the index says it holds, in the index's order.
+    let mut by_shard: Vec<(String, Vec<&str>)> = Vec::new();
+    for (tensor, file) in map {
+        let Some(file) = file.as_str().filter(|f| is_plain_file_name(f)) else {
+            return Err(Error::File {
+                path: index.to_owned(),
+                message: format!(
+                    "`weight_map` puts `{tensor}` in {file}, which is not a file name beside the index"
+                ),
+            });
+        };
+        match by_shard.iter_mut().find(|(f, _)| f == file) {
+            Some((_, tensors)) => tensors.push(tensor),
+            None => by_shard.push((file.to_owned(), vec![tensor])),
+        }
+    }
+    if by_shard.is_empty() {
+        return Err(Error::File {
+            path: index.to_owned(),
+            message: "`weight_map` names no tensor".into(),
+        });
+    }
+    let mut files = Vec::with_capacity(by_shard.len());
+    for (file, tensors) in by_shard {
+        let shard = dir.join(&file);
+        if !shard.is_file() {
+            return Err(Error::File {
+                path: shard,
+                message: format!(
+                    "missing: {} names this shard (for {} tensors, `{}` first)",
+                    index.display(),
+                    tensors.len(),
+                    tensors[0]
+                ),
+            });
+        }
+        let held = read_header(&shard)?;
+        let names: std::collections::HashSet<String> =
+            held.tensors().into_iter().map(|(name, _)| name).collect();
+        if let Some(absent) = tensors.iter().find(|t| !names.contains(**t)) {
+            return Err(Error::File {
+                path: index.to_owned(),
+                message: format!("puts the tensor `{absent}` in {file}, which does not hold it"),
+            });
+        }
+        files.push(shard);
+    }
+    Ok(files)
+}
+
+/// A shard's name in an index: a file beside it, not a path elsewhere.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != ".."
 }

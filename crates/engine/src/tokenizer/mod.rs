@@ -107,17 +107,26 @@ impl std::fmt::Debug for ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Loads `vocab.json` + `merges.txt` (+ `tokenizer_config.json` / `special_tokens_map.json`
-    /// for the special tokens and `model_max_length` when present) from a diffusers
-    /// `tokenizer/` directory.
+    /// Loads `vocab.json` + `merges.txt`, or without them `tokenizer.json` (+
+    /// `tokenizer_config.json` / `special_tokens_map.json` for the special tokens and
+    /// `model_max_length` when present) from a diffusers `tokenizer/` directory.
     pub fn from_dir(dir: &Path) -> crate::Result<Self> {
-        let vocab_path = dir.join("vocab.json");
-        let merges_path = dir.join("merges.txt");
         let config_path = dir.join("tokenizer_config.json");
         let special_path = dir.join("special_tokens_map.json");
-
-        let vocab = parse_vocab(&vocab_path, &read_text(&vocab_path)?)?;
-        let merges_text = read_text(&merges_path)?;
+        // `vocab.json` and `merges.txt`, or (transformers 5 saves only this) the same
+        // vocabulary and merges inside the Hugging Face tokenizers' `tokenizer.json`.
+        let json_path = dir.join("tokenizer.json");
+        let (vocab_path, merges_path, vocab, merges_text) =
+            if !dir.join("vocab.json").is_file() && json_path.is_file() {
+                let (vocab, merges) = vocabulary::from_tokenizer_json(&json_path)?;
+                (json_path.clone(), json_path, vocab, merges)
+            } else {
+                let vocab_path = dir.join("vocab.json");
+                let merges_path = dir.join("merges.txt");
+                let vocab = parse_vocab(&vocab_path, &read_text(&vocab_path)?)?;
+                let merges_text = read_text(&merges_path)?;
+                (vocab_path, merges_path, vocab, merges_text)
+            };
         let config = read_optional_json(&config_path)?;
         let special_map = read_optional_json(&special_path)?;
 

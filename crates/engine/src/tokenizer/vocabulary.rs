@@ -144,3 +144,64 @@ pub(super) fn parse_merges(
     }
     Ok(merges)
 }
+
+/// The BPE vocabulary and merges inside a Hugging Face tokenizers `tokenizer.json` (its
+/// `model`, of type `BPE`), the merges as `merges.txt` lines for [`parse_merges`]: the same
+/// vocabulary in another file, so one tokenizer reads both.
+pub(super) fn from_tokenizer_json(path: &Path) -> crate::Result<(HashMap<String, u32>, String)> {
+    let text = super::read_text(path)?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    let model = &json["model"];
+    match model["type"].as_str() {
+        Some("BPE") | None if model.is_object() => {}
+        other => {
+            return Err(Error::config(
+                path,
+                "model.type",
+                format!("{other:?}; accepted: a BPE model (CLIP's)"),
+            ))
+        }
+    }
+    if let Some(suffix) = model["end_of_word_suffix"].as_str() {
+        if suffix != super::END_OF_WORD {
+            return Err(Error::config(
+                path,
+                "model.end_of_word_suffix",
+                format!("{suffix:?}; accepted: {:?} (CLIP's)", super::END_OF_WORD),
+            ));
+        }
+    }
+    let vocab = parse_vocab(path, &model["vocab"].to_string())?;
+    let Some(list) = model["merges"].as_array() else {
+        return Err(Error::config(
+            path,
+            "model.merges",
+            "missing; a list of merges",
+        ));
+    };
+    let mut merges = String::new();
+    for (i, merge) in list.iter().enumerate() {
+        // Older files write "a b", newer ones ["a", "b"].
+        let line = match merge {
+            serde_json::Value::String(line) => line.clone(),
+            serde_json::Value::Array(pair) => match pair.as_slice() {
+                [serde_json::Value::String(a), serde_json::Value::String(b)] => format!("{a} {b}"),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        if line.is_empty() {
+            return Err(Error::config(
+                path,
+                format!("model.merges[{i}]"),
+                "a merge is \"a b\" or [\"a\", \"b\"]",
+            ));
+        }
+        merges.push_str(&line);
+        merges.push('\n');
+    }
+    Ok((vocab, merges))
+}

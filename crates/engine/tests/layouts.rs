@@ -1,0 +1,209 @@
+//! Model directories as today's diffusers and transformers save them (a start on issue 18):
+//! weights in shards beside their index, and a tokenizer folder with `tokenizer.json` alone.
+//! The tiny model is rewritten here into those layouts; it must load and make the image it
+//! makes in the original layout, and each way a sharded checkpoint can be broken is refused
+//! naming the file and what was expected. (Fixtures saved by diffusers itself are still to
+//! come.)
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde_json::json;
+use sie_engine::candle_core::{Device, Tensor};
+use sie_engine::pipeline::{NoObserver, TextToImage};
+use sie_engine::tiny::{write_tiny_model, TinyOptions};
+use sie_engine::tokenizer::ClipTokenizer;
+use sie_engine::{Error, LoadOptions, StableDiffusion};
+
+fn fresh_tiny() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("model");
+    write_tiny_model(&dir, TinyOptions::default()).unwrap();
+    (root, dir)
+}
+
+/// Splits `dir/{stem}.safetensors` into `shards` files named as diffusers names them, with
+/// the index beside them, and removes the whole file; the shards' paths.
+fn shard(dir: &Path, stem: &str, shards: usize) -> Vec<PathBuf> {
+    let whole = dir.join(format!("{stem}.safetensors"));
+    let tensors = sie_engine::candle_core::safetensors::load(&whole, &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    let mut paths = Vec::new();
+    for (k, chunk) in names.chunks(names.len().div_ceil(shards)).enumerate() {
+        let file = format!("{stem}-{:05}-of-{shards:05}.safetensors", k + 1);
+        let part: HashMap<String, Tensor> = chunk
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        sie_engine::candle_core::safetensors::save(&part, dir.join(&file)).unwrap();
+        for n in chunk {
+            weight_map.insert((*n).clone(), json!(file));
+        }
+        paths.push(dir.join(file));
+    }
+    let index = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        dir.join(format!("{stem}.safetensors.index.json")),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(whole).unwrap();
+    paths
+}
+
+fn image(dir: &Path) -> Vec<Vec<u8>> {
+    let model = StableDiffusion::load(dir, &LoadOptions::default()).unwrap();
+    let mut request = TextToImage::new(&model, "An oil painting of a salad", 7);
+    (request.width, request.height, request.num_inference_steps) = (64, 64, 3);
+    request.safety_checker = false;
+    request
+        .run(&model, &mut NoObserver, &AtomicBool::new(false))
+        .unwrap()
+        .images
+}
+
+fn load_err(dir: &Path) -> Error {
+    match StableDiffusion::load(dir, &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded, but should not have", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn sharded_weights_load_and_make_the_same_image() {
+    let (_root, dir) = fresh_tiny();
+    let before = image(&dir);
+    shard(&dir.join("unet"), "diffusion_pytorch_model", 3);
+    shard(&dir.join("vae"), "diffusion_pytorch_model", 2);
+    shard(&dir.join("text_encoder"), "model", 2);
+    assert_eq!(image(&dir), before);
+}
+
+#[test]
+fn broken_shards_are_refused_naming_the_file_and_what_was_expected() {
+    // A shard the index names is missing.
+    let (_root, dir) = fresh_tiny();
+    let shards = shard(&dir.join("unet"), "diffusion_pytorch_model", 2);
+    std::fs::remove_file(&shards[1]).unwrap();
+    match load_err(&dir) {
+        Error::File { path, message } => {
+            assert_eq!(path, shards[1]);
+            assert!(
+                message.contains("missing") && message.contains("index.json"),
+                "{message}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+
+    // A truncated shard.
+    let (_root, dir) = fresh_tiny();
+    let shards = shard(&dir.join("unet"), "diffusion_pytorch_model", 2);
+    let bytes = std::fs::read(&shards[0]).unwrap();
+    std::fs::write(&shards[0], &bytes[..bytes.len() / 2]).unwrap();
+    match load_err(&dir) {
+        Error::File { path, message } => {
+            assert_eq!(path, shards[0]);
+            assert!(message.contains("truncated"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+
+    // The index names a tensor that no shard holds.
+    let (_root, dir) = fresh_tiny();
+    shard(&dir.join("unet"), "diffusion_pytorch_model", 2);
+    let index = dir.join("unet/diffusion_pytorch_model.safetensors.index.json");
+    let mut v = common::read_json(&index);
+    v["weight_map"]["conv_in.not_a_weight"] =
+        json!("diffusion_pytorch_model-00001-of-00002.safetensors");
+    std::fs::write(&index, v.to_string()).unwrap();
+    match load_err(&dir) {
+        Error::File { path, message } => {
+            assert_eq!(path, index);
+            assert!(message.contains("conv_in.not_a_weight"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+
+    // An index pointing outside its folder.
+    let (_root, dir) = fresh_tiny();
+    shard(&dir.join("unet"), "diffusion_pytorch_model", 2);
+    let mut v = common::read_json(&index_of(&dir));
+    v["weight_map"]["conv_in.weight"] = json!("../vae/diffusion_pytorch_model.safetensors");
+    std::fs::write(index_of(&dir), v.to_string()).unwrap();
+    match load_err(&dir) {
+        Error::File { message, .. } => assert!(message.contains("not a file name"), "{message}"),
+        other => panic!("{other}"),
+    }
+}
+
+fn index_of(dir: &Path) -> PathBuf {
+    dir.join("unet/diffusion_pytorch_model.safetensors.index.json")
+}
+
+/// The tiny model's `vocab.json` and `merges.txt` written as a `tokenizer.json` the way the
+/// tokenizers library does (merges as pairs), the two files removed.
+fn tokenizer_json_only(dir: &Path) {
+    let tok = dir.join("tokenizer");
+    let vocab: serde_json::Value = common::read_json(&tok.join("vocab.json"));
+    let merges: Vec<serde_json::Value> = std::fs::read_to_string(tok.join("merges.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.is_empty())
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            json!([a, b])
+        })
+        .collect();
+    let json = json!({
+        "version": "1.0",
+        "added_tokens": [],
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>",
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges},
+    });
+    std::fs::write(tok.join("tokenizer.json"), json.to_string()).unwrap();
+    std::fs::remove_file(tok.join("vocab.json")).unwrap();
+    std::fs::remove_file(tok.join("merges.txt")).unwrap();
+}
+
+#[test]
+fn a_tokenizer_json_alone_tokenizes_as_vocab_and_merges_do() {
+    let (_root, dir) = fresh_tiny();
+    let reference = ClipTokenizer::from_dir(&dir.join("tokenizer")).unwrap();
+    let before = image(&dir);
+    tokenizer_json_only(&dir);
+    let from_json = ClipTokenizer::from_dir(&dir.join("tokenizer")).unwrap();
+    for prompt in [
+        "An oil painting of a salad",
+        "a photograph of an astronaut riding a horse, 4k, trending on artstation",
+        "Ünïcödé, emoji 🥗 and  double  spaces",
+        "don't stop! it's 3.14159 o'clock",
+        "",
+    ] {
+        assert_eq!(
+            from_json.encode(prompt).ids,
+            reference.encode(prompt).ids,
+            "{prompt:?}"
+        );
+    }
+    assert_eq!(image(&dir), before);
+
+    // Another kind of model is refused naming the field.
+    let path = dir.join("tokenizer/tokenizer.json");
+    let mut v = common::read_json(&path);
+    v["model"]["type"] = json!("WordPiece");
+    std::fs::write(&path, v.to_string()).unwrap();
+    match ClipTokenizer::from_dir(&dir.join("tokenizer")).unwrap_err() {
+        Error::Config { path: p, field, .. } => {
+            assert_eq!((p, field.as_str()), (path, "model.type"));
+        }
+        other => panic!("{other}"),
+    }
+}
