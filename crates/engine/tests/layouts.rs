@@ -82,6 +82,13 @@ fn sharded_weights_load_and_make_the_same_image() {
     shard(&dir.join("vae"), "diffusion_pytorch_model", 2);
     shard(&dir.join("text_encoder"), "model", 2);
     assert_eq!(image(&dir), before);
+    // `sie model check` says what it found.
+    let summary = sie_engine::ModelFiles::open(&dir).unwrap().summary();
+    assert!(
+        summary["unet_parameters"].contains("3 shards listed in"),
+        "{summary:?}"
+    );
+    assert_eq!(summary["tokenizer"], "vocab.json and merges.txt");
 }
 
 #[test]
@@ -194,6 +201,8 @@ fn a_tokenizer_json_alone_tokenizes_as_vocab_and_merges_do() {
         );
     }
     assert_eq!(image(&dir), before);
+    let summary = sie_engine::ModelFiles::open(&dir).unwrap().summary();
+    assert_eq!(summary["tokenizer"], "tokenizer.json");
 
     // Another kind of model is refused naming the field.
     let path = dir.join("tokenizer/tokenizer.json");

@@ -175,9 +175,19 @@ impl ModelFiles {
                     "unet" => "unet_parameters",
                     _ => "vae_parameters",
                 },
-                format!("{} ({:?}, {})", w.parameters, w.dtype, w.path.display()),
+                format!("{} ({:?}, {})", w.parameters, w.dtype, w.describe()),
             );
         }
+        let tokenizer = self.root.join("tokenizer");
+        s.insert(
+            "tokenizer",
+            if !tokenizer.join("vocab.json").is_file() && tokenizer.join("tokenizer.json").is_file()
+            {
+                "tokenizer.json".into()
+            } else {
+                "vocab.json and merges.txt".into()
+            },
+        );
         s
     }
 }

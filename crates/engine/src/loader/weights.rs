@@ -87,6 +87,20 @@ impl WeightsFile {
         })
     }
 
+    /// Where the weights are, as `sie model check` says it: the file, or the shards and
+    /// their index.
+    pub(crate) fn describe(&self) -> String {
+        if self.files.len() == 1 && self.files[0] == self.path {
+            self.path.display().to_string()
+        } else {
+            format!(
+                "{} shards listed in {}",
+                self.files.len(),
+                self.path.display()
+            )
+        }
+    }
+
     /// A VarBuilder over this file converting to `dtype` on `device`.
     pub(crate) fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         // SAFETY: as in `find`; the mapping lives as long as the VarBuilder that reads it.
