@@ -690,3 +690,67 @@ fn large_files_redirected_to_a_cdn_are_fetched_there_without_the_token() {
         .collect();
     assert_eq!(unet_ranges, [None, Some(format!("bytes={cut}-"))]);
 }
+
+/// `repo` as today's libraries save it: the UNet in two shards beside its index, and the
+/// tokenizer as `tokenizer.json` alone.
+fn resaved(repo: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    use sie_engine::candle_core::{safetensors, Device, Tensor};
+    let mut files = repo.clone();
+    let whole = files.remove(UNET).unwrap();
+    let tensors = safetensors::load_buffer(&whole, &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (k, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("diffusion_pytorch_model-{:05}-of-00002.safetensors", k + 1);
+        let part: std::collections::HashMap<String, Tensor> = chunk
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        let path = dir.path().join(&file);
+        safetensors::save(&part, &path).unwrap();
+        files.insert(format!("unet/{file}"), std::fs::read(&path).unwrap());
+        for n in chunk {
+            weight_map.insert((*n).clone(), json!(file));
+        }
+    }
+    let index = json!({"metadata": {}, "weight_map": weight_map});
+    files.insert(
+        "unet/diffusion_pytorch_model.safetensors.index.json".into(),
+        index.to_string().into_bytes(),
+    );
+    let vocab: Value =
+        serde_json::from_slice(&files.remove("tokenizer/vocab.json").unwrap()).unwrap();
+    let merges: Vec<Value> = String::from_utf8(files.remove("tokenizer/merges.txt").unwrap())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.is_empty())
+        .map(|l| json!(l))
+        .collect();
+    let tokenizer = json!({"version": "1.0", "added_tokens": [],
+        "model": {"type": "BPE", "end_of_word_suffix": "</w>", "vocab": vocab, "merges": merges}});
+    files.insert(
+        "tokenizer/tokenizer.json".into(),
+        tokenizer.to_string().into_bytes(),
+    );
+    files
+}
+
+#[test]
+fn a_repository_saved_in_shards_with_a_tokenizer_json_is_pulled_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = resaved(&tiny_repo(tmp.path()));
+    let hub = FakeHub::start(repo.clone(), Behaviour::default());
+    let dir = tmp.path().join("model");
+    // The pull ends with `sie model check`, which loads every tensor.
+    let stdout = pull_ok(&hub, tmp.path(), &[REPO, "--out", dir_arg(&dir)]);
+    assert!(stdout.contains("2 shards listed in"), "{stdout}");
+    assert!(stdout.contains("tokenizer: tokenizer.json"), "{stdout}");
+    let expected: Vec<&str> = repo
+        .keys()
+        .map(String::as_str)
+        .filter(|p| !p.starts_with("safety_checker/") && *p != "README.md")
+        .collect();
+    assert_pulled(&dir, &repo, &expected);
+}

@@ -222,23 +222,21 @@ enum Checksum {
     GitBlob(String),
 }
 
-/// The files of `WANTED` as the hub lists them, or an error naming every one it lacks.
+/// The files of `WANTED` as the hub lists them, or an error naming every one it lacks. A
+/// component's weights may be in shards instead (`{stem}.safetensors.index.json` and
+/// `{stem}-00001-of-0000N.safetensors`, or the fp16 variant's `{stem}.safetensors.index.fp16.json`
+/// and `{stem}.fp16-00001-of-0000N.safetensors`, as diffusers and transformers save large
+/// checkpoints), and the tokenizer `tokenizer/tokenizer.json` instead of `vocab.json` and
+/// `merges.txt` (as transformers 5 saves it): the engine reads both.
 fn plan(info: &RepoInfo, repo: &str, revision: &str, fp16: bool) -> anyhow::Result<Vec<Remote>> {
     let weights = if fp16 {
         "fp16.safetensors"
     } else {
         "safetensors"
     };
-    let mut files = Vec::new();
-    let mut lacking = Vec::new();
-    for (pattern, required) in WANTED {
-        let path = pattern.replace("{weights}", weights);
-        let Some(sibling) = info.siblings.iter().find(|s| s.rfilename == path) else {
-            if required {
-                lacking.push(path);
-            }
-            continue;
-        };
+    let listed = |path: &str| info.siblings.iter().find(|s| s.rfilename == path);
+    let remote = |sibling: &Sibling| -> anyhow::Result<Remote> {
+        let path = &sibling.rfilename;
         let (size, checksum) = match &sibling.lfs {
             Some(lfs) => (
                 Some(lfs.size),
@@ -258,11 +256,44 @@ fn plan(info: &RepoInfo, repo: &str, revision: &str, fp16: bool) -> anyhow::Resu
                  the endpoint may not be a Hugging Face hub (HF_ENDPOINT)"
             );
         };
-        files.push(Remote {
-            path,
+        Ok(Remote {
+            path: path.clone(),
             size,
             checksum,
-        });
+        })
+    };
+    let tokenizer_json = listed("tokenizer/vocab.json")
+        .is_none()
+        .then(|| listed("tokenizer/tokenizer.json"))
+        .flatten();
+    let mut files = Vec::new();
+    let mut lacking = Vec::new();
+    for (pattern, required) in WANTED {
+        let path = pattern.replace("{weights}", weights);
+        if let Some(sibling) = listed(&path) {
+            files.push(remote(sibling)?);
+            continue;
+        }
+        if let Some(stem) = pattern.strip_suffix(".{weights}") {
+            let shards = sharded(info, stem, fp16);
+            if !shards.is_empty() {
+                for sibling in shards {
+                    files.push(remote(sibling)?);
+                }
+                continue;
+            }
+        }
+        if let (Some(json), true) = (tokenizer_json, path.starts_with("tokenizer/")) {
+            if !files.iter().any(|f: &Remote| f.path == json.rfilename) {
+                files.push(remote(json)?);
+            }
+            if path.ends_with("vocab.json") || path.ends_with("merges.txt") {
+                continue;
+            }
+        }
+        if required {
+            lacking.push(path);
+        }
     }
     if !lacking.is_empty() {
         let other = if fp16 { "without" } else { "with" };
@@ -279,6 +310,43 @@ fn plan(info: &RepoInfo, repo: &str, revision: &str, fp16: bool) -> anyhow::Resu
         );
     }
     Ok(files)
+}
+
+/// A sharded checkpoint of `stem` in the listing: its index and its shards (none when the
+/// index or every shard is missing).
+fn sharded<'a>(info: &'a RepoInfo, stem: &str, fp16: bool) -> Vec<&'a Sibling> {
+    let (index, shard_prefix) = if fp16 {
+        (
+            format!("{stem}.safetensors.index.fp16.json"),
+            format!("{stem}.fp16-"),
+        )
+    } else {
+        (format!("{stem}.safetensors.index.json"), format!("{stem}-"))
+    };
+    let Some(index) = info.siblings.iter().find(|s| s.rfilename == index) else {
+        return Vec::new();
+    };
+    let shards: Vec<&Sibling> = info
+        .siblings
+        .iter()
+        .filter(|s| {
+            s.rfilename
+                .strip_prefix(&shard_prefix)
+                .and_then(|rest| rest.strip_suffix(".safetensors"))
+                .is_some_and(is_shard_number)
+        })
+        .collect();
+    if shards.is_empty() {
+        return Vec::new();
+    }
+    std::iter::once(index).chain(shards).collect()
+}
+
+/// `00001-of-00003`: a shard's place among the shards, as the libraries number them.
+fn is_shard_number(text: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    text.split_once("-of-")
+        .is_some_and(|(k, n)| digits(k) && digits(n))
 }
 
 /// How a file differs from what the hub says it is.
