@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{fresh_tiny, load_err};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -14,16 +16,8 @@ use std::sync::atomic::AtomicBool;
 use serde_json::json;
 use sie_engine::candle_core::{Device, Tensor};
 use sie_engine::pipeline::{NoObserver, TextToImage};
-use sie_engine::tiny::{write_tiny_model, TinyOptions};
 use sie_engine::tokenizer::ClipTokenizer;
 use sie_engine::{Error, LoadOptions, StableDiffusion};
-
-fn fresh_tiny() -> (tempfile::TempDir, PathBuf) {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("model");
-    write_tiny_model(&dir, TinyOptions::default()).unwrap();
-    (root, dir)
-}
 
 /// Splits `dir/{stem}.safetensors` into `shards` files named as diffusers names them, with
 /// the index beside them, and removes the whole file; the shards' paths.
@@ -65,13 +59,6 @@ fn image(dir: &Path) -> Vec<Vec<u8>> {
         .run(&model, &mut NoObserver, &AtomicBool::new(false))
         .unwrap()
         .images
-}
-
-fn load_err(dir: &Path) -> Error {
-    match StableDiffusion::load(dir, &LoadOptions::default()) {
-        Ok(_) => panic!("{} loaded, but should not have", dir.display()),
-        Err(e) => e,
-    }
 }
 
 #[test]

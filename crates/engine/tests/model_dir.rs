@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{fresh_tiny, load_err};
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sie_engine::candle_core::Tensor;
@@ -13,24 +15,10 @@ use sie_engine::tiny::{write_tiny_model, TinyOptions};
 use sie_engine::Error;
 use sie_engine::{LoadOptions, ModelFiles, StableDiffusion};
 
-fn fresh_tiny() -> (tempfile::TempDir, PathBuf) {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("model");
-    write_tiny_model(&dir, TinyOptions::default()).unwrap();
-    (root, dir)
-}
-
 fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut v = common::read_json(path);
     edit(&mut v);
     std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-}
-
-fn load_err(dir: &Path) -> Error {
-    match StableDiffusion::load(dir, &LoadOptions::default()) {
-        Ok(_) => panic!("{} loaded, but should not have", dir.display()),
-        Err(e) => e,
-    }
 }
 
 #[test]

@@ -183,11 +183,16 @@ impl Drop for Reading {
     }
 }
 
-/// SPEC 1.2's success body, `{"requestId":…,"status":"success","modelOutputs":…}`,
-/// around the stored outputs without copying them.
-pub(crate) fn success(id: TaskId, outputs: Bytes) -> Response {
+/// The pieces of SPEC 1.2's success body, `{"requestId":…,"status":"success",
+/// "modelOutputs":…}`: the stored outputs between two slices of JSON, not copied.
+pub(crate) fn success_parts(id: TaskId, outputs: Bytes) -> [Bytes; 3] {
     let head = format!(r#"{{"requestId":"{id}","status":"success","modelOutputs":"#);
-    let body = Chunks::new([Bytes::from(head), outputs, Bytes::from_static(b"}")]);
+    [Bytes::from(head), outputs, Bytes::from_static(b"}")]
+}
+
+/// SPEC 1.2's success body ([`success_parts`]) as a response, without copying the outputs.
+pub(crate) fn success(id: TaskId, outputs: Bytes) -> Response {
+    let body = Chunks::new(success_parts(id, outputs));
     let mut response = Response::new(Body::new(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

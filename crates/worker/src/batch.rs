@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use sie_engine::pipeline::{Batch, Request, RunId, TextToImage};
 
 use crate::{
-    heartbeat_every, queue_ms, Ended, LeasedTask, ProgressObserver, Ran, Signals, SourceError,
-    Worker,
+    heartbeat_every, panic_message, queue_ms, Ended, LeasedTask, ProgressObserver, Ran, Signals,
+    SourceError, Worker,
 };
 
 /// A task in the batch, and what its report needs.
@@ -271,12 +271,4 @@ fn batchable(leased: &LeasedTask) -> bool {
         // Unreadable: reported as a task alone reports it.
         Err(_) => true,
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }

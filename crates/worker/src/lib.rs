@@ -175,13 +175,7 @@ impl Worker {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             request.run(&self.model, &mut observer, &signals.cancel)
         }));
-        let outcome = outcome.map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into())
-        });
+        let outcome = outcome.map_err(|panic| panic_message(&panic));
         let ran = Ended {
             id,
             attempt,
@@ -343,6 +337,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// What a caught panic says, for the log and the task's failure.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// A run that ended, as its report needs it.

@@ -11,7 +11,7 @@ use sie_engine::candle_core::{Device, Tensor};
 use sie_engine::pipeline::{Generated, Observer, TextToImage};
 use sie_engine::scheduler::{PredictionType, SchedulerKind};
 use sie_engine::tiny::{write_tiny_model, TinyOptions};
-use sie_engine::{LoadOptions, StableDiffusion};
+use sie_engine::{Error, LoadOptions, StableDiffusion};
 
 /// `tests/fixtures/<topic>`.
 pub fn fixtures(topic: &str) -> PathBuf {
@@ -183,4 +183,21 @@ pub fn fixture_request(model: &StableDiffusion, r: &serde_json::Value) -> TextTo
     request.guidance_rescale = r["guidance_rescale"].as_f64().unwrap_or(0.0);
     request.scheduler = Some(SchedulerKind::parse(r["scheduler"].as_str().unwrap()).unwrap());
     request
+}
+
+/// A fresh tiny model (the default options) in `root/model`, for tests that edit it; the
+/// temporary root, which removes it when dropped, and the model's path.
+pub fn fresh_tiny() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("model");
+    write_tiny_model(&dir, TinyOptions::default()).unwrap();
+    (root, dir)
+}
+
+/// The error loading `dir` fails with (it must fail).
+pub fn load_err(dir: &Path) -> Error {
+    match StableDiffusion::load(dir, &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded, but should not have", dir.display()),
+        Err(e) => e,
+    }
 }

@@ -301,12 +301,10 @@ async fn status_body(state: &AppState, delivery: &Delivery) -> Result<Bytes, Fai
         .await
         .map_err(|e| Failed::Transient(format!("reading the result: {e:?}")))?
         .ok_or_else(gone)?;
-    let head = format!(r#"{{"requestId":"{task}","status":"success","modelOutputs":"#);
-    let mut body = Vec::with_capacity(head.len() + outputs.len() + 1);
-    body.extend_from_slice(head.as_bytes());
-    body.extend_from_slice(&outputs);
-    body.push(b'}');
-    Ok(Bytes::from(body))
+    // The signature covers the whole body, so it is made contiguous here.
+    Ok(Bytes::from(
+        crate::results::success_parts(task, outputs).concat(),
+    ))
 }
 
 /// A client error with its causes, which say what actually went wrong (a refused address

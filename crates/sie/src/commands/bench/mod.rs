@@ -260,21 +260,13 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             (text(&part, batch)?, part.common, flags)
         }
         BenchCommand::Pipeline(args) => {
-            let mut flags = strings(&["pipeline", "--model"]);
-            flags.push(args.model.display().to_string());
+            let mut flags =
+                pipeline_flags(&args.model, args.size, args.steps, args.runs, args.guidance);
             flags.extend(strings(&[
-                "--size",
-                &args.size.to_string(),
-                "--steps",
-                &args.steps.to_string(),
-                "--runs",
-                &args.runs.to_string(),
                 "--prompt",
                 &args.prompt,
                 "--seed",
                 &args.seed.to_string(),
-                "--guidance",
-                &args.guidance.to_string(),
             ]));
             flags.extend(args.common.flags());
             (pipeline(&args)?, args.common, flags)
@@ -324,6 +316,30 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The bench_diffusers.py command line of a whole-pipeline benchmark (prompt and seed left
+/// to the caller).
+fn pipeline_flags(
+    model: &std::path::Path,
+    size: usize,
+    steps: usize,
+    runs: usize,
+    guidance: f64,
+) -> Vec<String> {
+    let mut flags = strings(&["pipeline", "--model"]);
+    flags.push(model.display().to_string());
+    flags.extend(strings(&[
+        "--size",
+        &size.to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--runs",
+        &runs.to_string(),
+        "--guidance",
+        &guidance.to_string(),
+    ]));
+    flags
 }
 
 /// The bench_diffusers.py (and `sie bench`) command line of one network benchmark.

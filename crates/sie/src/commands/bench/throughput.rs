@@ -23,7 +23,7 @@ use sie_engine::{LoadOptions, SafetyCheckerSource, StableDiffusion};
 use sie_store::{AccountName, BillingNote, OrgName, SqliteStore, Store, Timestamp};
 use sie_worker::{StoreSource, Worker};
 
-use super::{strings, CommonArgs};
+use super::{pipeline_flags, CommonArgs};
 
 #[derive(Args, Clone)]
 pub struct ThroughputArgs {
@@ -58,18 +58,7 @@ pub(super) fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         print(&ours, None, args.common.json);
         return Ok(());
     };
-    let mut flags = strings(&["pipeline", "--model"]);
-    flags.push(args.model.display().to_string());
-    flags.extend(strings(&[
-        "--size",
-        &args.size.to_string(),
-        "--steps",
-        &args.steps.to_string(),
-        "--runs",
-        "1",
-        "--guidance",
-        &args.guidance.to_string(),
-    ]));
+    let mut flags = pipeline_flags(&args.model, args.size, args.steps, 1, args.guidance);
     flags.extend(args.common.flags());
     let run = super::torch::diffusers(python, &flags)?;
     let seconds = run["seconds"]
