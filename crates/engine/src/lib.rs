@@ -50,4 +50,7 @@ pub mod tokenizer;
 pub use candle_core;
 pub use device::{DeviceSpec, Precision, RunsOn};
 pub use error::{Error, Result};
-pub use loader::{LoadOptions, ModelFiles, SafetyCheckerSource, StableDiffusion};
+pub use loader::{
+    LoadOptions, ModelFiles, SafetyCheckerSource, SingleFileOptions, StableDiffusion,
+    TokenizerSource,
+};

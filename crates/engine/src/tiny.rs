@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::loader::json::FromJson;
+use crate::loader::original::sd2_scheduler_config;
 use crate::networks::{ClipTextConfig, ClipTextEncoder, UNet, UNetConfig, Vae, VaeConfig};
 use crate::random::{self, RandomWeights, Values};
 use crate::scheduler::PredictionType;
@@ -57,11 +58,7 @@ const LATENT_CHANNELS: usize = 4;
 /// Writes the whole model directory into `out` (created if needed; existing files are replaced).
 pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
     let v_prediction = options.prediction_type == PredictionType::VPrediction;
-    let (scheduler_class, prediction) = if v_prediction {
-        ("DDIMScheduler", "v_prediction")
-    } else {
-        ("PNDMScheduler", "epsilon")
-    };
+    let scheduler = sd2_scheduler_config(options.prediction_type);
     let (pipeline_class, unet_in_channels) = if options.inpainting {
         ("StableDiffusionInpaintPipeline", 2 * LATENT_CHANNELS + 1)
     } else {
@@ -75,7 +72,7 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
             "feature_extractor": [null, null],
             "requires_safety_checker": false,
             "safety_checker": [null, null],
-            "scheduler": ["diffusers", scheduler_class],
+            "scheduler": ["diffusers", scheduler["_class_name"]],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
@@ -83,30 +80,8 @@ pub fn write_tiny_model(out: &Path, options: TinyOptions) -> Result<()> {
         }),
     )?;
     // SD 2.1's published scheduler config (2-1: DDIM + v_prediction; 2-1-base: PNDM + epsilon).
-    write_json(
-        &out.join("scheduler/scheduler_config.json"),
-        &json!({
-            "_class_name": scheduler_class,
-            "_diffusers_version": "0.8.0",
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "beta_start": 0.00085,
-            "clip_sample": false,
-            "num_train_timesteps": 1000,
-            "prediction_type": prediction,
-            "set_alpha_to_one": false,
-            "skip_prk_steps": true,
-            "steps_offset": 1,
-            "trained_betas": null,
-        }),
-    )?;
-
-    let (vocab, merges) = tokenizer::clip_vocabulary_files();
-    write_text(&out.join("tokenizer/vocab.json"), &vocab)?;
-    write_text(&out.join("tokenizer/merges.txt"), &merges)?;
-    for (name, text) in tokenizer::sd2_tokenizer_config_files() {
-        write_text(&out.join("tokenizer").join(name), &text)?;
-    }
+    write_json(&out.join("scheduler/scheduler_config.json"), &scheduler)?;
+    write_sd2_tokenizer(&out.join("tokenizer"))?;
 
     let text_path = out.join("text_encoder/config.json");
     write_json(
@@ -330,21 +305,33 @@ pub fn write_tiny_safety_checker(out: &Path, options: TinyCheckerOptions) -> Res
     )
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::File {
         path: path.to_owned(),
         message: format!("cannot write: {e}"),
     }
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_text(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     }
     std::fs::write(path, text).map_err(|e| io_error(path, e))
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
+/// SD 2.1's tokenizer folder as stabilityai publishes it: `vocab.json`, `merges.txt` and its
+/// two config files.
+pub(crate) fn write_sd2_tokenizer(dir: &Path) -> Result<()> {
+    let (vocab, merges) = tokenizer::clip_vocabulary_files();
+    write_text(&dir.join("vocab.json"), &vocab)?;
+    write_text(&dir.join("merges.txt"), &merges)?;
+    for (name, text) in tokenizer::sd2_tokenizer_config_files() {
+        write_text(&dir.join(name), &text)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| io_error(path, e))?;
     write_text(path, &(text + "\n"))
 }

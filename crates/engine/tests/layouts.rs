@@ -1,9 +1,9 @@
-//! Model directories as today's diffusers and transformers save them (a start on issue 18):
-//! weights in shards beside their index, and a tokenizer folder with `tokenizer.json` alone.
-//! The tiny model is rewritten here into those layouts; it must load and make the image it
-//! makes in the original layout, and each way a sharded checkpoint can be broken is refused
-//! naming the file and what was expected. (Fixtures saved by diffusers itself are still to
-//! come.)
+//! Model directories as today's diffusers and transformers save them: weights in shards
+//! beside their index, and a tokenizer folder with `tokenizer.json` alone. A pipeline that
+//! diffusers itself re-saved must generate what diffusers generates from it; the tiny model
+//! rewritten here into those layouts must make the image it makes in the original layout;
+//! and each way a sharded checkpoint can be broken is refused naming the file and what was
+//! expected.
 
 mod common;
 
@@ -201,5 +201,110 @@ fn a_tokenizer_json_alone_tokenizes_as_vocab_and_merges_do() {
             assert_eq!((p, field.as_str()), (path, "model.type"));
         }
         other => panic!("{other}"),
+    }
+}
+
+/// `tests/fixtures/layouts/resaved` is the tiny model as diffusers 0.42 and transformers 5
+/// `save_pretrained` it (`tools/parity/make_layout_fixtures.py`): its configs, the shards'
+/// indexes and the `tokenizer.json`-only tokenizer exactly as they wrote them. The shards
+/// themselves are rebuilt here from the tiny model by the indexes, each checked against the
+/// hash the script took of the shard diffusers wrote.
+#[test]
+fn a_pipeline_resaved_by_diffusers_generates_what_diffusers_does() {
+    let fixtures = common::fixtures("layouts");
+    let tiny = common::tiny_model_dir("epsilon");
+    let meta = common::read_json(&fixtures.join("resaved-model.json"));
+    for (file, want) in meta["sha256"].as_object().unwrap() {
+        let got = format!(
+            "{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(tiny.join(file)).unwrap())
+        );
+        assert_eq!(
+            &got,
+            want.as_str().unwrap(),
+            "{file}: regenerate the fixtures"
+        );
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("resaved");
+    copy_fixture_dir(&fixtures.join("resaved"), &dir);
+
+    let shards = common::read_json(&fixtures.join("resaved/shards.json"));
+    for (shard, entry) in shards.as_object().unwrap() {
+        let component = shard.split('/').next().unwrap();
+        let file = if component == "text_encoder" {
+            "model.safetensors"
+        } else {
+            "diffusion_pytorch_model.safetensors"
+        };
+        let source = common::load_tensors(&tiny.join(component).join(file));
+        let mut tensors = HashMap::new();
+        for t in entry["tensors"].as_array().unwrap() {
+            let name = t[0].as_str().unwrap();
+            let from = source
+                .get(name)
+                .or_else(|| source.get(&format!("text_model.{name}")))
+                .unwrap_or_else(|| panic!("{shard}: {name} is not in the tiny model"));
+            tensors.insert(name.to_owned(), from.clone());
+        }
+        assert_eq!(
+            common::original::content_hash(&tensors),
+            entry["content_sha256"].as_str().unwrap(),
+            "{shard}"
+        );
+        sie_engine::candle_core::safetensors::save(&tensors, dir.join(shard)).unwrap();
+    }
+
+    let files = sie_engine::ModelFiles::open(&dir).unwrap();
+    let summary = files.summary();
+    assert_eq!(summary["tokenizer"], "tokenizer.json");
+    assert!(
+        summary["unet_parameters"].contains("37 shards listed in"),
+        "{summary:?}"
+    );
+    let model = StableDiffusion::load(&dir, &LoadOptions::default()).unwrap();
+
+    let text = common::load_tensors(&fixtures.join("resaved-text.safetensors"));
+    let ids = |name: &str| -> Vec<u32> {
+        text[name]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|i| i as u32)
+            .collect()
+    };
+    let run = common::read_json(&fixtures.join("resaved.json"));
+    let request = common::fixture_request(&model, &run["request"]);
+    let mut recorder = common::Recorder::default();
+    let generated = request
+        .run(&model, &mut recorder, &AtomicBool::new(false))
+        .unwrap();
+    let (prompt, negative) = recorder.tokens.clone().unwrap();
+    assert_eq!(prompt, ids("prompt_ids"));
+    assert_eq!(negative, ids("negative_prompt_ids"));
+    let want = common::load_tensors(&fixtures.join("resaved.safetensors"));
+    let steps = run["steps_recorded"].as_u64().unwrap() as usize;
+    common::assert_matches_fixture("resaved", &recorder, &generated, &want, steps, 1e-4);
+}
+
+/// Copies a fixture directory, un-gzipping `*.gz` files and leaving out `shards.json`.
+fn copy_fixture_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if path.is_dir() {
+            copy_fixture_dir(&path, &to.join(&name));
+        } else if let Some(stem) = name.strip_suffix(".gz") {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()),
+                &mut text,
+            )
+            .unwrap();
+            std::fs::write(to.join(stem), text).unwrap();
+        } else if name != "shards.json" {
+            std::fs::copy(&path, to.join(&name)).unwrap();
+        }
     }
 }

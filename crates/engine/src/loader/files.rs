@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::json::{FromJson, JsonConfig};
+use super::original::{self, Configs, SingleFileOptions, TokenizerSource};
 use super::weights::WeightsFile;
 use crate::error::{Error, Result};
 use crate::networks::{ClipTextConfig, UNetConfig, VaeConfig};
@@ -34,16 +35,67 @@ pub struct ModelFiles {
     pub(crate) text_encoder_weights: WeightsFile,
     pub(crate) unet_weights: WeightsFile,
     pub(crate) vae_weights: WeightsFile,
+    /// Where the tokenizer is read from.
+    pub tokenizer: TokenizerSource,
+    /// A single file's layout and what was inferred of it (`sie model check`), and its
+    /// configs as diffusers writes them (`sie model convert`); `None` for a directory.
+    pub(crate) single_file: Option<SingleFile>,
+}
+
+/// What a single-file checkpoint adds to [`ModelFiles`].
+#[derive(Debug, Clone)]
+pub(crate) struct SingleFile {
+    pub(crate) report: Vec<(&'static str, String)>,
+    pub(crate) configs: Configs,
+    pub(crate) scheduler: serde_json::Value,
 }
 
 impl ModelFiles {
     /// Finds and parses every file of the directory `root`, and checks that they fit together.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with(root, &SingleFileOptions::default())
+    }
+
+    /// [`ModelFiles::open`] for a directory; for a file, a single-file checkpoint in the
+    /// original SD 2.x layout, with what the file cannot say taken from `options`.
+    pub fn open_with(root: &Path, options: &SingleFileOptions) -> Result<Self> {
+        if root.is_file() {
+            let opened = original::open(root, options)?;
+            let [text_encoder_weights, unet_weights, vae_weights] = opened.weights;
+            let files = ModelFiles {
+                root: root.to_owned(),
+                pipeline_class: opened.pipeline_class,
+                text_encoder: opened.text_encoder,
+                unet: opened.unet,
+                vae: opened.vae,
+                scheduler: opened.scheduler,
+                text_encoder_weights,
+                unet_weights,
+                vae_weights,
+                tokenizer: opened.tokenizer,
+                single_file: Some(SingleFile {
+                    report: opened.report,
+                    configs: opened.configs,
+                    scheduler: opened.scheduler_json,
+                }),
+            };
+            files.check(root)?;
+            return Ok(files);
+        }
+        if *options != SingleFileOptions::default() {
+            return Err(Error::File {
+                path: root.to_owned(),
+                message: "--prediction-type and --config apply to a single-file checkpoint; a \
+                          diffusers directory says both in its own files"
+                    .into(),
+            });
+        }
         if !root.is_dir() {
             return Err(Error::File {
                 path: root.to_owned(),
-                message: "not a directory; expected a diffusers-layout Stable Diffusion 2.x model \
-                          (model_index.json, scheduler/, text_encoder/, tokenizer/, unet/, vae/)"
+                message: "no such file or directory; expected a diffusers-layout Stable Diffusion \
+                          2.x directory (model_index.json, scheduler/, text_encoder/, tokenizer/, \
+                          unet/, vae/) or a single .safetensors checkpoint in the original layout"
                     .into(),
             });
         }
@@ -67,11 +119,31 @@ impl ModelFiles {
         let unet = UNetConfig::load(&root.join("unet/config.json"))?;
         let vae = VaeConfig::load(&root.join("vae/config.json"))?;
         let scheduler = SchedulerConfig::load(&root.join("scheduler/scheduler_config.json"))?;
+        let files = ModelFiles {
+            pipeline_class,
+            text_encoder_weights: WeightsFile::find(&root.join("text_encoder"), "model")?,
+            unet_weights: WeightsFile::find(&root.join("unet"), "diffusion_pytorch_model")?,
+            vae_weights: WeightsFile::find(&root.join("vae"), "diffusion_pytorch_model")?,
+            text_encoder,
+            unet,
+            vae,
+            scheduler,
+            tokenizer: TokenizerSource::Dir(root.join("tokenizer")),
+            single_file: None,
+            root: root.to_owned(),
+        };
+        files.check(&root.join("unet/config.json"))?;
+        Ok(files)
+    }
+
+    /// Checks that the configs fit together; `unet_path` is what errors about the UNet name.
+    fn check(&self, unet_path: &Path) -> Result<()> {
+        let (text_encoder, unet, vae, scheduler) =
+            (&self.text_encoder, &self.unet, &self.vae, &self.scheduler);
         // Building the model's own scheduler once checks every value it reads now, at load,
         // instead of at the first request.
-        crate::scheduler::build(scheduler.default_kind()?, &scheduler, 1, 0.0)?;
+        crate::scheduler::build(scheduler.default_kind()?, scheduler, 1, 0.0)?;
         scheduler.prediction_type(PredictionType::Epsilon)?;
-        let unet_path = root.join("unet/config.json");
         if unet.cross_attention_dim != text_encoder.hidden_size {
             return Err(Error::config(
                 unet_path,
@@ -97,17 +169,13 @@ impl ModelFiles {
                 ),
             ));
         }
-        Ok(ModelFiles {
-            pipeline_class,
-            text_encoder_weights: WeightsFile::find(&root.join("text_encoder"), "model")?,
-            unet_weights: WeightsFile::find(&root.join("unet"), "diffusion_pytorch_model")?,
-            vae_weights: WeightsFile::find(&root.join("vae"), "diffusion_pytorch_model")?,
-            text_encoder,
-            unet,
-            vae,
-            scheduler,
-            root: root.to_owned(),
-        })
+        Ok(())
+    }
+
+    /// Writes this single-file checkpoint as a diffusers directory at `out` (which must not
+    /// exist): `sie model convert`.
+    pub fn convert(&self, out: &Path) -> Result<()> {
+        original::convert::convert(self, out)
     }
 
     /// The image size the model was trained at (768 for SD 2.1, 512 for 2.1-base).
@@ -139,7 +207,7 @@ impl ModelFiles {
     /// A human-readable summary, one `key: value` per entry (what `sie model check` prints).
     pub fn summary(&self) -> BTreeMap<&'static str, String> {
         let mut s = BTreeMap::new();
-        s.insert("directory", self.root.display().to_string());
+        s.insert("model", self.root.display().to_string());
         s.insert("pipeline", self.pipeline_class.clone());
         s.insert("native_size", format!("{0}x{0}", self.native_size()));
         s.insert("prediction_type", format!("{:?}", self.prediction_type()));
@@ -178,16 +246,29 @@ impl ModelFiles {
                 format!("{} ({:?}, {})", w.parameters, w.dtype, w.describe()),
             );
         }
-        let tokenizer = self.root.join("tokenizer");
         s.insert(
             "tokenizer",
-            if !tokenizer.join("vocab.json").is_file() && tokenizer.join("tokenizer.json").is_file()
-            {
-                "tokenizer.json".into()
-            } else {
-                "vocab.json and merges.txt".into()
+            match &self.tokenizer {
+                TokenizerSource::BuiltInSd2 => "SD 2.x's OpenCLIP tokenizer (built in)".into(),
+                TokenizerSource::Dir(dir)
+                    if !dir.join("vocab.json").is_file()
+                        && dir.join("tokenizer.json").is_file() =>
+                {
+                    "tokenizer.json".into()
+                }
+                TokenizerSource::Dir(_) => "vocab.json and merges.txt".into(),
             },
         );
+        match &self.single_file {
+            Some(single) => {
+                for (key, value) in &single.report {
+                    s.insert(key, value.clone());
+                }
+            }
+            None => {
+                s.insert("layout", "a diffusers directory".into());
+            }
+        }
         s
     }
 }

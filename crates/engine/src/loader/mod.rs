@@ -14,6 +14,7 @@
 
 mod files;
 pub(crate) mod json;
+pub(crate) mod original;
 pub(crate) mod weights;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::safety::SafetyChecker;
 use crate::tokenizer::ClipTokenizer;
 
 pub use files::ModelFiles;
+pub use original::{SingleFileOptions, TokenizerSource};
 
 /// Which safety checker a model loads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct LoadOptions {
     /// refuses other dtypes there).
     pub dtype: DType,
     pub safety_checker: SafetyCheckerSource,
+    /// What a single-file checkpoint cannot say of itself (unused for a directory).
+    pub single_file: SingleFileOptions,
 }
 
 impl Default for LoadOptions {
@@ -56,6 +60,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             safety_checker: SafetyCheckerSource::ModelDefault,
+            single_file: SingleFileOptions::default(),
         }
     }
 }
@@ -74,11 +79,14 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// Opens the directory `root` ([`ModelFiles::open`]) and builds every network, the
+    /// Opens the directory or single file `root` ([`ModelFiles::open_with`]) and builds every network, the
     /// tokenizer and the safety checker `options` names, on `options.device`.
     pub fn load(root: &Path, options: &LoadOptions) -> Result<Self> {
-        let files = ModelFiles::open(root)?;
-        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer"))?;
+        let files = ModelFiles::open_with(root, &options.single_file)?;
+        let tokenizer = match &files.tokenizer {
+            TokenizerSource::Dir(dir) => ClipTokenizer::from_dir(dir)?,
+            TokenizerSource::BuiltInSd2 => ClipTokenizer::sd2()?,
+        };
         let (device, dtype) = (&options.device, options.dtype);
 
         let w = &files.text_encoder_weights;

@@ -11,10 +11,13 @@
 //! imports nothing of the engine but the error type, so neither import the other through it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+use super::original::names::{Network, OriginalBackend};
 use crate::error::{Error, Result};
 
 /// One component's weights, a file or the shards an index names, and what their headers say.
@@ -26,6 +29,19 @@ pub(crate) struct WeightsFile {
     pub(crate) files: Vec<PathBuf>,
     pub(crate) dtype: DType,
     pub(crate) parameters: usize,
+    /// Set when the tensors are named in the original SD 2.x layout (a single-file
+    /// checkpoint): the mapped file and the network's naming, read through a renaming.
+    original: Option<Original>,
+}
+
+/// A mapped original-layout file and one network's naming in it.
+#[derive(Clone)]
+struct Original(Arc<MmapedSafetensors>, Network);
+
+impl std::fmt::Debug for Original {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Original").field(&self.1).finish()
+    }
 }
 
 impl WeightsFile {
@@ -84,7 +100,36 @@ impl WeightsFile {
             files,
             dtype,
             parameters,
+            original: None,
         })
+    }
+
+    /// One network's part of a single-file checkpoint in the original layout (already mapped
+    /// and checked by `original::Header`).
+    pub(crate) fn original(
+        path: &Path,
+        dtype: DType,
+        parameters: usize,
+        file: Arc<MmapedSafetensors>,
+        network: Network,
+    ) -> Self {
+        WeightsFile {
+            path: path.to_owned(),
+            files: vec![path.to_owned()],
+            dtype,
+            parameters,
+            original: Some(Original(file, network)),
+        }
+    }
+
+    /// The renaming backend over an original-layout file (`None` for diffusers-named weights).
+    pub(crate) fn original_backend(&self) -> Option<OriginalBackend> {
+        self.original
+            .as_ref()
+            .map(|Original(file, network)| OriginalBackend {
+                file: file.clone(),
+                network: network.clone(),
+            })
     }
 
     /// Where the weights are, as `sie model check` says it: the file, or the shards and
@@ -103,6 +148,13 @@ impl WeightsFile {
 
     /// A VarBuilder over this file converting to `dtype` on `device`.
     pub(crate) fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        if let Some(backend) = self.original_backend() {
+            return Ok(VarBuilder::from_backend(
+                Box::new(backend),
+                dtype,
+                device.clone(),
+            ));
+        }
         // SAFETY: as in `find`; the mapping lives as long as the VarBuilder that reads it.
         unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }.map_err(|e| {
             Error::File {

@@ -41,7 +41,7 @@ mod text;
 mod vocabulary;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use regex::Regex;
@@ -106,6 +106,18 @@ impl std::fmt::Debug for ClipTokenizer {
     }
 }
 
+/// What a tokenizer is built from, each with the path its errors name.
+struct Sources {
+    vocab_path: PathBuf,
+    merges_path: PathBuf,
+    config_path: PathBuf,
+    special_path: PathBuf,
+    vocab: HashMap<String, u32>,
+    merges_text: String,
+    config: Option<serde_json::Value>,
+    special_map: Option<serde_json::Value>,
+}
+
 impl ClipTokenizer {
     /// Loads `vocab.json` + `merges.txt`, or without them `tokenizer.json` (+
     /// `tokenizer_config.json` / `special_tokens_map.json` for the special tokens and
@@ -129,6 +141,62 @@ impl ClipTokenizer {
             };
         let config = read_optional_json(&config_path)?;
         let special_map = read_optional_json(&special_path)?;
+        Self::build(Sources {
+            vocab_path,
+            merges_path,
+            config_path,
+            special_path,
+            vocab,
+            merges_text,
+            config,
+            special_map,
+        })
+    }
+
+    /// SD 2.x's own tokenizer (OpenCLIP's vocabulary, padded with `!`), built in: what a
+    /// single-file checkpoint, which holds no tokenizer, is read with.
+    pub fn sd2() -> crate::Result<Self> {
+        let dir = Path::new("<built-in SD 2.x tokenizer>");
+        let (vocab_path, merges_path) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let (vocab_text, merges_text) = clip_vocabulary_files();
+        let vocab = parse_vocab(&vocab_path, &vocab_text)?;
+        let config_file = |name: &str| -> crate::Result<Option<serde_json::Value>> {
+            let Some((_, text)) = sd2_tokenizer_config_files()
+                .into_iter()
+                .find(|(file, _)| *file == name)
+            else {
+                return Ok(None);
+            };
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Error::File {
+                    path: dir.join(name),
+                    message: format!("not valid JSON: {e}"),
+                })
+        };
+        Self::build(Sources {
+            config: config_file("tokenizer_config.json")?,
+            special_map: config_file("special_tokens_map.json")?,
+            config_path: dir.join("tokenizer_config.json"),
+            special_path: dir.join("special_tokens_map.json"),
+            vocab_path,
+            merges_path,
+            vocab,
+            merges_text,
+        })
+    }
+
+    fn build(sources: Sources) -> crate::Result<Self> {
+        let Sources {
+            vocab_path,
+            merges_path,
+            config_path,
+            special_path,
+            vocab,
+            merges_text,
+            config,
+            special_map,
+        } = sources;
 
         let mut tokens_by_id: HashMap<u32, String> =
             vocab.iter().map(|(t, &id)| (id, t.clone())).collect();

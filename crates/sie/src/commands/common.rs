@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sie_engine::{DeviceSpec, LoadOptions, Precision, SafetyCheckerSource, StableDiffusion};
+use clap::ValueEnum;
+use sie_engine::scheduler::PredictionType;
+use sie_engine::{
+    DeviceSpec, LoadOptions, Precision, SafetyCheckerSource, SingleFileOptions, StableDiffusion,
+};
 use sie_store::{PostgresStore, Store, Timestamp};
 use sie_worker::{Ran, SourceError, Worker};
 
@@ -204,6 +208,47 @@ pub fn bind(listen: &str) -> anyhow::Result<(tokio::runtime::Runtime, tokio::net
     Ok((runtime, listener))
 }
 
+/// What a UNet predicts, as the command line spells it.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Prediction {
+    Epsilon,
+    // diffusers' `prediction_type` spells it `v_prediction`.
+    #[value(alias = "v_prediction")]
+    VPrediction,
+}
+
+impl Prediction {
+    pub fn engine(self) -> PredictionType {
+        match self {
+            Prediction::Epsilon => PredictionType::Epsilon,
+            Prediction::VPrediction => PredictionType::VPrediction,
+        }
+    }
+}
+
+/// What a single-file checkpoint (`--model FILE.safetensors`, the original SD 2.x layout)
+/// cannot say of itself; refused with a model directory, which says both in its files.
+#[derive(Args, Clone, Default)]
+pub struct SingleFileArgs {
+    /// For a single-file checkpoint: what its UNet predicts, `v-prediction` (SD 2.1, 768) or
+    /// `epsilon` (SD 2.1-base, 512). Needed unless --config gives a scheduler that says it.
+    #[arg(long, value_enum)]
+    pub prediction_type: Option<Prediction>,
+    /// For a single-file checkpoint: a diffusers-layout directory whose configs, scheduler
+    /// and tokenizer describe it (its weights are not read), instead of SD 2.x's defaults.
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+}
+
+impl SingleFileArgs {
+    pub fn options(&self) -> SingleFileOptions {
+        SingleFileOptions {
+            prediction_type: self.prediction_type.map(Prediction::engine),
+            config: self.config.clone(),
+        }
+    }
+}
+
 /// Where the networks run: every command that generates takes these.
 #[derive(Args, Clone)]
 pub struct DeviceArgs {
@@ -228,6 +273,7 @@ impl DeviceArgs {
             device,
             dtype: precision.dtype(),
             safety_checker,
+            single_file: SingleFileOptions::default(),
         })
     }
 
@@ -242,7 +288,8 @@ impl DeviceArgs {
     }
 }
 
-/// Loads a model directory with `options` (from [`DeviceArgs::model_options`]).
+/// Loads a model directory or single-file checkpoint with `options` (from
+/// [`DeviceArgs::model_options`]).
 pub fn load_model(
     dir: &std::path::Path,
     options: &LoadOptions,

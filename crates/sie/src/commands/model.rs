@@ -5,30 +5,36 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use sie_api::request::InputImage;
 use sie_engine::candle_core::{Device, Tensor};
 use sie_engine::output::{encode, ImageFormat};
 use sie_engine::pipeline::{ImageToImage, Inpaint, Observer, Request, RgbImage, TextToImage};
-use sie_engine::scheduler::{PredictionType, SchedulerKind};
+use sie_engine::scheduler::SchedulerKind;
 use sie_engine::tiny::{
     write_tiny_model, write_tiny_safety_checker, TinyCheckerOptions, TinyOptions,
 };
 use sie_engine::{ModelFiles, SafetyCheckerSource, StableDiffusion};
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, Prediction, SingleFileArgs};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
     /// Write the tiny random-weight model (SD 2.1's architecture at tiny widths).
     Tiny(TinyArgs),
-    /// Check a model directory and print a summary.
+    /// Check a model directory or single-file checkpoint and print what it holds and, for a
+    /// single file, what was inferred.
     Check {
-        /// A diffusers-layout Stable Diffusion 2.x directory.
+        /// A diffusers-layout Stable Diffusion 2.x directory, or a `.safetensors` checkpoint in
+        /// the original SD 2.x layout.
         dir: PathBuf,
+        #[command(flatten)]
+        model_file: SingleFileArgs,
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Write a single-file checkpoint (original SD 2.x layout) as a diffusers directory.
+    Convert(ConvertArgs),
     /// Generate images from a prompt, offline (from an image too with --image, inpainting
     /// with --mask).
     Run(Box<RunArgs>),
@@ -37,12 +43,15 @@ pub enum ModelCommand {
     Pull(Box<super::pull::PullArgs>),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Prediction {
-    Epsilon,
-    // diffusers' `prediction_type` spells it `v_prediction`.
-    #[value(alias = "v_prediction")]
-    VPrediction,
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// The `.safetensors` checkpoint in the original SD 2.x layout.
+    file: PathBuf,
+    /// The diffusers directory to write; it must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    model_file: SingleFileArgs,
 }
 
 #[derive(Args)]
@@ -76,9 +85,11 @@ pub struct TinyArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The model directory.
+    /// The model directory, or a `.safetensors` checkpoint in the original SD 2.x layout.
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    model_file: SingleFileArgs,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -139,10 +150,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Tiny(args) => {
             let options = TinyOptions {
-                prediction_type: match args.prediction_type {
-                    Prediction::Epsilon => PredictionType::Epsilon,
-                    Prediction::VPrediction => PredictionType::VPrediction,
-                },
+                prediction_type: args.prediction_type.engine(),
                 seed: args.seed,
                 inpainting: args.inpainting,
             };
@@ -162,21 +170,40 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelCommand::Check { dir, device } => check(&dir, &device),
+        ModelCommand::Check {
+            dir,
+            model_file,
+            device,
+        } => check(&dir, &model_file, &device),
+        ModelCommand::Convert(args) => {
+            let files = ModelFiles::open_with(&args.file, &args.model_file.options())?;
+            files.convert(&args.out)?;
+            println!(
+                "wrote {} as a diffusers directory to {}",
+                args.file.display(),
+                args.out.display()
+            );
+            Ok(())
+        }
         ModelCommand::Run(args) => generate(*args),
         ModelCommand::Pull(args) => super::pull::run(*args),
     }
 }
 
-/// `sie model check DIR`: the directory's summary, then the networks built on `device`
-/// (`sie model pull` ends with it too).
-pub(crate) fn check(dir: &Path, device: &DeviceArgs) -> anyhow::Result<()> {
-    let files = ModelFiles::open(dir)?;
+/// `sie model check DIR`: the directory's (or single file's) summary, then the networks built
+/// on `device` (`sie model pull` ends with it too).
+pub(crate) fn check(
+    dir: &Path,
+    model_file: &SingleFileArgs,
+    device: &DeviceArgs,
+) -> anyhow::Result<()> {
+    let files = ModelFiles::open_with(dir, &model_file.options())?;
     for (key, value) in files.summary() {
         println!("{key}: {value}");
     }
     // Building the networks checks every tensor's presence and shape.
-    let options = device.load_options(SafetyCheckerSource::ModelDefault)?;
+    let mut options = device.load_options(SafetyCheckerSource::ModelDefault)?;
+    options.single_file = model_file.options();
     let model = StableDiffusion::load(dir, &options)?;
     let runs_on = model.runs_on();
     println!("device: {} ({})", runs_on.device, runs_on.precision);
@@ -201,13 +228,14 @@ fn generate(args: RunArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--scheduler")?;
     let format = ImageFormat::parse(&args.format).context("--format")?;
-    let options =
+    let mut options =
         args.device
             .load_options(match (&args.safety_checker, args.no_safety_checker) {
                 (_, true) => SafetyCheckerSource::Disabled,
                 (Some(dir), false) => SafetyCheckerSource::Dir(dir.clone()),
                 (None, false) => SafetyCheckerSource::ModelDefault,
             })?;
+    options.single_file = args.model_file.options();
     let model = StableDiffusion::load(&args.model, &options)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let image = args.image.as_deref().map(read_image).transpose()?;

@@ -159,7 +159,7 @@ pub fn run(args: PullArgs) -> anyhow::Result<()> {
         info.sha,
         out.display()
     );
-    super::model::check(&out, &args.device)
+    super::model::check(&out, &Default::default(), &args.device)
 }
 
 /// `owner/name` or `name`, each part letters, digits, `-`, `_` and `.`, as the hub allows.

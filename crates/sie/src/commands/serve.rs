@@ -27,12 +27,15 @@ use sie_engine::tiny::{
 use sie_store::{AccountName, BillingNote, OrgName, Store, Timestamp};
 use sie_worker::{StoreSource, Worker};
 
-use super::common::{serve_until_signal, spawn_expiry, spawn_workers, DeviceArgs, ServerArgs};
+use super::common::{
+    serve_until_signal, spawn_expiry, spawn_workers, DeviceArgs, ServerArgs, SingleFileArgs,
+};
 use super::data_dir::{DataDir, LOCAL_WORKERS};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A diffusers-layout SD 2.x directory, or `tiny` for the built-in tiny test model.
+    /// A diffusers-layout SD 2.x directory, a `.safetensors` checkpoint in the original SD 2.x
+    /// layout, or `tiny` for the built-in tiny test model.
     #[arg(long)]
     model: String,
     /// A safety-checker directory to use instead of the model's own `safety_checker/`.
@@ -40,6 +43,8 @@ pub struct ServeArgs {
     safety_checker: Option<PathBuf>,
     #[arg(long, default_value = "./sie-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    model_file: SingleFileArgs,
     #[command(flatten)]
     device: DeviceArgs,
     /// In-process worker threads; 0 serves the API alone (tasks wait in the queue).
@@ -54,7 +59,8 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let options = args.device.model_options(args.safety_checker.as_ref())?;
+    let mut options = args.device.model_options(args.safety_checker.as_ref())?;
+    options.single_file = args.model_file.options();
     let data_dir = DataDir::prepare(&args.data_dir, true)?;
     // Held until the process ends; taken before the store opens, so a second server on
     // this directory changes nothing.
@@ -126,11 +132,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The model's name for `$meta` and the worker announcement: its directory's name.
+/// The model's name for `$meta` and the worker announcement: its directory's name, or a
+/// single file's without the extension.
 pub fn model_name(dir: &std::path::Path) -> String {
     dir.canonicalize()
         .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|d| {
+            let name = if d.is_file() {
+                d.file_stem()
+            } else {
+                d.file_name()
+            };
+            name.map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "model".into())
 }
 

@@ -16,7 +16,7 @@ use clap::Args;
 use sie_worker::remote::HttpSource;
 use sie_worker::Worker;
 
-use super::common::{load_model, shutdown_signal, spawn_workers, DeviceArgs};
+use super::common::{load_model, shutdown_signal, spawn_workers, DeviceArgs, SingleFileArgs};
 
 /// How long one lease call waits on the server; also the longest a shutdown waits for an
 /// idle thread's call to come back.
@@ -32,12 +32,15 @@ pub struct WorkerArgs {
     /// keeps it out of the process list).
     #[arg(long, env = "SIE_WORKER_TOKEN", hide_env_values = true)]
     token: String,
-    /// A diffusers-layout SD 2.x directory.
+    /// A diffusers-layout SD 2.x directory, or a `.safetensors` checkpoint in the original
+    /// SD 2.x layout.
     #[arg(long)]
     model: PathBuf,
     /// A safety-checker directory to use instead of the model's own `safety_checker/`.
     #[arg(long)]
     safety_checker: Option<PathBuf>,
+    #[command(flatten)]
+    model_file: SingleFileArgs,
     #[command(flatten)]
     device: DeviceArgs,
     /// Tasks run at once, each on its own thread with the one loaded model.
@@ -50,7 +53,8 @@ pub struct WorkerArgs {
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let options = args.device.model_options(args.safety_checker.as_ref())?;
+    let mut options = args.device.model_options(args.safety_checker.as_ref())?;
+    options.single_file = args.model_file.options();
     if !(args.server.starts_with("http://")) {
         anyhow::bail!(
             "--server {:?}: use an http:// URL of an API node (this build speaks plain HTTP; \

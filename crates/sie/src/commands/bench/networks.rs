@@ -152,6 +152,7 @@ pub(super) fn pipeline(args: &PipelineArgs) -> Result<Value> {
         device: args.common.device()?,
         dtype: args.common.dtype(),
         safety_checker: SafetyCheckerSource::Disabled,
+        ..LoadOptions::default()
     };
     let start = Instant::now();
     let model = StableDiffusion::load(&args.model, &options)

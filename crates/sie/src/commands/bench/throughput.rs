@@ -75,6 +75,7 @@ fn ours(args: &ThroughputArgs) -> anyhow::Result<Value> {
         device: args.common.device()?,
         dtype: args.common.dtype(),
         safety_checker: SafetyCheckerSource::Disabled,
+        ..LoadOptions::default()
     };
     let model = Arc::new(
         StableDiffusion::load(&args.model, &options)
