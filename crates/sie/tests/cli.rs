@@ -389,3 +389,73 @@ fn model_run_starts_from_an_image_and_inpaints_with_a_mask() {
     ));
     assert!(err.contains("--image"), "{err}");
 }
+
+/// The engine's tiny single-file checkpoint (original SD 2.x layout), rebuilt from its fixture.
+#[path = "../../engine/tests/common/original.rs"]
+mod original;
+
+#[test]
+fn a_single_file_checkpoint_is_checked_converted_run_and_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/layouts");
+    let (file, _) = original::write_checkpoint(&fixtures, tmp.path());
+    let file = file.to_str().unwrap();
+
+    // What the file cannot say is asked for.
+    let run = sie(&["model", "check", file]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("--prediction-type") && err.contains("single.safetensors"),
+        "{err}"
+    );
+
+    let summary = ok(&["model", "check", file, "--prediction-type", "epsilon"]);
+    for line in [
+        "layout: a single file in the original SD 2.x layout",
+        "unet (inferred): 4 levels of [64, 64, 128, 128] channels",
+        "text_encoder (inferred): OpenCLIP, 2 of its 3 layers",
+        "not in the file: prediction type epsilon (--prediction-type)",
+        "ok: every tensor is present",
+    ] {
+        assert!(summary.contains(line), "{line:?} in\n{summary}");
+    }
+
+    let dir = tmp.path().join("converted");
+    let dir = dir.to_str().unwrap();
+    ok(&[
+        "model",
+        "convert",
+        file,
+        "--out",
+        dir,
+        "--prediction-type",
+        "epsilon",
+    ]);
+    let summary = ok(&["model", "check", dir]);
+    assert!(
+        summary.contains("layout: a diffusers directory"),
+        "{summary}"
+    );
+    // The hints belong to single files.
+    let run = sie(&["model", "check", dir, "--prediction-type", "epsilon"]);
+    assert!(!run.status.success());
+
+    // The file and its conversion make the same image.
+    let args = "--steps 2 --width 64 --height 64 --seed 3";
+    let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    run_model(
+        file,
+        &format!("{args} --prediction-type epsilon --out {}", a.display()),
+    );
+    run_model(dir, &format!("{args} --out {}", b.display()));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // `sie serve` loads it too.
+    let data = tmp.path().join("data");
+    let server = common::Server::start_model(file, &data, &["--prediction-type", "epsilon"], None);
+    let url = server.submit(common::small(3, 1, 2));
+    let done = server.finish(&url, std::time::Duration::from_secs(120));
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["modelOutputs"]["images"].as_array().unwrap().len(), 1);
+}

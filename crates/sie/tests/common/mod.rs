@@ -202,10 +202,15 @@ impl Server {
     /// Starts `sie serve --model tiny` on `data_dir` and waits for its address (and, on a
     /// fresh directory, its first API key; on a used one, pass the key it printed then).
     pub fn start(data_dir: &Path, extra: &[&str], key: Option<&str>) -> Server {
+        Server::start_model("tiny", data_dir, extra, key)
+    }
+
+    /// [`Server::start`] with `sie serve --model MODEL`.
+    pub fn start_model(model: &str, data_dir: &Path, extra: &[&str], key: Option<&str>) -> Server {
         let mut args = vec![
             "serve",
             "--model",
-            "tiny",
+            model,
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
