@@ -14,8 +14,18 @@ both sides wrote the same bytes.
 
 Cases: SD 2.1's published tokenizer configuration (pad "!") with the full prompt list, SD 1.x's
 (pad <|endoftext|>), and a configuration saved by newer transformers with
-`added_tokens_decoder` and a textual-inversion token, each with a shorter list. A sweep over
-single code points checks the Unicode tables (letters, numbers, white space, lower case, NFC).
+`added_tokens_decoder` and a textual-inversion token, the same beside SD 1.x's
+special_tokens_map.json (which transformers then does not read), each with a shorter list. A
+sweep over single code points checks the Unicode tables (letters, numbers, white space, lower
+case, NFC).
+
+Then the first three as transformers 5 re-saves it (`save_pretrained`: `tokenizer.json` and
+`tokenizer_config.json` only, the special tokens' flags and the textual-inversion word now in
+`tokenizer.json`'s `added_tokens`), with the prompts encoded by the tokenizer loaded back from
+that folder. Such a case records `tokenizer_config.json` as written and `tokenizer.json` as
+written less `model.vocab` and `model.merges`: the script checks those two equal, as JSON, the
+vocab.json and merges.txt written here (whose checksums the fixture records), so the Rust test
+puts them back from the shipped vocabulary instead of the fixture carrying 3.6 MB three times.
 
 Run: /path/to/venv/bin/python tools/parity/make_tokenizer_fixtures.py
 """
@@ -208,6 +218,27 @@ def write_dir(path, vocab_json, merges_txt, config, special_map):
     return files
 
 
+def resave(tok, path, vocab_json, merges_txt):
+    """`tok` saved by transformers into `path`, and what the fixture records of it."""
+    tok.save_pretrained(path)
+    written = sorted(os.listdir(path))
+    assert written == ["tokenizer.json", "tokenizer_config.json"], written
+    with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+        config_text = f.read()
+    with open(os.path.join(path, "tokenizer.json"), "rb") as f:
+        raw = f.read()
+    saved = json.loads(raw)
+    model = saved["model"]
+    assert model.pop("vocab") == json.loads(vocab_json), "tokenizer.json's vocab is not vocab.json's"
+    merges = [line.split(" ") for line in merges_txt.split("\n")[1:] if line]
+    assert model.pop("merges") == merges, "tokenizer.json's merges are not merges.txt's"
+    return {
+        "files": {"tokenizer_config.json": config_text},
+        "tokenizer_json_sha256": hashlib.sha256(raw).hexdigest(),
+        "tokenizer_json_without_vocab": saved,
+    }
+
+
 def encode(tok, prompt):
     max_length = tok.model_max_length
     ids = tok(prompt, padding="max_length", max_length=max_length, truncation=True)["input_ids"]
@@ -240,6 +271,7 @@ def main():
         ("sd2", SD2_TOKENIZER_CONFIG, SD2_SPECIAL_TOKENS_MAP, PROMPTS),
         ("sd1", SD1_TOKENIZER_CONFIG, SD1_SPECIAL_TOKENS_MAP, SHORT_PROMPTS),
         ("saved_with_added_tokens", SAVED_TOKENIZER_CONFIG, None, SHORT_PROMPTS),
+        ("added_tokens_beside_special_map", SAVED_TOKENIZER_CONFIG, SD1_SPECIAL_TOKENS_MAP, SHORT_PROMPTS),
     ]
     fixture = {
         "transformers": transformers.__version__,
@@ -250,6 +282,7 @@ def main():
         "vocab_json_len": len(vocab_json.encode("utf-8")),
         "merges_txt_len": len(merges_txt.encode("utf-8")),
         "cases": [],
+        "resaved_cases": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name, config, special_map, prompts in cases:
@@ -269,11 +302,27 @@ def main():
                 case["codepoints"] = codepoint_sweep(tok)
             fixture["cases"].append(case)
 
+        # The same three, re-saved by transformers 5 and loaded back from what it wrote.
+        for name, _, _, prompts in cases[:3]:
+            saved_path = os.path.join(tmp, name + "_resaved")
+            record = resave(CLIPTokenizer.from_pretrained(os.path.join(tmp, name)), saved_path, vocab_json, merges_txt)
+            tok = CLIPTokenizer.from_pretrained(saved_path)
+            print(f"{name} re-saved: pad {tok.pad_token!r} = {tok.pad_token_id}", file=sys.stderr)
+            extra = [p for p in SHORT_PROMPTS if p not in prompts]
+            fixture["resaved_cases"].append({
+                "name": name + "_resaved",
+                "oracle": f"{type(tok).__module__}.{type(tok).__name__}",
+                **record,
+                "pad_id": tok.pad_token_id,
+                "max_length": tok.model_max_length,
+                "encodings": [encode(tok, p) for p in prompts + extra],
+            })
+
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "prompts.json"), "w", encoding="utf-8") as f:
         json.dump(fixture, f, ensure_ascii=True, separators=(",", ":"))
         f.write("\n")
-    n = sum(len(c["encodings"]) for c in fixture["cases"])
+    n = sum(len(c["encodings"]) for c in fixture["cases"] + fixture["resaved_cases"])
     print(f"wrote {n} prompts, {len(fixture['cases'][0]['codepoints'])} code points to {OUT}", file=sys.stderr)
 
 

@@ -198,7 +198,7 @@ impl Prompt {
 
 /// The longest prompt or negative prompt accepted, in bytes. The text encoder reads 77
 /// tokens (a few hundred characters); the limit is far above that, and keeps a single
-/// request from tying up the tokenizer (its merge step is quadratic in a word's length).
+/// request's text (stored, tokenized, echoed) small.
 pub const MAX_PROMPT_BYTES: usize = 8 * 1024;
 
 fn check_prompt_length(s: &str) -> Result<(), String> {

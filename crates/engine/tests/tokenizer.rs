@@ -53,6 +53,60 @@ fn ids(value: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// A tokenizer folder as transformers 5 re-saves it: `tokenizer_config.json` as written and
+/// `tokenizer.json` with its `model.vocab` and `model.merges` put back from the shipped
+/// vocabulary (the fixture script checked they are those), no `vocab.json`.
+fn write_resaved_dir(case: &Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (vocab, merges) = clip_vocabulary_files();
+    let mut json = case["tokenizer_json_without_vocab"].clone();
+    json["model"]["vocab"] = serde_json::from_str(&vocab).unwrap();
+    json["model"]["merges"] = merges
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let (a, b) = line.split_once(' ').unwrap();
+            serde_json::json!([a, b])
+        })
+        .collect();
+    std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+    for (name, text) in case_files(case) {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+fn assert_encodings_match(tokenizer: &ClipTokenizer, case: &Value) -> usize {
+    let name = case["name"].as_str().unwrap();
+    assert_eq!(
+        tokenizer.max_length() as u64,
+        case["max_length"].as_u64().unwrap(),
+        "{name}"
+    );
+    assert_eq!(
+        u64::from(tokenizer.pad_id()),
+        case["pad_id"].as_u64().unwrap(),
+        "{name}"
+    );
+    let encodings = case["encodings"].as_array().unwrap();
+    for expected in encodings {
+        let prompt = expected["prompt"].as_str().unwrap();
+        let got = tokenizer.encode(prompt);
+        assert_eq!(got.ids, ids(&expected["ids"]), "{name}: {prompt:?}");
+        assert_eq!(
+            got.truncated,
+            expected["truncated"].as_bool().unwrap(),
+            "{name}: {prompt:?}"
+        );
+        assert_eq!(
+            got.dropped_text.as_deref(),
+            expected["dropped_text"].as_str(),
+            "{name}: {prompt:?}"
+        );
+    }
+    encodings.len()
+}
+
 #[test]
 fn vocabulary_files_match_what_transformers_was_given() {
     let fixture = fixture();
@@ -96,37 +150,48 @@ fn prompts_match_transformers() {
     let fixture = fixture();
     let mut checked = 0;
     for case in fixture["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
         let dir = write_dir(&case_files(case));
         let tokenizer = ClipTokenizer::from_dir(dir.path()).unwrap();
-        assert_eq!(
-            tokenizer.max_length() as u64,
-            case["max_length"].as_u64().unwrap(),
-            "{name}"
-        );
-        assert_eq!(
-            u64::from(tokenizer.pad_id()),
-            case["pad_id"].as_u64().unwrap(),
-            "{name}"
-        );
-        for expected in case["encodings"].as_array().unwrap() {
-            let prompt = expected["prompt"].as_str().unwrap();
-            let got = tokenizer.encode(prompt);
-            assert_eq!(got.ids, ids(&expected["ids"]), "{name}: {prompt:?}");
-            assert_eq!(
-                got.truncated,
-                expected["truncated"].as_bool().unwrap(),
-                "{name}: {prompt:?}"
-            );
-            assert_eq!(
-                got.dropped_text.as_deref(),
-                expected["dropped_text"].as_str(),
-                "{name}: {prompt:?}"
-            );
-            checked += 1;
-        }
+        checked += assert_encodings_match(&tokenizer, case);
     }
     assert!(checked >= 60, "only {checked} prompts in the fixture");
+}
+
+#[test]
+fn folders_resaved_by_transformers_5_match_transformers() {
+    let fixture = fixture();
+    let cases = fixture["resaved_cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "sd2_resaved",
+            "sd1_resaved",
+            "saved_with_added_tokens_resaved"
+        ]
+    );
+    let mut checked = 0;
+    for case in cases {
+        let dir = write_resaved_dir(case);
+        assert!(!dir.path().join("vocab.json").exists());
+        let tokenizer = ClipTokenizer::from_dir(dir.path()).unwrap();
+        checked += assert_encodings_match(&tokenizer, case);
+    }
+    assert!(checked >= 60, "only {checked} prompts in the fixture");
+}
+
+#[test]
+fn tokenizer_json_wins_over_vocab_json_as_in_transformers() {
+    // The re-saved textual-inversion folder plus vocab.json and merges.txt, which know
+    // nothing of <cat-toy>: transformers reads tokenizer.json, and so do we.
+    let fixture = fixture();
+    let case = &fixture["resaved_cases"][2];
+    let dir = write_resaved_dir(case);
+    let (vocab, merges) = clip_vocabulary_files();
+    std::fs::write(dir.path().join("vocab.json"), vocab).unwrap();
+    std::fs::write(dir.path().join("merges.txt"), merges).unwrap();
+    let tokenizer = ClipTokenizer::from_dir(dir.path()).unwrap();
+    assert_encodings_match(&tokenizer, case);
 }
 
 #[test]
@@ -210,6 +275,19 @@ fn bad_config_values_name_file_and_field() {
     let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
     assert!(
         err.contains("merges.txt") && err.contains("line 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_added_token_id_past_a_gap_is_refused_naming_it() {
+    // transformers would number <cat-toy> 49408 whatever the file says, and the text
+    // encoder's embedding for it is at the id the file gives: refused, not renumbered.
+    let config = r#"{"added_tokens_decoder": {"49410": {"content": "<cat-toy>"}}}"#;
+    let dir = write_dir(&[("tokenizer_config.json".to_string(), config.to_string())]);
+    let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("added_tokens_decoder.49410"),
         "{err}"
     );
 }

@@ -1,6 +1,6 @@
-//! What `tokenizer_config.json` and `special_tokens_map.json` declare: the special tokens,
-//! their `normalized` flags and ids, and `model_max_length`; and SD 2.1's own two files,
-//! which the tiny model ships.
+//! What `tokenizer_config.json` and `special_tokens_map.json` (and `tokenizer.json`'s
+//! `added_tokens`) declare: the special tokens, their `normalized` flags and ids, and
+//! `model_max_length`; and SD 2.1's own two files, which the tiny model ships.
 //!
 //! SD 1.x and SD 2.x differ here (1.x pads with `<|endoftext|>`, 2.x with `!`), and
 //! transformers settles disagreements between the two files, or between two roles, by
@@ -95,7 +95,10 @@ pub fn sd2_tokenizer_config_files() -> Vec<(&'static str, String)> {
 pub(super) struct SpecialToken {
     pub(super) content: String,
     pub(super) normalized: bool,
-    /// Set when `added_tokens_decoder` gives the id; otherwise the id comes from vocab.json.
+    /// Special (skipped when decoding with special tokens skipped): the four roles, and the
+    /// added tokens that say so.
+    pub(super) special: bool,
+    /// Set when the added tokens give the id; otherwise the id comes from the vocabulary.
     pub(super) id: Option<u32>,
     pub(super) file: Option<std::path::PathBuf>,
     pub(super) field: String,
@@ -109,7 +112,9 @@ pub(super) struct SpecialToken {
 /// content, `normalized` and file when both are objects; a string never equals an object); of
 /// the declarations left, the last one for a given content decides its `normalized` flag. A
 /// plain string is not normalised. `added_tokens_decoder`, when present, overrides all that
-/// for the contents it lists and adds its other tokens (textual-inversion words).
+/// for the contents it lists and adds its other tokens (textual-inversion words), and then
+/// `special_tokens_map.json` is not read at all. Without it, `tokenizer.json`'s
+/// `added_tokens` (where transformers 5 saves them) take its place.
 pub(super) struct SpecialTokens {
     pub(super) bos: SpecialToken,
     pub(super) eos: SpecialToken,
@@ -117,7 +122,7 @@ pub(super) struct SpecialTokens {
     /// BPE: every byte has a symbol, so nothing is unknown.
     pub(super) unk: SpecialToken,
     pub(super) pad: SpecialToken,
-    /// Everything to cut out of prompts: `added_tokens_decoder`, then bos, eos and pad.
+    /// Everything to cut out of prompts: the added tokens, then bos, eos and pad.
     pub(super) all: Vec<SpecialToken>,
 }
 
@@ -132,9 +137,11 @@ enum Declaration<'a> {
 }
 
 impl SpecialTokens {
+    /// `saved_added_tokens` is `tokenizer.json`'s `added_tokens`, when there is one.
     pub(super) fn from_configs(
         config: Option<(&Path, &serde_json::Value)>,
         special_map: Option<(&Path, &serde_json::Value)>,
+        saved_added_tokens: Option<(&Path, &serde_json::Value)>,
     ) -> crate::Result<Self> {
         const ROLES: [(&str, &str); 4] = [
             ("bos_token", START_OF_TEXT),
@@ -142,6 +149,8 @@ impl SpecialTokens {
             ("unk_token", END_OF_TEXT),
             ("pad_token", END_OF_TEXT),
         ];
+        let added = added_token_entries(config, saved_added_tokens)?;
+        let special_map = special_map.filter(|_| !added.from_decoder);
         let mut declared: Vec<(SpecialToken, Declaration)> = Vec::new();
         for (role, default) in ROLES {
             let found = [special_map, config]
@@ -157,6 +166,7 @@ impl SpecialTokens {
                     SpecialToken {
                         content: default.to_string(),
                         normalized: false,
+                        special: true,
                         id: None,
                         file: None,
                         field: role.to_string(),
@@ -181,34 +191,19 @@ impl SpecialTokens {
         }
 
         let mut all: Vec<SpecialToken> = Vec::new();
-        if let Some((file, decoder)) =
-            config.and_then(|(f, c)| c.get("added_tokens_decoder").map(|d| (f, d)))
-        {
-            let entries = decoder.as_object().ok_or_else(|| {
-                Error::config(
-                    file,
-                    "added_tokens_decoder",
-                    "must be an object of id: token",
-                )
-            })?;
-            for (key, entry) in entries {
-                let field = format!("added_tokens_decoder.{key}");
-                let id: u32 = key.parse().map_err(|_| {
-                    Error::config(file, &field, "the key must be a token id (an integer)")
-                })?;
-                let (mut token, _) = parse_declaration(file, &field, entry)?;
-                let special = entry
-                    .get("special")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false);
-                token.normalized = entry
-                    .get("normalized")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(!special);
-                token.id = Some(id);
-                flags.insert(token.content.clone(), token.normalized);
-                all.push(token);
-            }
+        for (file, field, id, entry) in added.entries {
+            let (mut token, _) = parse_declaration(file, &field, entry)?;
+            token.special = entry
+                .get("special")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            token.normalized = entry
+                .get("normalized")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(!token.special);
+            token.id = Some(id);
+            flags.insert(token.content.clone(), token.normalized);
+            all.push(token);
         }
 
         let finish = |mut token: SpecialToken| -> SpecialToken {
@@ -238,6 +233,70 @@ impl SpecialTokens {
     }
 }
 
+/// The added tokens transformers registers before the special tokens, each with its file,
+/// field and id: `tokenizer_config.json`'s `added_tokens_decoder` (`{"id": token}`), or
+/// without one `tokenizer.json`'s `added_tokens` (`[{"id": id, ...token}]`).
+struct AddedTokenEntries<'a> {
+    entries: Vec<(&'a Path, String, u32, &'a serde_json::Value)>,
+    /// Whether they came from `added_tokens_decoder`.
+    from_decoder: bool,
+}
+
+fn added_token_entries<'a>(
+    config: Option<(&'a Path, &'a serde_json::Value)>,
+    saved: Option<(&'a Path, &'a serde_json::Value)>,
+) -> crate::Result<AddedTokenEntries<'a>> {
+    let decoder = config.and_then(|(f, c)| c.get("added_tokens_decoder").map(|d| (f, d)));
+    if let Some((file, decoder)) = decoder {
+        let entries = decoder.as_object().ok_or_else(|| {
+            Error::config(
+                file,
+                "added_tokens_decoder",
+                "must be an object of id: token",
+            )
+        })?;
+        let entries = entries
+            .iter()
+            .map(|(key, entry)| {
+                let field = format!("added_tokens_decoder.{key}");
+                let id: u32 = key.parse().map_err(|_| {
+                    Error::config(file, &field, "the key must be a token id (an integer)")
+                })?;
+                Ok((file, field, id, entry))
+            })
+            .collect::<crate::Result<_>>()?;
+        return Ok(AddedTokenEntries {
+            entries,
+            from_decoder: true,
+        });
+    }
+    let mut entries = Vec::new();
+    if let Some((file, list)) = saved {
+        let list = list.as_array().ok_or_else(|| {
+            Error::config(file, "added_tokens", "must be a list of token objects")
+        })?;
+        for (i, entry) in list.iter().enumerate() {
+            let field = format!("added_tokens[{i}]");
+            let id = entry
+                .get("id")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    Error::config(
+                        file,
+                        format!("{field}.id"),
+                        "must be a token id (an integer)",
+                    )
+                })?;
+            entries.push((file, field, id, entry));
+        }
+    }
+    Ok(AddedTokenEntries {
+        entries,
+        from_decoder: false,
+    })
+}
+
 fn parse_declaration<'a>(
     file: &'a Path,
     field: &str,
@@ -248,6 +307,7 @@ fn parse_declaration<'a>(
             SpecialToken {
                 content: content.clone(),
                 normalized: false,
+                special: true,
                 id: None,
                 file: Some(file.to_path_buf()),
                 field: field.to_string(),
@@ -280,6 +340,7 @@ fn parse_declaration<'a>(
                 SpecialToken {
                     content: content.to_string(),
                     normalized: normalized.unwrap_or(false),
+                    special: true,
                     id: None,
                     file: Some(file.to_path_buf()),
                     field: field.to_string(),

@@ -1,15 +1,23 @@
-//! The vocabulary: reading a `tokenizer/` directory's `vocab.json` and `merges.txt` (and
-//! its optional JSON configs), and writing the OpenAI CLIP vocabulary the crate ships.
+//! The vocabulary: reading a `tokenizer/` directory's `vocab.json` and `merges.txt`, or the
+//! same inside `tokenizer.json` (and the optional JSON configs), and writing the OpenAI CLIP
+//! vocabulary the crate ships.
 //!
-//! The shipped one (`assets/bpe_simple_vocab_16e6.txt.gz`) is what lets the tiny test
+//! The files are read here rather than by the `tokenizers` library so that an error names
+//! the line or field at fault: the library's own messages name neither the file nor the
+//! line, and a merge whose two halves are longer together than any token makes its BPE
+//! builder panic, so every merge is checked against the vocabulary first.
+//!
+//! The shipped vocabulary (`assets/bpe_simple_vocab_16e6.txt.gz`) is what lets the tiny test
 //! models be written without downloading anything; it is turned into the same two files a
 //! published model has, so both load through the same reader.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use super::text::byte_to_char;
+use tokenizers::models::bpe::Merges;
+
 use super::{END_OF_TEXT, END_OF_WORD, START_OF_TEXT};
 use crate::error::Error;
 
@@ -18,6 +26,28 @@ const BPE_SIMPLE_VOCAB_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab
 
 /// How many merges of the OpenAI file CLIP uses: 49408 tokens - 512 byte symbols - 2 specials.
 const CLIP_MERGE_COUNT: usize = 49408 - 512 - 2;
+
+/// GPT-2's reversible byte-to-char table, which byte-level BPE works in: printable Latin-1
+/// bytes stand for themselves, the rest are moved up to U+0100 onwards, so every token is
+/// printable text. (The `tokenizers` library keeps its copy private.)
+pub(super) fn byte_to_char() -> &'static [char; 256] {
+    static TABLE: OnceLock<[char; 256]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = ['\0'; 256];
+        let mut next = 256u32;
+        for b in 0..=255u8 {
+            let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+            table[b as usize] = if printable {
+                char::from(b)
+            } else {
+                let c = char::from_u32(next).expect("U+0100..U+0143 are chars");
+                next += 1;
+                c
+            };
+        }
+        table
+    })
+}
 
 /// The byte symbols in the order CLIP's vocabulary lists them: the printable bytes first.
 fn byte_symbols_in_vocab_order() -> Vec<char> {
@@ -113,13 +143,13 @@ pub(super) fn parse_vocab(path: &Path, text: &str) -> crate::Result<HashMap<Stri
         .collect()
 }
 
+/// `merges.txt`: a version header, then one merge per line, two tokens and one space.
 pub(super) fn parse_merges(
     path: &Path,
     text: &str,
     vocab: &HashMap<String, u32>,
-) -> crate::Result<HashMap<(u32, u32), (u32, u32)>> {
-    let mut merges = HashMap::new();
-    let mut rank = 0u32;
+) -> crate::Result<Merges> {
+    let mut merges = Vec::new();
     for (index, line) in text.lines().enumerate() {
         // tokenizers skips only the version header; other lines starting with '#' are merges
         // of the '#' symbol and count.
@@ -131,26 +161,48 @@ pub(super) fn parse_merges(
             .split_once(' ')
             .filter(|(_, r)| !r.contains(' '))
             .ok_or_else(|| Error::config(path, &field, "a merge is two tokens and one space"))?;
-        let lookup = |token: &str| {
-            vocab.get(token).copied().ok_or_else(|| {
-                Error::config(path, &field, format!("{token:?} is not in vocab.json"))
-            })
-        };
-        let pair = (lookup(left)?, lookup(right)?);
-        let merged = lookup(&format!("{left}{right}"))?;
-        // A repeated pair keeps its last rank, as a HashMap built from the list does.
-        merges.insert(pair, (rank, merged));
-        rank += 1;
+        merges.push(checked_merge(path, &field, left, right, vocab)?);
     }
     Ok(merges)
 }
 
-/// The BPE vocabulary and merges inside a Hugging Face tokenizers `tokenizer.json` (its
-/// `model`, of type `BPE`), the merges as `merges.txt` lines for [`parse_merges`]: the same
-/// vocabulary in another file, so one tokenizer reads both.
-pub(super) fn from_tokenizer_json(path: &Path) -> crate::Result<(HashMap<String, u32>, String)> {
-    let text = super::read_text(path)?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
+/// A merge whose two tokens and their concatenation are all in the vocabulary.
+fn checked_merge(
+    path: &Path,
+    field: &str,
+    left: &str,
+    right: &str,
+    vocab: &HashMap<String, u32>,
+) -> crate::Result<(String, String)> {
+    for token in [left, right, &format!("{left}{right}")] {
+        if !vocab.contains_key(token) {
+            return Err(Error::config(
+                path,
+                field,
+                format!("{token:?} is not in the vocabulary"),
+            ));
+        }
+    }
+    Ok((left.to_string(), right.to_string()))
+}
+
+/// What a Hugging Face tokenizers `tokenizer.json` holds that CLIP's tokenizer reads.
+pub(super) struct TokenizerJson {
+    /// `model.vocab`.
+    pub(super) vocab: HashMap<String, u32>,
+    /// `model.merges`.
+    pub(super) merges: Merges,
+    /// `added_tokens`, which transformers reads when `tokenizer_config.json` has no
+    /// `added_tokens_decoder` (transformers 5 saves them here only).
+    pub(super) added_tokens: Option<serde_json::Value>,
+}
+
+/// Reads the BPE vocabulary and merges of a `tokenizer.json` (its `model`, of type `BPE`) and
+/// its added tokens. Its normalizer, pre-tokenizer, post-processor and decoder are not read:
+/// transformers' CLIPTokenizer builds CLIP's own whatever the file says, and so do we.
+pub(super) fn read_tokenizer_json(path: &Path) -> crate::Result<TokenizerJson> {
+    let text = read_text(path)?;
+    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
         path: path.to_path_buf(),
         message: format!("not valid JSON: {e}"),
     })?;
@@ -166,11 +218,11 @@ pub(super) fn from_tokenizer_json(path: &Path) -> crate::Result<(HashMap<String,
         }
     }
     if let Some(suffix) = model["end_of_word_suffix"].as_str() {
-        if suffix != super::END_OF_WORD {
+        if suffix != END_OF_WORD {
             return Err(Error::config(
                 path,
                 "model.end_of_word_suffix",
-                format!("{suffix:?}; accepted: {:?} (CLIP's)", super::END_OF_WORD),
+                format!("{suffix:?}; accepted: {END_OF_WORD:?} (CLIP's)"),
             ));
         }
     }
@@ -182,26 +234,35 @@ pub(super) fn from_tokenizer_json(path: &Path) -> crate::Result<(HashMap<String,
             "missing; a list of merges",
         ));
     };
-    let mut merges = String::new();
+    let mut merges = Vec::with_capacity(list.len());
     for (i, merge) in list.iter().enumerate() {
+        let field = format!("model.merges[{i}]");
         // Older files write "a b", newer ones ["a", "b"].
-        let line = match merge {
-            serde_json::Value::String(line) => line.clone(),
+        let pair = match merge {
+            serde_json::Value::String(line) => {
+                line.split_once(' ').filter(|(_, r)| !r.contains(' '))
+            }
             serde_json::Value::Array(pair) => match pair.as_slice() {
-                [serde_json::Value::String(a), serde_json::Value::String(b)] => format!("{a} {b}"),
-                _ => String::new(),
+                [serde_json::Value::String(a), serde_json::Value::String(b)] => {
+                    Some((a.as_str(), b.as_str()))
+                }
+                _ => None,
             },
-            _ => String::new(),
+            _ => None,
         };
-        if line.is_empty() {
+        let Some((left, right)) = pair else {
             return Err(Error::config(
                 path,
-                format!("model.merges[{i}]"),
+                field,
                 "a merge is \"a b\" or [\"a\", \"b\"]",
             ));
-        }
-        merges.push_str(&line);
-        merges.push('\n');
+        };
+        merges.push(checked_merge(path, &field, left, right, &vocab)?);
     }
-    Ok((vocab, merges))
+    let added_tokens = json.get_mut("added_tokens").map(serde_json::Value::take);
+    Ok(TokenizerJson {
+        vocab,
+        merges,
+        added_tokens,
+    })
 }
