@@ -287,3 +287,87 @@ fn what_a_single_file_cannot_say_or_does_not_hold_is_refused_by_name() {
         .run(&model, &mut NoObserver, &AtomicBool::new(false))
         .unwrap();
 }
+
+/// What the review of the first version found: files as diffusers' converter back to this
+/// layout writes them (the 23 used text layers, no projection), files mixing dtypes, a
+/// mistyped path with the hints, and the `--config` directory's safety checker.
+#[test]
+fn files_in_the_forms_they_are_found_load_and_convert_faithfully() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, tensors) = write_checkpoint(&fixtures("layouts"), tmp.path());
+    let epsilon = Some(PredictionType::Epsilon);
+
+    // Only the layers SD 2.x uses, and no `text_projection`: all of them are read.
+    let used_only = tmp.path().join("used-only.safetensors");
+    write_renamed(&used_only, &tensors, |k| {
+        let unused = k.starts_with("cond_stage_model.model.transformer.resblocks.2.")
+            || k == "cond_stage_model.model.text_projection";
+        (!unused).then(|| k.to_owned())
+    });
+    let single = SingleFileOptions {
+        prediction_type: epsilon,
+        config: None,
+    };
+    let summary = ModelFiles::open_with(&used_only, &single)
+        .unwrap()
+        .summary();
+    assert!(
+        summary["text_encoder (inferred)"].starts_with("OpenCLIP, all 2 of its layers"),
+        "{summary:?}"
+    );
+    let model = StableDiffusion::load(&used_only, &options(epsilon, None)).unwrap();
+    check_against_diffusers(&model);
+
+    // A tensor in another dtype keeps it through convert, and the weights are as readable
+    // as the configs.
+    let odd = "model.diffusion_model.input_blocks.0.0.bias";
+    let mixed = tmp.path().join("mixed.safetensors");
+    let mut with_half = tensors.clone();
+    let half = with_half[odd]
+        .to_dtype(sie_engine::candle_core::DType::F16)
+        .unwrap();
+    with_half.insert(odd.to_owned(), half);
+    sie_engine::candle_core::safetensors::save(&with_half, &mixed).unwrap();
+    let out = tmp.path().join("mixed-converted");
+    ModelFiles::open_with(&mixed, &single)
+        .unwrap()
+        .convert(&out)
+        .unwrap();
+    let unet = load_tensors(&out.join("unet/diffusion_pytorch_model.safetensors"));
+    assert_eq!(
+        unet["conv_in.bias"].dtype(),
+        sie_engine::candle_core::DType::F16
+    );
+    assert_eq!(
+        unet["conv_in.weight"].dtype(),
+        sie_engine::candle_core::DType::F32
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(
+            mode(&out.join("unet/diffusion_pytorch_model.safetensors")),
+            mode(&out.join("unet/config.json"))
+        );
+    }
+
+    // A mistyped path is named as missing, whatever the hints.
+    let err = open_err(&tmp.path().join("nope.safetensors"), epsilon).to_string();
+    assert!(
+        err.contains("nope.safetensors") && err.contains("no such file"),
+        "{err}"
+    );
+
+    // With --config, that directory's safety checker is the file's default one.
+    let config = tmp.path().join("config");
+    ModelFiles::open_with(&path, &single)
+        .unwrap()
+        .convert(&config)
+        .unwrap();
+    let bare = StableDiffusion::load(&path, &options(None, Some(config.clone()))).unwrap();
+    assert!(bare.safety_checker.is_none());
+    sie_engine::tiny::write_tiny_safety_checker(&config, Default::default()).unwrap();
+    let checked = StableDiffusion::load(&path, &options(None, Some(config))).unwrap();
+    assert!(checked.safety_checker.is_some());
+}

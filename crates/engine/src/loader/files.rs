@@ -45,6 +45,8 @@ pub struct ModelFiles {
 /// What a single-file checkpoint adds to [`ModelFiles`].
 #[derive(Debug, Clone)]
 pub(crate) struct SingleFile {
+    /// `--config DIR`, whose `safety_checker/` (if any) is the file's default checker.
+    pub(crate) config_dir: Option<PathBuf>,
     pub(crate) report: Vec<(&'static str, String)>,
     pub(crate) configs: Configs,
     pub(crate) scheduler: serde_json::Value,
@@ -59,6 +61,15 @@ impl ModelFiles {
     /// [`ModelFiles::open`] for a directory; for a file, a single-file checkpoint in the
     /// original SD 2.x layout, with what the file cannot say taken from `options`.
     pub fn open_with(root: &Path, options: &SingleFileOptions) -> Result<Self> {
+        if !root.is_dir() && !root.is_file() {
+            return Err(Error::File {
+                path: root.to_owned(),
+                message: "no such file or directory; expected a diffusers-layout Stable Diffusion \
+                          2.x directory (model_index.json, scheduler/, text_encoder/, tokenizer/, \
+                          unet/, vae/) or a single .safetensors checkpoint in the original layout"
+                    .into(),
+            });
+        }
         if root.is_file() {
             let opened = original::open(root, options)?;
             let [text_encoder_weights, unet_weights, vae_weights] = opened.weights;
@@ -74,6 +85,7 @@ impl ModelFiles {
                 vae_weights,
                 tokenizer: opened.tokenizer,
                 single_file: Some(SingleFile {
+                    config_dir: options.config.clone(),
                     report: opened.report,
                     configs: opened.configs,
                     scheduler: opened.scheduler_json,
@@ -87,15 +99,6 @@ impl ModelFiles {
                 path: root.to_owned(),
                 message: "--prediction-type and --config apply to a single-file checkpoint; a \
                           diffusers directory says both in its own files"
-                    .into(),
-            });
-        }
-        if !root.is_dir() {
-            return Err(Error::File {
-                path: root.to_owned(),
-                message: "no such file or directory; expected a diffusers-layout Stable Diffusion \
-                          2.x directory (model_index.json, scheduler/, text_encoder/, tokenizer/, \
-                          unet/, vae/) or a single .safetensors checkpoint in the original layout"
                     .into(),
             });
         }
@@ -170,6 +173,16 @@ impl ModelFiles {
             ));
         }
         Ok(())
+    }
+
+    /// The directory whose `safety_checker/` the model checks with by default: the model
+    /// directory, or for a single file the `--config` directory, when it has one.
+    pub(crate) fn default_checker_dir(&self) -> Option<PathBuf> {
+        let dir = match &self.single_file {
+            None => Some(self.root.clone()),
+            Some(single) => single.config_dir.clone(),
+        }?;
+        dir.join("safety_checker").is_dir().then_some(dir)
     }
 
     /// Writes this single-file checkpoint as a diffusers directory at `out` (which must not
@@ -250,10 +263,7 @@ impl ModelFiles {
             "tokenizer",
             match &self.tokenizer {
                 TokenizerSource::BuiltInSd2 => "SD 2.x's OpenCLIP tokenizer (built in)".into(),
-                TokenizerSource::Dir(dir)
-                    if !dir.join("vocab.json").is_file()
-                        && dir.join("tokenizer.json").is_file() =>
-                {
+                TokenizerSource::Dir(dir) if dir.join("tokenizer.json").is_file() => {
                     "tokenizer.json".into()
                 }
                 TokenizerSource::Dir(_) => "vocab.json and merges.txt".into(),

@@ -32,7 +32,8 @@ pub use original::{SingleFileOptions, TokenizerSource};
 /// Which safety checker a model loads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SafetyCheckerSource {
-    /// The model directory's own `safety_checker/`, when it has one; else none.
+    /// The model directory's own `safety_checker/` (for a single file, the `--config`
+    /// directory's), when it has one; else none.
     #[default]
     ModelDefault,
     /// No checker, even if the directory has one.
@@ -102,10 +103,7 @@ impl StableDiffusion {
             Vae::new(w.var_builder(dtype, device)?, &files.vae).map_err(|e| w.build_error(e))?;
 
         let checker_dir = match &options.safety_checker {
-            SafetyCheckerSource::ModelDefault => root
-                .join("safety_checker")
-                .is_dir()
-                .then(|| root.to_owned()),
+            SafetyCheckerSource::ModelDefault => files.default_checker_dir(),
             SafetyCheckerSource::Disabled => None,
             SafetyCheckerSource::Dir(dir) => Some(dir.clone()),
         };

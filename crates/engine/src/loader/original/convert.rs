@@ -18,6 +18,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 
+use super::names::OriginalBackend;
 use super::TokenizerSource;
 use crate::error::{Error, Result};
 use crate::loader::weights::WeightsFile;
@@ -141,11 +142,26 @@ fn write_all(
         &files.vae_weights,
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
         |vb| Vae::new(vb, vae).map(drop),
-    )
+    )?;
+    // safetensors writes through a private temporary file (mode 0600); give the weights the
+    // permissions every other file here got from the umask, so the service's user can read them.
+    let index = dir.join("model_index.json");
+    let permissions = std::fs::metadata(&index)
+        .map_err(|e| io_error(&index, e))?
+        .permissions();
+    for weights in [
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        let path = dir.join(weights);
+        std::fs::set_permissions(&path, permissions.clone()).map_err(|e| io_error(&path, e))?;
+    }
+    Ok(())
 }
 
 /// Builds one network through the renaming backend and saves every tensor it read, under the
-/// names it asked for, in the file's dtype.
+/// names it asked for, each in its own dtype in the file.
 fn save_network(
     weights: &WeightsFile,
     path: &Path,
@@ -172,22 +188,25 @@ fn save_network(
     safetensors::tensor::serialize_to_file(&tensors, metadata, path).map_err(|e| io_error(path, e))
 }
 
-/// Passes reads through to `inner`, keeping each tensor read.
-struct Recording<B> {
-    inner: B,
+/// Passes reads through to `inner`, keeping each tensor read as the file holds it (its own
+/// dtype, not the one the network is built in: a file mixing dtypes converts unchanged).
+struct Recording {
+    inner: OriginalBackend,
     seen: Arc<Mutex<HashMap<String, Tensor>>>,
 }
 
-impl<B: SimpleBackend> Recording<B> {
-    fn keep(&self, name: &str, tensor: &Tensor) {
+impl Recording {
+    fn keep(&self, name: &str) -> candle_core::Result<()> {
+        let tensor = self.inner.read(name, &Device::Cpu)?;
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), tensor.clone());
+            .insert(name.to_owned(), tensor);
+        Ok(())
     }
 }
 
-impl<B: SimpleBackend> SimpleBackend for Recording<B> {
+impl SimpleBackend for Recording {
     fn get(
         &self,
         shape: Shape,
@@ -197,7 +216,7 @@ impl<B: SimpleBackend> SimpleBackend for Recording<B> {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let tensor = self.inner.get(shape, name, init, dtype, device)?;
-        self.keep(name, &tensor);
+        self.keep(name)?;
         Ok(tensor)
     }
 
@@ -208,7 +227,7 @@ impl<B: SimpleBackend> SimpleBackend for Recording<B> {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let tensor = self.inner.get_unchecked(name, dtype, device)?;
-        self.keep(name, &tensor);
+        self.keep(name)?;
         Ok(tensor)
     }
 

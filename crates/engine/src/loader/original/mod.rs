@@ -45,6 +45,8 @@ pub struct SingleFileOptions {
 /// SD 2.x's attention heads are 64 channels wide (`num_head_channels: 64` in the original
 /// configs), in the UNet and in OpenCLIP's text transformer alike.
 const HEAD_CHANNELS: usize = 64;
+/// OpenCLIP ViT-H's text transformer, whose penultimate layer SD 2.x reads.
+const OPENCLIP_LAYERS: usize = 24;
 /// SD 2.x normalises in 32 groups everywhere.
 const NORM_GROUPS: usize = 32;
 
@@ -190,15 +192,22 @@ impl Header {
     /// The dtype of a network's tensors and how many parameters it has (the text encoder's
     /// unused last layer included, as the file holds it).
     fn census(&self, prefix: &str) -> Result<(candle_core::DType, usize)> {
-        let mut dtype = None;
+        // The dtype most of the parameters have (what `check` reports and the default the
+        // networks are built in); `convert` keeps each tensor's own.
+        let mut by_dtype: Vec<(safetensors::Dtype, usize)> = Vec::new();
         let mut parameters = 0;
         for (name, (shape, dt)) in self.shapes.range(prefix.to_owned()..) {
             if !name.starts_with(prefix) {
                 break;
             }
-            parameters += shape.iter().product::<usize>();
-            dtype.get_or_insert(*dt);
+            let n = shape.iter().product::<usize>();
+            parameters += n;
+            match by_dtype.iter_mut().find(|(d, _)| d == dt) {
+                Some((_, count)) => *count += n,
+                None => by_dtype.push((*dt, n)),
+            }
         }
+        let dtype = by_dtype.iter().max_by_key(|(_, n)| *n).map(|(d, _)| *d);
         let dtype = match dtype {
             Some(safetensors::Dtype::F32) => candle_core::DType::F32,
             Some(safetensors::Dtype::F16) => candle_core::DType::F16,
@@ -374,10 +383,20 @@ fn infer_text_encoder(h: &Header) -> Result<(Value, String)> {
     let (vocab, hidden) = (h.dim(&embedding, 2, 0)?, h.dim(&embedding, 2, 1)?);
     let positions = h.dim(&format!("{t}positional_embedding"), 2, 0)?;
     let blocks = h.count(&format!("{t}transformer.resblocks."), ".ln_1.weight");
-    if blocks < 2 {
+    // SD 2.x encodes prompts with the penultimate layer of OpenCLIP ViT-H (23 of 24). A file
+    // that saved the whole OpenCLIP model (24 layers, or any depth with its `text_projection`)
+    // holds one layer more than is used; diffusers' converter back to this layout (and the
+    // fine-tuning tools built on it) saves only the 23 used and no projection.
+    let whole_model = blocks == OPENCLIP_LAYERS || h.has(&format!("{t}text_projection"));
+    let layers = if whole_model {
+        blocks.saturating_sub(1)
+    } else {
+        blocks
+    };
+    if layers == 0 {
         return Err(h.error(format!(
-            "its text encoder has {blocks} layers (`{t}transformer.resblocks.N`); SD 2.x uses all \
-             but the last, so it needs at least 2"
+            "its text encoder has {blocks} layers (`{t}transformer.resblocks.N`); SD 2.x uses \
+             at least one"
         )));
     }
     let intermediate = h.dim(&format!("{t}transformer.resblocks.0.mlp.c_fc.weight"), 2, 0)?;
@@ -403,16 +422,19 @@ fn infer_text_encoder(h: &Header) -> Result<(Value, String)> {
         "max_position_embeddings": positions,
         "model_type": "clip_text_model",
         "num_attention_heads": heads,
-        "num_hidden_layers": blocks - 1,
+        "num_hidden_layers": layers,
         "pad_token_id": 1,
         "projection_dim": hidden,
         "torch_dtype": "float32",
         "vocab_size": vocab,
     });
+    let depth = if whole_model {
+        format!("{layers} of its {blocks} layers (SD 2.x skips the last)")
+    } else {
+        format!("all {layers} of its layers (the unused last one is not in the file)")
+    };
     let report = format!(
-        "OpenCLIP, {} of its {blocks} layers (SD 2.x skips the last), width {hidden}, {heads} heads, \
-         {vocab} tokens, {positions} positions",
-        blocks - 1
+        "OpenCLIP, {depth}, width {hidden}, {heads} heads, {vocab} tokens, {positions} positions"
     );
     Ok((config, report))
 }
@@ -548,9 +570,6 @@ pub(crate) fn open(path: &Path, options: &SingleFileOptions) -> Result<Opened> {
         Path::new(&label("its scheduler config")),
         &scheduler_json.to_string(),
     )?;
-    if options.config.is_some() && scheduler.get("prediction_type").is_none() {
-        return Err(missing_prediction());
-    }
     let pipeline_class = if unet.in_channels == 2 * vae.latent_channels + 1 {
         "StableDiffusionInpaintPipeline"
     } else {
