@@ -5,7 +5,8 @@
 # output goes under OUT.
 #
 #   0. The CUDA kernel tests (cuDNN convolution, GroupNorm+SiLU, whole-matrix attention
-#      against candle's own ops on the same card, every dtype).
+#      against candle's own ops on the same card, every dtype; cuDNN's fused attention
+#      against the whole-matrix path), then the two attention paths' timings.
 #   1. `sie serve --model tiny --device cuda` answers the seed's example (a 512x512 PNG).
 #   2. Full-size random-weight SD 2.1-base (512) and 2.1 (768, v-prediction), made by
 #      diffusers from the published configs, generate in float16 without NaN or black.
@@ -49,8 +50,12 @@ ldd "$sie" | grep -E "cuda|cublas|curand|cudnn|nvrtc" | tee "$out/ldd.txt"
 cp "$pack/commit.txt" "$out/commit.txt" 2>/dev/null || git rev-parse HEAD > "$out/commit.txt"
 
 step "0. the CUDA kernel tests"
-timeout 90 "$bin/kernel-tests" kernels::cuda --test-threads 1 > "$out/kernel-tests.log" 2>&1
+timeout 150 "$bin/kernel-tests" kernels::cuda --test-threads 1 > "$out/kernel-tests.log" 2>&1
 echo "rc=$?"; tail -n 8 "$out/kernel-tests.log"
+# cuDNN's fused attention against the whole-matrix path, milliseconds per shape (issue 17).
+timeout 60 "$bin/kernel-tests" kernels::cuda::tests::attention_timings --ignored --nocapture \
+  --test-threads 1 > "$out/attention-timings.log" 2>&1
+echo "rc=$?"; grep -E "ms|cudnn|whole" "$out/attention-timings.log" | tail -n 12
 
 step "1. sie serve --model tiny --device cuda, the seed's example"
 data=$(mktemp -d)

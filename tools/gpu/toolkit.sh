@@ -25,13 +25,22 @@ wheels=(
   nvidia-cuda-nvrtc==13.0.88    # run-time compilation (cudarc links it)
   nvidia-cublas==13.0.2.14      # cuBLAS and cuBLASLt
   nvidia-curand==10.4.0.35      # cuRAND (CUDA 13.0's)
-  nvidia-cudnn-cu13==9.13.0.50  # cuDNN 9 for CUDA 13 (convolutions)
+  nvidia-cudnn-cu13==9.13.0.50  # cuDNN 9 for CUDA 13 (convolutions, attention)
 )
+# cuDNN's frontend: the header-only C++ graph API the engine's scaled-dot-product attention
+# shim is built on (src/kernels/cuda/sdpa.cpp). 1.14.1 is the release of cuDNN 9.13's month,
+# and it checks the backend's version at run time. Its wheels also carry a Python module,
+# one per Python version (unused here), so the wheel is picked for a fixed CPython rather
+# than this machine's: the headers are the same in all of them.
+frontend=nvidia-cudnn-frontend==1.14.1
 if [ ! -x "$prefix/nvidia/cu13/bin/nvcc" ] || [ ! -f "$prefix/.installed" ] \
-   || [ "$(cat "$prefix/.installed")" != "${wheels[*]}" ]; then
+   || [ "$(cat "$prefix/.installed")" != "${wheels[*]} $frontend" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
     --target "$prefix" "${wheels[@]}"
-  echo "${wheels[*]}" > "$prefix/.installed"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+    --only-binary :all: --implementation cp --python-version 3.12 \
+    --platform manylinux_2_28_x86_64 --target "$prefix" "$frontend"
+  echo "${wheels[*]} $frontend" > "$prefix/.installed"
 fi
 
 cuda=$prefix/nvidia/cu13
@@ -52,6 +61,12 @@ for h in "$cudnn"/include/*.h; do
 done
 for l in "$cudnn"/lib/lib*; do
   [ -e "$cuda/lib/$(basename "$l")" ] || ln -s "$l" "$cuda/lib/$(basename "$l")"
+done
+# The frontend's headers (cudnn_frontend.h and what it includes: cudnn_frontend_*.h,
+# cudnn_backend_base.h, cudnn_frontend/) are all PREFIX/include holds; linked beside cudnn.h
+# so the engine's build finds them in CUDA_HOME too.
+for h in "$prefix"/include/*; do
+  [ -e "$cuda/include/$(basename "$h")" ] || ln -s "$h" "$cuda/include/$(basename "$h")"
 done
 
 # A link stub for the driver API: every cu* symbol cudarc and candle name, defined as a

@@ -26,9 +26,9 @@ use candle_core::{Shape, Tensor};
 use crate::kernels::portable::{merge_heads, split_heads};
 use crate::kernels::Attention;
 
-/// The most f32 scores one chunk holds (4 GiB): the whole matrix up to 1024x1024 images at
-/// batch 2; larger batches are cut into query chunks of this size.
-const MAX_SCORES: usize = 1 << 30;
+/// The most f32 scores one chunk holds (4 GiB): SD 2.1's whole matrix up to 768x768 images
+/// at batch 2 (2 x 5 heads x 9216² scores); more is cut into query chunks of this size.
+pub(super) const MAX_SCORES: usize = 1 << 30;
 
 /// Threads per block of `softmax_rows`.
 const SOFTMAX_THREADS: u32 = 256;
