@@ -35,6 +35,7 @@ mod error;
 mod input;
 mod kernels;
 mod loader;
+mod memory;
 mod networks;
 mod random;
 
@@ -54,3 +55,4 @@ pub use loader::{
     LoadOptions, ModelFiles, SafetyCheckerSource, SingleFileOptions, StableDiffusion,
     TokenizerSource,
 };
+pub use memory::BatchFit;

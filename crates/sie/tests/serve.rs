@@ -566,7 +566,16 @@ fn max_batch_is_taken_and_checked_and_each_task_gets_its_own_seed_and_images() {
         assert_eq!(done["modelOutputs"]["seed"], 40 + i as u64);
         assert!(seen.insert(done["modelOutputs"]["images"][0].to_string()));
     }
-    let refused = common::sie(&["serve", "--max-batch", "0", "--model", "tiny"]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--max-batch"));
+    for bad in ["0", "65", "lots"] {
+        let refused = common::sie(&["serve", "--max-batch", bad, "--model", "tiny"]);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("--max-batch") && err.contains("auto"), "{err}");
+    }
+    // By default (`auto`) the CPU runs one task at a time, and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], None);
+    server
+        .proc
+        .wait_for_log("max batch: 1 (on the CPU", Duration::from_secs(30));
 }

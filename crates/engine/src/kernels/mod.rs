@@ -10,7 +10,8 @@
 //! where can be read at a glance.
 //!
 //! A device's kernels are a folder beside `cpu/` (`cuda/`, with the `cuda` feature: cuDNN
-//! convolutions with kept plans, a fused GroupNorm, whole-matrix attention) and an arm in
+//! convolutions with kept plans, a fused GroupNorm, cuDNN's fused attention for half
+//! precision and whole-matrix attention for the rest) and an arm in
 //! each `match` naming the device and what its kernel takes, above the portable fallback;
 //! the networks do not change. The arms look only at device,
 //! dtype and options, so the fallback stays right for any device candle runs on.
@@ -132,6 +133,32 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: Attention) -> Re
         #[cfg(feature = "cuda")]
         Device::Cuda(_) if same_dtype && cuda::supports(q.dtype()) => cuda::attention(q, k, v, op),
         _ => portable::chunked(q, k, v, op),
+    }
+}
+
+/// Bytes of scratch one [`attention`] call over `rows` sequences of `heads` heads of width
+/// `head_dim` holds at its peak beyond its inputs and output, by the path it takes on
+/// `device` for `dtype`: what the batch planner (`memory.rs`) counts for attention.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub(crate) fn attention_scratch_bytes(
+    device: &Device,
+    dtype: DType,
+    rows: usize,
+    heads: usize,
+    n_q: usize,
+    n_k: usize,
+    head_dim: usize,
+) -> u64 {
+    let scores = (rows * heads * n_q * n_k) as u64;
+    match device {
+        // Tiles of one thread's queries and keys: nothing that grows with the image.
+        Device::Cpu => 0,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if cuda::supports(dtype) => {
+            cuda::attention_scratch_bytes(dtype, rows, heads, n_q, n_k, head_dim)
+        }
+        // f32 scores and the probabilities in the model's dtype, one chunk at a time.
+        _ => scores.min(portable::MAX_SCORES as u64) * (4 + dtype.size_in_bytes() as u64),
     }
 }
 

@@ -31,8 +31,10 @@ pub(crate) fn group_norm(xs: &Tensor, norm: &GroupNorm, silu: bool) -> Result<Te
 /// As `kernels::attention` (shapes already checked): heads split into the batch, queries in
 /// chunks so one chunk's scores stay under 2^24 elements (64 MB in f32), scores and softmax
 /// in f32.
+/// The most f32 scores one chunk of [`chunked`] holds.
+pub(crate) const MAX_SCORES: usize = 1 << 24;
+
 pub(crate) fn chunked(q: &Tensor, k: &Tensor, v: &Tensor, op: Attention) -> Result<Tensor> {
-    const MAX_SCORES: usize = 1 << 24;
     let Attention { heads, scale } = op;
     let dtype = q.dtype();
     let q = split_heads(q, heads)?;

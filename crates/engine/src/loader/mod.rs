@@ -123,6 +123,19 @@ impl StableDiffusion {
         })
     }
 
+    /// How many images one UNet batch at `width` x `height` fits in the device's free memory
+    /// now (at most `cap`; one on the CPU): the worker's default `--max-batch`.
+    pub fn batch_fit(&self, width: usize, height: usize, cap: usize) -> Result<crate::BatchFit> {
+        crate::memory::fit(
+            &self.files.unet,
+            self.files.vae.scale_factor(),
+            self.dtype,
+            &self.device,
+            (width, height),
+            cap,
+        )
+    }
+
     /// The device and precision the networks run on.
     pub fn runs_on(&self) -> crate::RunsOn {
         crate::RunsOn::of(&self.device, self.dtype)

@@ -208,6 +208,57 @@ pub fn bind(listen: &str) -> anyhow::Result<(tokio::runtime::Runtime, tokio::net
     Ok((runtime, listener))
 }
 
+/// `--max-batch`: how many text-to-image tasks of one size a worker thread runs as one UNet
+/// batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxBatch {
+    /// As many as fit the GPU's free memory after loading, at the model's native size (one
+    /// on the CPU).
+    Auto,
+    Fixed(u32),
+}
+
+/// The largest batch either way.
+const MAX_BATCH: u32 = 64;
+
+impl std::str::FromStr for MaxBatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(MaxBatch::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_BATCH).contains(&n) => Ok(MaxBatch::Fixed(n)),
+            _ => Err(format!(
+                "expected `auto` or a number of tasks in 1..={MAX_BATCH}"
+            )),
+        }
+    }
+}
+
+impl MaxBatch {
+    /// The batch size for `model`, as loaded; says how `auto` chose it.
+    pub fn resolve(self, model: &StableDiffusion) -> anyhow::Result<usize> {
+        match self {
+            MaxBatch::Fixed(n) => Ok(n as usize),
+            MaxBatch::Auto => {
+                let size = model.files.native_size();
+                let fit = model.batch_fit(size, size, MAX_BATCH as usize)?;
+                match fit.free_bytes {
+                    Some(free) => eprintln!(
+                        "max batch: {} ({:.1} GB free; about {:.2} GB per {size}x{size} image)",
+                        fit.images,
+                        free as f64 / 1e9,
+                        fit.per_image_bytes as f64 / 1e9
+                    ),
+                    None => eprintln!("max batch: 1 (on the CPU; --max-batch N to batch)"),
+                }
+                Ok(fit.images)
+            }
+        }
+    }
+}
+
 /// What a UNet predicts, as the command line spells it.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Prediction {

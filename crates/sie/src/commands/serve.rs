@@ -28,7 +28,8 @@ use sie_store::{AccountName, BillingNote, OrgName, Store, Timestamp};
 use sie_worker::{StoreSource, Worker};
 
 use super::common::{
-    serve_until_signal, spawn_expiry, spawn_workers, DeviceArgs, ServerArgs, SingleFileArgs,
+    serve_until_signal, spawn_expiry, spawn_workers, DeviceArgs, MaxBatch, ServerArgs,
+    SingleFileArgs,
 };
 use super::data_dir::{DataDir, LOCAL_WORKERS};
 
@@ -51,9 +52,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Text-to-image tasks of one size a worker thread runs as one batch, sharing each UNet
-    /// evaluation, each joining and leaving at a step boundary (1: each task alone).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    max_batch: u32,
+    /// evaluation, each joining and leaving at a step boundary (1: each task alone). `auto`:
+    /// as many as fit the GPU's free memory at the model's native size; 1 on the CPU.
+    #[arg(long, default_value = "auto")]
+    max_batch: MaxBatch,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -74,6 +76,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let model_dir = model_dir(&args)?;
     let model = super::common::load_model(&model_dir, &options)?;
+    let max_batch = args.max_batch.resolve(&model)?;
     let announcement = sie_worker::task::announcement(&model, &model_name(&model_dir));
     // Bind before creating the first key: if the port is taken, nothing is created unseen.
     let (runtime, listener) = super::common::bind(&args.server.listen)?;
@@ -95,7 +98,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             let source = Arc::new(StoreSource::new(queue, offer, args.server.lease));
             Worker::new(source, model.clone())
                 .with_stop(stop.clone())
-                .with_max_batch(args.max_batch as usize)
+                .with_max_batch(max_batch)
         })
         .collect();
     // Idle workers wait a second per lease call, so a shutdown is noticed within one.

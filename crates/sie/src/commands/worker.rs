@@ -16,7 +16,9 @@ use clap::Args;
 use sie_worker::remote::HttpSource;
 use sie_worker::Worker;
 
-use super::common::{load_model, shutdown_signal, spawn_workers, DeviceArgs, SingleFileArgs};
+use super::common::{
+    load_model, shutdown_signal, spawn_workers, DeviceArgs, MaxBatch, SingleFileArgs,
+};
 
 /// How long one lease call waits on the server; also the longest a shutdown waits for an
 /// idle thread's call to come back.
@@ -47,9 +49,10 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     concurrency: u32,
     /// Text-to-image tasks of one size a worker thread runs as one batch, sharing each UNet
-    /// evaluation, each joining and leaving at a step boundary (1: each task alone).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    max_batch: u32,
+    /// evaluation, each joining and leaving at a step boundary (1: each task alone). `auto`:
+    /// as many as fit the GPU's free memory at the model's native size; 1 on the CPU.
+    #[arg(long, default_value = "auto")]
+    max_batch: MaxBatch,
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -63,6 +66,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         );
     }
     let model = load_model(&args.model, &options)?;
+    let max_batch = args.max_batch.resolve(&model)?;
     let announcement =
         sie_worker::task::announcement(&model, &super::serve::model_name(&args.model));
     eprintln!(
@@ -83,7 +87,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .map(|_| {
             Worker::new(source.clone(), model.clone())
                 .with_stop(stop.clone())
-                .with_max_batch(args.max_batch as usize)
+                .with_max_batch(max_batch)
         })
         .collect();
     let threads = spawn_workers(workers, stop.clone(), LEASE_WAIT, Duration::from_secs(30))?;
