@@ -344,7 +344,9 @@ fn infer_unet(h: &Header, prediction: Option<PredictionType>) -> Result<(Value, 
     Ok((config, report))
 }
 
-fn infer_vae(h: &Header) -> Result<(Value, String)> {
+/// The VAE's config from its tensors; its `sample_size` (only diffusers' tiling reads it) is
+/// the native image size, as the published configs have it.
+fn infer_vae(h: &Header, prediction: Option<PredictionType>) -> Result<(Value, String)> {
     let v = VAE_PREFIX;
     let levels = h.count(&format!("{v}encoder.down."), ".block.0.conv1.weight");
     if levels < 2 {
@@ -367,7 +369,7 @@ fn infer_vae(h: &Header) -> Result<(Value, String)> {
         "layers_per_block": layers,
         "norm_num_groups": NORM_GROUPS,
         "out_channels": h.dim(&format!("{v}decoder.conv_out.weight"), 4, 0)?,
-        "sample_size": 512,
+        "sample_size": if prediction == Some(PredictionType::VPrediction) { 768 } else { 512 },
         "scaling_factor": 0.18215,
         "up_block_types": vec!["UpDecoderBlock2D"; levels],
     });
@@ -532,7 +534,7 @@ pub(crate) fn open(path: &Path, options: &SingleFileOptions) -> Result<Opened> {
         None => {
             let prediction = options.prediction_type;
             let (unet, unet_report) = infer_unet(&header, prediction)?;
-            let (vae, vae_report) = infer_vae(&header)?;
+            let (vae, vae_report) = infer_vae(&header, prediction)?;
             let (text_encoder, text_report) = infer_text_encoder(&header)?;
             let prediction = prediction.ok_or_else(missing_prediction)?;
             report.push(("unet (inferred)", unet_report));
