@@ -4,7 +4,8 @@
 # that sie generates on the GPU, matches diffusers there, and how fast it is; every raw
 # output goes under OUT.
 #
-#   0. The CUDA kernel tests (cuDNN convolution, GroupNorm+SiLU, whole-matrix attention
+#   0. The CUDA kernel tests (cuDNN convolution, GroupNorm+SiLU, whole-matrix attention,
+#      GEGLU, bias + residual, proj_out's transpose + residual, the timestep embedding
 #      against candle's own ops on the same card, every dtype; cuDNN's fused attention
 #      against the whole-matrix path), then the two attention paths' timings.
 #   1. `sie serve --model tiny --device cuda` answers the seed's example (a 512x512 PNG).

@@ -1,8 +1,11 @@
 //! The device kernels: the one place a network runs one of the ops we have kernels for.
 //!
 //! Each op is here once, as what every implementation of it takes: `Conv2d` and
-//! `GroupNorm` (their weights and options, called through `Module::forward`), and the
-//! functions `attention` (with its `Attention` shape), `gelu` and `geglu`. Each matches the
+//! `GroupNorm` (their weights and options, called through `Module::forward`; a convolution
+//! with a residual after it through `Conv2d::forward_add`), and the functions `attention`
+//! (with its `Attention` shape), `gelu`, `geglu`, `bias_residual` and
+//! `tokens_to_image_residual` (a linear layer's bias and the residual after it) and
+//! `timestep_embedding` (with its `TimestepEmbedding` options). Each matches the
 //! operands' device, and the dtypes and options a kernel takes, to an implementation:
 //! `cpu/` holds our CPU kernels, `portable.rs` candle's own ops, which run everywhere else.
 //! The networks call these and never see the device; this is candle-nn's pattern for fused
@@ -11,7 +14,8 @@
 //!
 //! A device's kernels are a folder beside `cpu/` (`cuda/`, with the `cuda` feature: cuDNN
 //! convolutions with kept plans, a fused GroupNorm, cuDNN's fused attention for half
-//! precision and whole-matrix attention for the rest) and an arm in
+//! precision and whole-matrix attention for the rest, one-pass GEGLU, bias + residual and
+//! timestep embedding) and an arm in
 //! each `match` naming the device and what its kernel takes, above the portable fallback;
 //! the networks do not change. The arms look only at device,
 //! dtype and options, so the fallback stays right for any device candle runs on.
@@ -49,6 +53,37 @@ impl Module for Conv2d {
             #[cfg(feature = "cuda")]
             Device::Cuda(_) if cuda::supports(xs.dtype()) => cuda::conv2d(xs, self),
             _ => portable::conv2d(xs, self),
+        }
+    }
+}
+
+impl Conv2d {
+    /// `self.forward(xs) + residual`: `residual` shaped like the output (a resnet's skip),
+    /// or `(batch, c_out)`, one value per channel added over the pixels (a resnet's time
+    /// embedding). On CUDA the convolution runs without its bias and one kernel adds the
+    /// bias and the residual; elsewhere it is the convolution, then candle's add.
+    pub(crate) fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match (xs.device(), &self.bias) {
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(_), Some(bias))
+                if cuda::supports(xs.dtype()) && residual.dtype() == xs.dtype() =>
+            {
+                let bare = Conv2d {
+                    bias: None,
+                    ..self.clone()
+                };
+                let y = cuda::conv2d(xs, &bare)?;
+                let bias = bias.to_dtype(y.dtype())?;
+                cuda::bias_residual(&y, &bias, cuda::BiasAxis::Channels, residual)
+            }
+            _ => {
+                let out = self.forward(xs)?;
+                if residual.rank() == 2 {
+                    out.broadcast_add(&residual.unsqueeze(2)?.unsqueeze(3)?)
+                } else {
+                    out + residual
+                }
+            }
         }
     }
 }
@@ -179,7 +214,107 @@ pub(crate) fn geglu(xs: &Tensor) -> Result<Tensor> {
     }
     match xs.device() {
         Device::Cpu if xs.dtype() == DType::F32 => cpu::geglu(xs),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if cuda::supports(xs.dtype()) => cuda::geglu(xs),
         _ => portable::geglu(xs),
+    }
+}
+
+/// A linear layer's bare product `y` `(..., out)` plus its `bias` `(out)`, plus `residual`
+/// shaped like `y`: `(y + bias) + residual`, what a linear layer with a residual after it
+/// computes. On CUDA one kernel adds both (the product came from cuBLAS without the bias);
+/// elsewhere candle's two adds, in that order.
+pub(crate) fn bias_residual(
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    match (y.device(), bias) {
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(_), Some(bias))
+            if cuda::supports(y.dtype())
+                && bias.dtype() == y.dtype()
+                && residual.dtype() == y.dtype() =>
+        {
+            cuda::bias_residual(y, bias, cuda::BiasAxis::Last, residual)
+        }
+        _ => portable::bias_residual(y, bias, residual),
+    }
+}
+
+/// A linear layer's bare product over an image's tokens, `y` `(batch, h * w, c)`, plus its
+/// `bias` `(c)`, as the image `(batch, c, h, w)`, plus `residual` (that image): the
+/// transformer's `proj_out` and the skip around it. On CUDA one kernel adds the bias,
+/// transposes and adds the residual; elsewhere candle's add, copy into the image and add.
+pub(crate) fn tokens_to_image_residual(
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    match (y.device(), bias) {
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(_), Some(bias))
+            if cuda::supports(y.dtype())
+                && bias.dtype() == y.dtype()
+                && residual.dtype() == y.dtype() =>
+        {
+            cuda::tokens_to_image_residual(y, bias, residual)
+        }
+        _ => portable::tokens_to_image_residual(y, bias, residual),
+    }
+}
+
+/// diffusers' `get_timestep_embedding` as the UNet configures it: `dim` sinusoids (an even
+/// width), at frequencies `exp(-ln(10000) * i / (dim / 2 - freq_shift))`, cosines first
+/// when `flip_sin_to_cos`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimestepEmbedding {
+    pub(crate) dim: usize,
+    pub(crate) flip_sin_to_cos: bool,
+    pub(crate) freq_shift: f64,
+}
+
+impl TimestepEmbedding {
+    /// `-ln(10000)` and `dim / 2 - freq_shift` in f32, as torch forms them: frequency `i`
+    /// is `exp(ln_period * i / denom)`, the product and quotient in f32.
+    pub(crate) fn frequencies(&self) -> (f32, f32) {
+        let ln_period = -(10000f64.ln()) as f32;
+        let denom = ((self.dim / 2) as f64 - self.freq_shift) as f32;
+        (ln_period, denom)
+    }
+}
+
+/// The embedding of each row's timestep, `(rows, dim)` in `dtype` on `device`: one
+/// timestep for every row, or one per row (runs at different steps in one batch). Computed
+/// in f32 as torch does. On CUDA one kernel writes it; elsewhere it is computed on the host
+/// and uploaded.
+pub(crate) fn timestep_embedding(
+    timesteps: &[f64],
+    rows: usize,
+    embedding: TimestepEmbedding,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    if timesteps.len() != 1 && timesteps.len() != rows {
+        candle_core::bail!(
+            "{} timesteps for a batch of {rows}: give one, or one per row",
+            timesteps.len()
+        )
+    }
+    if embedding.dim % 2 != 0 {
+        candle_core::bail!(
+            "timestep embedding: the width {} is not even",
+            embedding.dim
+        )
+    }
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_)
+            if cuda::supports(dtype) && rows > 0 && timesteps.len() <= cuda::MAX_TIMESTEPS =>
+        {
+            cuda::timestep_embedding(timesteps, rows, embedding, dtype, device)
+        }
+        _ => portable::timestep_embedding(timesteps, rows, embedding, dtype, device),
     }
 }
 
@@ -278,6 +413,77 @@ mod tests {
         let op = |heads| Attention { heads, scale: 1.0 };
         assert!(attention(&q, &k, &v, op(2)).is_err());
         assert!(attention(&q, &k, &k, op(3)).is_err());
+        Ok(())
+    }
+
+    /// Off CUDA the fused ops are candle's adds in the order the networks made them before
+    /// (the parity tests depend on it): bit for bit the same results.
+    #[test]
+    fn residual_ops_off_cuda_are_the_adds_they_replace() -> Result<()> {
+        let dev = Device::Cpu;
+        let y = Tensor::randn(0f32, 1., (2, 6, 5), &dev)?;
+        let bias = Tensor::randn(0f32, 1., 5, &dev)?;
+        let residual = Tensor::randn(0f32, 1., (2, 6, 5), &dev)?;
+        let want = (y.broadcast_add(&bias)? + &residual)?;
+        assert_eq!(
+            max_diff(&bias_residual(&y, Some(&bias), &residual)?, &want)?,
+            0.0
+        );
+        let image = Tensor::randn(0f32, 1., (2, 5, 2, 3), &dev)?;
+        let want = (y
+            .broadcast_add(&bias)?
+            .reshape((2, 2, 3, 5))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?
+            + &image)?;
+        let got = tokens_to_image_residual(&y, Some(&bias), &image)?;
+        assert_eq!(max_diff(&got, &want)?, 0.0);
+        let conv = Conv2d {
+            weight: Tensor::randn(0f32, 1., (5, 3, 3, 3), &dev)?,
+            bias: Some(bias),
+            config: Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        };
+        let xs = Tensor::randn(0f32, 1., (2, 3, 2, 3), &dev)?;
+        let want = (&image + conv.forward(&xs)?)?;
+        assert_eq!(max_diff(&conv.forward_add(&xs, &image)?, &want)?, 0.0);
+        let per_channel = Tensor::randn(0f32, 1., (2, 5), &dev)?;
+        let want = conv
+            .forward(&xs)?
+            .broadcast_add(&per_channel.reshape((2, 5, 1, 1))?)?;
+        let got = conv.forward_add(&xs, &per_channel)?;
+        assert_eq!(max_diff(&got, &want)?, 0.0);
+        Ok(())
+    }
+
+    /// One timestep for every row is that row repeated; a count that is neither one nor
+    /// one per row, or an odd width, is refused.
+    #[test]
+    fn timestep_embedding_takes_one_timestep_or_one_per_row() -> Result<()> {
+        let dev = Device::Cpu;
+        let embedding = TimestepEmbedding {
+            dim: 8,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+        };
+        let one = timestep_embedding(&[981.0], 3, embedding, DType::F32, &dev)?;
+        let each = timestep_embedding(&[981.0; 3], 3, embedding, DType::F32, &dev)?;
+        assert_eq!(one.dims(), &[3, 8]);
+        assert_eq!(max_diff(&one, &each)?, 0.0);
+        // Cosines first: at timestep 0 the first half is 1, the second 0.
+        let zero = timestep_embedding(&[0.0], 1, embedding, DType::F32, &dev)?;
+        assert_eq!(
+            zero.flatten_all()?.to_vec1::<f32>()?,
+            [1., 1., 1., 1., 0., 0., 0., 0.]
+        );
+        assert!(timestep_embedding(&[1.0, 2.0], 3, embedding, DType::F32, &dev).is_err());
+        let odd = TimestepEmbedding {
+            dim: 7,
+            ..embedding
+        };
+        assert!(timestep_embedding(&[1.0], 1, odd, DType::F32, &dev).is_err());
         Ok(())
     }
 

@@ -6,9 +6,9 @@
 //! network gets the same result on every device up to the order of additions. They run
 //! on any device candle runs on, so nothing here may assume the CPU.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 
-use super::{Attention, Conv2d, GroupNorm};
+use super::{Attention, Conv2d, GroupNorm, TimestepEmbedding};
 
 /// `conv` over `xs`, through `candle_nn::Conv2d`.
 pub(crate) fn conv2d(xs: &Tensor, conv: &Conv2d) -> Result<Tensor> {
@@ -84,4 +84,73 @@ pub(crate) fn gelu(xs: &Tensor) -> Result<Tensor> {
 pub(crate) fn geglu(xs: &Tensor) -> Result<Tensor> {
     let half = xs.dim(D::Minus1)? / 2;
     xs.narrow(D::Minus1, 0, half)? * xs.narrow(D::Minus1, half, half)?.gelu_erf()?
+}
+
+/// As `kernels::bias_residual`: the bias broadcast over the rows, then the residual.
+pub(crate) fn bias_residual(
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    match bias {
+        Some(bias) => y.broadcast_add(bias)? + residual,
+        None => y + residual,
+    }
+}
+
+/// As `kernels::tokens_to_image_residual`: the bias, the tokens copied into the image
+/// layout of `residual` `(batch, c, h, w)`, then the residual.
+pub(crate) fn tokens_to_image_residual(
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let (b, c, h, w) = residual.dims4()?;
+    let y = match bias {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y.clone(),
+    };
+    y.reshape((b, h, w, c))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?
+        + residual
+}
+
+/// As `kernels::timestep_embedding` (count and width already checked): each distinct row
+/// on the host in f32, uploaded, repeated over the rows when there is one timestep, and
+/// cast to `dtype`.
+pub(crate) fn timestep_embedding(
+    timesteps: &[f64],
+    rows: usize,
+    embedding: TimestepEmbedding,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let dim = embedding.dim;
+    let half = dim / 2;
+    let (ln_period, denom) = embedding.frequencies();
+    let row = |timestep: f64| {
+        let t = timestep as f32;
+        let mut sin = Vec::with_capacity(half);
+        let mut cos = Vec::with_capacity(half);
+        for i in 0..half {
+            let freq = (ln_period * i as f32 / denom).exp();
+            let arg = t * freq;
+            sin.push(arg.sin());
+            cos.push(arg.cos());
+        }
+        if embedding.flip_sin_to_cos {
+            [cos, sin].concat()
+        } else {
+            [sin, cos].concat()
+        }
+    };
+    let table = match timesteps {
+        [t] => Tensor::from_vec(row(*t), (1, dim), device)?.repeat((rows, 1))?,
+        each => {
+            let all: Vec<f32> = each.iter().flat_map(|&t| row(t)).collect();
+            Tensor::from_vec(all, (rows, dim), device)?
+        }
+    };
+    table.to_dtype(dtype)
 }

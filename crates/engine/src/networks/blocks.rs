@@ -78,20 +78,24 @@ impl ResnetBlock {
         };
         let conv =
             |c: &Conv2d, xs: &Tensor| profile::time(|| "resnet/conv".into(), || c.forward(xs));
-        let h = conv(&self.conv1, &norm(&self.norm1, xs)?)?;
+        // A convolution and what is added to its output (the time embedding, one value per
+        // channel; the skip) in one `forward_add`: one kernel for bias and addend on CUDA.
+        let conv_add = |c: &Conv2d, xs: &Tensor, addend: &Tensor| {
+            profile::time(|| "resnet/conv".into(), || c.forward_add(xs, addend))
+        };
+        let normed = norm(&self.norm1, xs)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
-                h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?
+                conv_add(&self.conv1, &normed, &t)?
             }
-            _ => h,
+            _ => conv(&self.conv1, &normed)?,
         };
-        let h = conv(&self.conv2, &norm(&self.norm2, &h)?)?;
         let skip = match &self.shortcut {
             Some(c) => conv(c, xs)?,
             None => xs.clone(),
         };
-        let out = (skip + h)?;
+        let out = conv_add(&self.conv2, &norm(&self.norm2, &h)?, &skip)?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {

@@ -20,6 +20,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
+use crate::kernels;
 pub(crate) use crate::kernels::{Conv2d, GroupNorm};
 
 #[derive(Debug, Clone)]
@@ -54,21 +55,42 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
     })
 }
 
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// The bare product `xs · weight`, `(..., out)`: the leading dimensions folded into one
+    /// matrix of rows, no bias.
+    fn product(&self, xs: &Tensor) -> Result<Tensor> {
         let dims = xs.dims();
         let in_dim = xs.dim(D::Minus1)?;
         let rows = xs.elem_count() / in_dim.max(1);
         let out = xs.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
-        let out = match &self.bias {
-            Some(bias) => out.broadcast_add(bias)?,
-            None => out,
-        };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = self.weight_t.dim(1)?;
         }
         out.reshape(out_dims)
+    }
+
+    /// `self.forward(xs) + residual`, `residual` shaped like the output: bias and residual
+    /// added by `kernels::bias_residual` (one kernel where the device has one).
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        kernels::bias_residual(&self.product(xs)?, self.bias.as_ref(), residual)
+    }
+
+    /// The transformer's `proj_out` and its skip: `self.forward(tokens)` over an image's
+    /// tokens `(batch, h * w, in)`, as the image `(batch, out, h, w)` of `residual`, plus
+    /// `residual`, through `kernels::tokens_to_image_residual`.
+    pub fn forward_to_image_residual(&self, tokens: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        kernels::tokens_to_image_residual(&self.product(tokens)?, self.bias.as_ref(), residual)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let out = self.product(xs)?;
+        match &self.bias {
+            Some(bias) => out.broadcast_add(bias),
+            None => Ok(out),
+        }
     }
 }
 

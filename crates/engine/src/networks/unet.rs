@@ -13,10 +13,11 @@ use super::blocks::{Downsample, ResnetBlock, ResnetConfig, Upsample};
 use super::config::UNetConfig;
 use super::layers::{conv2d, group_norm, linear, linear_no_bias, Conv2d, GroupNorm, Linear};
 use super::profile;
-use crate::kernels::{attention, geglu, Attention};
+use crate::kernels::{attention, geglu, timestep_embedding, Attention, TimestepEmbedding};
 
 /// diffusers' `Attention` as used inside the transformer blocks: no bias on q/k/v, a biased
-/// output projection, keys and values from the context for cross-attention.
+/// output projection, keys and values from the context for cross-attention, and the block's
+/// residual added with the output projection's bias.
 #[derive(Debug)]
 struct CrossAttention {
     to_q: Linear,
@@ -46,7 +47,13 @@ impl CrossAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// The attention of `xs` (to `context`, or to itself), plus `residual`.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(xs);
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
@@ -55,7 +62,7 @@ impl CrossAttention {
             || "transformer/attention kernel".into(),
             || attention(&q, &k, &v, self.shape),
         )?;
-        self.to_out.forward(&out)
+        self.to_out.forward_residual(&out, residual)
     }
 }
 
@@ -94,14 +101,13 @@ impl TransformerBlock {
     fn forward(&self, xs: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
         let xs = profile::time(
             || "transformer/self-attention".into(),
-            || self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs,
+            || self.attn1.forward(&self.norm1.forward(xs)?, None, xs),
         )?;
         let xs = profile::time(
             || "transformer/cross-attention".into(),
             || {
                 self.attn2
-                    .forward(&self.norm2.forward(&xs)?, Some(context))?
-                    + &xs
+                    .forward(&self.norm2.forward(&xs)?, Some(context), &xs)
             },
         )?;
         profile::time(
@@ -110,7 +116,7 @@ impl TransformerBlock {
                 // GEGLU: the projection's first half gated by the exact (erf) GELU of its
                 // second half.
                 let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
-                self.ff_out.forward(&geglu(&h)?)? + &xs
+                self.ff_out.forward_residual(&geglu(&h)?, &xs)
             },
         )
     }
@@ -192,14 +198,14 @@ impl SpatialTransformer {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let to_image = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
-        };
-        let out = match &self.proj_out {
-            Projection::Linear(l) => to_image(&l.forward(&tokens)?)?,
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
-        };
-        out + xs
+        match &self.proj_out {
+            // The projection's bias, the copy into the image layout and the skip in one.
+            Projection::Linear(l) => l.forward_to_image_residual(&tokens, xs),
+            Projection::Conv(conv) => {
+                let image = tokens.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
+                conv.forward_add(&image.contiguous()?, xs)
+            }
+        }
     }
 }
 
@@ -379,46 +385,12 @@ impl UNet {
         })
     }
 
-    /// diffusers' `get_timestep_embedding`: sinusoids of each row's timestep at geometric
-    /// frequencies, computed in f32 as torch does, cosines first when `flip_sin_to_cos`;
-    /// (rows, dim). One timestep for every row of `batch`, or one per row (a batch of runs at
-    /// different steps).
-    fn time_proj(
-        &self,
-        timesteps: &[f64],
-        batch: usize,
-        device: &candle_core::Device,
-    ) -> candle_core::Result<Tensor> {
-        let dim = self.config.block_out_channels[0];
-        let half = dim / 2;
-        let ln_period = -(10000f64.ln()) as f32;
-        let denom = (half as f64 - self.config.freq_shift) as f32;
-        let row = |timestep: f64| {
-            let t = timestep as f32;
-            let mut sin = Vec::with_capacity(half);
-            let mut cos = Vec::with_capacity(half);
-            for i in 0..half {
-                let freq = (ln_period * i as f32 / denom).exp();
-                let arg = t * freq;
-                sin.push(arg.sin());
-                cos.push(arg.cos());
-            }
-            if self.config.flip_sin_to_cos {
-                [cos, sin].concat()
-            } else {
-                [sin, cos].concat()
-            }
-        };
-        match timesteps {
-            [t] => Tensor::from_vec(row(*t), (1, dim), device)?.repeat((batch, 1)),
-            each if each.len() == batch => {
-                let rows: Vec<f32> = each.iter().flat_map(|&t| row(t)).collect();
-                Tensor::from_vec(rows, (batch, dim), device)
-            }
-            each => candle_core::bail!(
-                "{} timesteps for a batch of {batch}: give one, or one per row",
-                each.len()
-            ),
+    /// diffusers' `get_timestep_embedding` as this UNet configures it (`time_proj`).
+    fn time_proj(&self) -> TimestepEmbedding {
+        TimestepEmbedding {
+            dim: self.config.block_out_channels[0],
+            flip_sin_to_cos: self.config.flip_sin_to_cos,
+            freq_shift: self.config.freq_shift,
         }
     }
 
@@ -433,7 +405,7 @@ impl UNet {
     ) -> candle_core::Result<Tensor> {
         let (b, _, _, _) = xs.dims4()?;
         let dtype = xs.dtype();
-        let t_emb = self.time_proj(timesteps, b, xs.device())?.to_dtype(dtype)?;
+        let t_emb = timestep_embedding(timesteps, b, self.time_proj(), dtype, xs.device())?;
         let temb = self
             .time_linear_2
             .forward(&candle_nn::ops::silu(&self.time_linear_1.forward(&t_emb)?)?)?;

@@ -169,6 +169,109 @@ __device__ void softmax_rows(const float* scores, T* probs, int64_t cols) {
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) out[i] = from_float<T>(__expf(row[i] - m) * inv);
 }
 
+// ---- GEGLU -----------------------------------------------------------------------------
+//
+// x is (rows, 2n) contiguous; out[r, j] = x[r, j] * gelu(x[r, n + j]) with the exact (erf)
+// GELU, x * Phi(x), as candle's gelu_erf computes it. Threads run along a row (x), blocks
+// over rows (y, striding when there are more rows than blocks), so no index is divided.
+
+template <typename T>
+__device__ void geglu(const T* x, T* out, int64_t rows, int64_t n) {
+    int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const T* row = x + r * 2 * n;
+        float a = to_float(row[j]);
+        float g = to_float(row[n + j]);
+        out[r * n + j] = from_float<T>(a * (g * normcdff(g)));
+    }
+}
+
+// ---- A layer's bias and a residual, added to its output in one pass ---------------------
+//
+// y is `lines` lines of `width` contiguous elements. The bias runs along a line (a linear
+// layer's output: lines are rows, the bias is indexed by the column) or is one value per
+// line (a convolution's (batch, channels, pixels): line b * channels + c takes bias[c]).
+// The residual is shaped like y, or is one value per line (a resnet's time embedding,
+// (batch, channels)). out = (y + bias) + residual in float, rounded once.
+
+template <typename T>
+__device__ void bias_residual(const T* y, const T* bias, const T* residual, T* out, int64_t lines,
+                              int64_t width, int channels, int bias_per_line, int residual_per_line) {
+    int64_t pos = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (pos >= width) return;
+    for (int64_t line = blockIdx.y; line < lines; line += gridDim.y) {
+        int64_t i = line * width + pos;
+        float b = to_float(bias[bias_per_line ? (int)(line % channels) : pos]);
+        float r = to_float(residual[residual_per_line ? line : i]);
+        out[i] = from_float<T>((to_float(y[i]) + b) + r);
+    }
+}
+
+// A linear layer's output over an image's tokens, y (batch, pixels, channels), plus its
+// bias, turned into the image (batch, channels, pixels) and added to residual (the same
+// shape): the transformer's proj_out and its skip in one pass. A 32x32 tile of pixels by
+// channels goes through shared memory so that both the reads of y (along channels) and
+// the reads of residual and writes of out (along pixels) are coalesced. Block (32, 8),
+// grid (pixel tiles, channel tiles, batch).
+
+constexpr int TILE = 32;
+
+template <typename T>
+__device__ void tokens_to_image_residual(const T* y, const T* bias, const T* residual, T* out,
+                                         int64_t pixels, int channels) {
+    __shared__ float tile[TILE][TILE + 1];
+    int64_t p0 = (int64_t)blockIdx.x * TILE;
+    int c0 = blockIdx.y * TILE;
+    int64_t batch = blockIdx.z;
+    const T* yb = y + batch * pixels * channels;
+    for (int k = threadIdx.y; k < TILE; k += blockDim.y) {
+        int64_t p = p0 + k;
+        int c = c0 + threadIdx.x;
+        if (p < pixels && c < channels) tile[k][threadIdx.x] = to_float(yb[p * channels + c]) + to_float(bias[c]);
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < TILE; k += blockDim.y) {
+        int c = c0 + k;
+        int64_t p = p0 + threadIdx.x;
+        if (p < pixels && c < channels) {
+            int64_t o = (batch * channels + c) * pixels + p;
+            out[o] = from_float<T>(tile[threadIdx.x][k] + to_float(residual[o]));
+        }
+    }
+}
+
+// ---- The sinusoidal timestep embedding --------------------------------------------------
+//
+// diffusers' get_timestep_embedding: row r, column i < half is sin(t_r * freq_i) and column
+// half + i is cos(t_r * freq_i) (swapped when flip), freq_i = exp(-ln(10000) * i / denom).
+// The timesteps come by value (a kernel parameter, no upload): one for every row when
+// count is 1, else one per row. The exponent is formed in float as torch forms it; exp,
+// sin and cos are evaluated in double and rounded, so the values are the correctly rounded
+// ones the host's libm computes for the CPU path. One block per row.
+
+constexpr int MAX_TIMESTEPS = 256;
+
+struct Timesteps {
+    float t[MAX_TIMESTEPS];
+};
+
+template <typename T>
+__device__ void timestep_embedding(Timesteps ts, int count, T* out, int half, float ln_period,
+                                   float denom, int flip) {
+    int64_t row = blockIdx.x;
+    float t = ts.t[count == 1 ? 0 : row];
+    T* o = out + row * 2 * half;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float freq = (float)exp((double)(ln_period * (float)i / denom));
+        double arg = (double)(t * freq);
+        T s = from_float<T>((float)sin(arg));
+        T c = from_float<T>((float)cos(arg));
+        o[i] = flip ? c : s;
+        o[half + i] = flip ? s : c;
+    }
+}
+
 #define INSTANTIATE(T, SUFFIX)                                                                   \
     extern "C" __global__ void group_stats_##SUFFIX(const T* x, float* partial, int64_t group_len, \
                                                     int splits) {                                  \
@@ -182,6 +285,24 @@ __device__ void softmax_rows(const float* scores, T* probs, int64_t cols) {
     }                                                                                              \
     extern "C" __global__ void softmax_rows_##SUFFIX(const float* scores, T* probs, int64_t cols) { \
         softmax_rows<T>(scores, probs, cols);                                                      \
+    }                                                                                              \
+    extern "C" __global__ void geglu_##SUFFIX(const T* x, T* out, int64_t rows, int64_t n) {       \
+        geglu<T>(x, out, rows, n);                                                                 \
+    }                                                                                              \
+    extern "C" __global__ void bias_residual_##SUFFIX(                                             \
+        const T* y, const T* bias, const T* residual, T* out, int64_t lines, int64_t width,        \
+        int channels, int bias_per_line, int residual_per_line) {                                  \
+        bias_residual<T>(y, bias, residual, out, lines, width, channels, bias_per_line,            \
+                         residual_per_line);                                                       \
+    }                                                                                              \
+    extern "C" __global__ void tokens_to_image_residual_##SUFFIX(                                  \
+        const T* y, const T* bias, const T* residual, T* out, int64_t pixels, int channels) {      \
+        tokens_to_image_residual<T>(y, bias, residual, out, pixels, channels);                     \
+    }                                                                                              \
+    extern "C" __global__ void timestep_embedding_##SUFFIX(Timesteps ts, int count, T* out,        \
+                                                           int half, float ln_period, float denom, \
+                                                           int flip) {                             \
+        timestep_embedding<T>(ts, count, out, half, ln_period, denom, flip);                       \
     }
 
 INSTANTIATE(float, f32)

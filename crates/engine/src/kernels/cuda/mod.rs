@@ -13,6 +13,13 @@
 //! - `attention.rs`: attention over the whole score matrix at once (in large chunks only
 //!   when it would not fit), scores from cuBLAS in f32 from half inputs, softmax straight
 //!   into the network's dtype: f32, the VAE's 512-wide head, and any shape cuDNN refuses.
+//! - `activation.rs`: GEGLU in one pass (read `2n`, write `n`) instead of candle's GELU
+//!   over a strided half and a product.
+//! - `residual.rs`: a layer's bias and the residual after it added to the bare product
+//!   (cuBLAS, cuDNN) in one pass, and the transformer's `proj_out`, whose tokens are also
+//!   transposed into the image on the way.
+//! - `timestep.rs`: the UNet's sinusoidal timestep embedding as one launch, the timesteps
+//!   passed by value.
 //!
 //! The kernels in `kernels.cu` are compiled to PTX by `build.rs` and loaded once per device;
 //! `sdpa.cpp` is compiled by `build.rs` with the host's C++ compiler and linked in.
@@ -34,13 +41,19 @@ macro_rules! cuda_only {
     (3) => { cuda_only!(@fwd _s1 _l1, _s2 _l2, _s3 _l3); };
 }
 
+mod activation;
 mod attention;
 mod conv;
 mod norm;
+mod residual;
 mod sdpa;
+mod timestep;
 
+pub(crate) use activation::geglu;
 pub(crate) use conv::conv2d;
 pub(crate) use norm::group_norm;
+pub(crate) use residual::{bias_residual, tokens_to_image_residual, BiasAxis};
+pub(crate) use timestep::{timestep_embedding, MAX_TIMESTEPS};
 
 use candle_core::{DType, Result, Tensor};
 
@@ -50,19 +63,32 @@ use crate::kernels::Attention;
 /// by cuDNN where it takes the dtype, head dim and shape, else over the whole score matrix.
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: Attention) -> Result<Tensor> {
     match sdpa::attention(q, k, v, op)? {
-        Some(out) => Ok(out),
-        None => attention::attention(q, k, v, op),
+        sdpa::Outcome::Ran(out) => Ok(out),
+        sdpa::Outcome::Declined(reason) => {
+            if let Some(reason) = reason {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        %reason,
+                        "cuDNN has no attention plan for a shape; it and any other shape cuDNN \
+                         refuses run on the whole-matrix path"
+                    )
+                });
+            }
+            attention::attention(q, k, v, op)
+        }
     }
 }
 
 /// Bytes of scratch one [`attention`] call over `rows` sequences of `heads` heads of width
 /// `head_dim` holds at its peak beyond its operands and result, by the path it takes (for
-/// `kernels::attention_scratch_bytes`). cuDNN's fused kernel: none (an inference plan's
-/// workspace, if any, is small, and the context keeps it). The whole-matrix path: one
-/// chunk of f32 scores and its probabilities in `dtype`, the head-split copies of q, k and
-/// v, and the result twice (before and after its heads are merged). A shape cuDNN refuses
-/// when asked (a card older than Ampere) falls back to the whole matrix, which this cannot
-/// know before planning: it counts what the dtype and head width route to.
+/// `kernels::attention_scratch_bytes`). cuDNN's fused kernel needs next to none (an
+/// inference plan's workspace, if any, is small, and the context keeps it), but whether
+/// cuDNN takes a shape is only known once it is asked, at the first step, and a refusal
+/// falls back to the whole-matrix path; a batch planned on the fused kernel's nothing would
+/// not fit then, so this counts the whole-matrix path's: one chunk of f32 scores and its
+/// probabilities in `dtype`, the head-split copies of q, k and v, and the result twice
+/// (before and after its heads are merged).
 pub(crate) fn attention_scratch_bytes(
     dtype: DType,
     rows: usize,
@@ -71,9 +97,6 @@ pub(crate) fn attention_scratch_bytes(
     n_k: usize,
     head_dim: usize,
 ) -> u64 {
-    if sdpa::takes(dtype, head_dim, head_dim) {
-        return 0;
-    }
     let size = dtype.size_in_bytes() as u64;
     let bh = (rows * heads) as u64;
     let (n_q, n_k, d) = (n_q as u64, n_k as u64, head_dim as u64);
@@ -113,7 +136,7 @@ mod tests {
     use candle_core::{DType, Device, Module, Tensor};
     use candle_nn::Conv2dConfig;
 
-    use crate::kernels::{portable, Attention, Conv2d, GroupNorm};
+    use crate::kernels::{portable, Attention, Conv2d, GroupNorm, TimestepEmbedding};
 
     fn gpu() -> Device {
         Device::new_cuda(0)
@@ -303,6 +326,197 @@ mod tests {
         }
     }
 
+    /// Standard normal values of `shape` times `scale`, in `dtype`.
+    fn randn(dev: &Device, dtype: DType, shape: &[usize], scale: f64) -> Tensor {
+        (Tensor::randn(0f32, 1., shape, dev).unwrap() * scale)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    /// One kernel against candle's GELU over one strided half and product with the other:
+    /// widths that are not a multiple of the block (nor even of a warp), one row, more rows
+    /// than the grid has blocks, and values far enough out (spread 3) that GELU's tails show.
+    #[test]
+    fn geglu_matches_candles() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            for shape in [
+                &[2usize, 77, 2 * 1280][..],
+                &[3, 5, 2 * 7],
+                &[1, 2],
+                &[70_001, 2 * 3],
+                &[2, 2, 9, 2 * 257],
+            ] {
+                let xs = randn(&dev, dtype, shape, 3.0);
+                let ours = super::geglu(&xs).unwrap();
+                let theirs = portable::geglu(&xs).unwrap();
+                assert_eq!(ours.dims(), theirs.dims());
+                assert_eq!(ours.dtype(), dtype);
+                let d = rel_diff(&ours, &theirs);
+                assert!(d < tolerance(dtype), "{dtype:?} {shape:?}: {d}");
+            }
+            // Through the dispatch, from a strided view (copied first).
+            let wide = randn(&dev, dtype, &[4, 2 * 33 + 5], 1.0);
+            let view = wide.narrow(1, 5, 2 * 33).unwrap();
+            let d = rel_diff(
+                &crate::kernels::geglu(&view).unwrap(),
+                &portable::geglu(&view).unwrap(),
+            );
+            assert!(d < tolerance(dtype), "{dtype:?} strided: {d}");
+        }
+    }
+
+    /// A linear layer's bias along the last axis plus a residual, one kernel against
+    /// candle's two adds: odd widths, one element, more rows than the grid has blocks.
+    #[test]
+    fn linear_bias_residual_matches_candles() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            for shape in [
+                &[2usize, 4096, 320][..],
+                &[3, 7, 45],
+                &[1, 1],
+                &[70_001, 3],
+                &[2, 77, 1025],
+            ] {
+                let y = randn(&dev, dtype, shape, 2.0);
+                let bias = randn(&dev, dtype, &[shape[shape.len() - 1]], 1.0);
+                let residual = randn(&dev, dtype, shape, 1.0);
+                let ours =
+                    super::bias_residual(&y, &bias, super::BiasAxis::Last, &residual).unwrap();
+                let theirs = portable::bias_residual(&y, Some(&bias), &residual).unwrap();
+                assert_eq!(ours.dims(), theirs.dims());
+                let d = rel_diff(&ours, &theirs);
+                assert!(d < tolerance(dtype), "{dtype:?} {shape:?}: {d}");
+            }
+        }
+    }
+
+    /// A convolution through `Conv2d::forward_add` (cuDNN without the bias, then one kernel
+    /// adding bias and residual) against the convolution and candle's add, for a residual
+    /// shaped like the output (a resnet's skip) and one per (batch, channel) (its time
+    /// embedding), on odd sizes; and without a bias, which takes the composed path.
+    #[test]
+    fn convolution_plus_residual_matches_candles() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            for (b, c_in, c_out, h, w) in [(2, 8, 16, 17, 13), (1, 3, 5, 1, 1), (3, 32, 40, 9, 7)] {
+                let x = randn(&dev, dtype, &[b, c_in, h, w], 1.0);
+                let conv = Conv2d {
+                    weight: randn(&dev, dtype, &[c_out, c_in, 3, 3], 0.1),
+                    bias: Some(randn(&dev, dtype, &[c_out], 1.0)),
+                    config: Conv2dConfig {
+                        padding: 1,
+                        ..Default::default()
+                    },
+                };
+                let bare = Conv2d {
+                    bias: None,
+                    ..conv.clone()
+                };
+                for residual in [
+                    randn(&dev, dtype, &[b, c_out, h, w], 1.0),
+                    randn(&dev, dtype, &[b, c_out], 1.0),
+                ] {
+                    for (conv, name) in [(&conv, "bias"), (&bare, "no bias")] {
+                        let out = conv.forward(&x).unwrap();
+                        let theirs = if residual.rank() == 2 {
+                            let per_channel = residual.unsqueeze(2).unwrap().unsqueeze(3).unwrap();
+                            out.broadcast_add(&per_channel).unwrap()
+                        } else {
+                            (out + &residual).unwrap()
+                        };
+                        let ours = conv.forward_add(&x, &residual).unwrap();
+                        assert_eq!(ours.dims(), theirs.dims());
+                        let d = rel_diff(&ours, &theirs);
+                        assert!(
+                            d < tolerance(dtype),
+                            "{dtype:?} {:?} residual {:?} {name}: {d}",
+                            (b, c_in, c_out, h, w),
+                            residual.dims()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// proj_out's tokens `(batch, pixels, channels)` plus bias, transposed into the image
+    /// and added to the residual, one tiled kernel against candle's add, copy and add:
+    /// pixel and channel counts on and off the 32-wide tile, one pixel, one channel.
+    #[test]
+    fn tokens_to_image_residual_matches_candles() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            for (b, c, h, w) in [
+                (2, 320, 64, 64),
+                (2, 1280, 8, 8),
+                (3, 45, 7, 9),
+                (1, 1, 1, 1),
+                (1, 33, 1, 31),
+            ] {
+                let y = randn(&dev, dtype, &[b, h * w, c], 2.0);
+                let bias = randn(&dev, dtype, &[c], 1.0);
+                let residual = randn(&dev, dtype, &[b, c, h, w], 1.0);
+                let ours = super::tokens_to_image_residual(&y, &bias, &residual).unwrap();
+                let theirs =
+                    portable::tokens_to_image_residual(&y, Some(&bias), &residual).unwrap();
+                assert_eq!(ours.dims(), &[b, c, h, w]);
+                let d = rel_diff(&ours, &theirs);
+                assert!(d < tolerance(dtype), "{dtype:?} {:?}: {d}", (b, c, h, w));
+            }
+        }
+    }
+
+    /// The embedding kernel against the host's rows uploaded (the portable path, on the
+    /// GPU): SD 2.1's width and an odd half-width, one timestep for all rows (also for more
+    /// rows than a launch takes distinct timesteps) and one per row,
+    /// both orders and shifts, timesteps up to 999 (where an argument's rounding shows).
+    /// The kernel's f64 exp, sin and cos round to what the host's libm gives, but for the
+    /// rare frequency a host `expf` rounds the other way: one unit in its last place, times
+    /// a timestep near 1000, is about 6e-5 in the argument, under f32's tolerance.
+    #[test]
+    fn timestep_embedding_matches_the_hosts() {
+        let dev = gpu();
+        for dtype in DTYPES {
+            for (dim, flip_sin_to_cos, freq_shift) in [
+                (320, true, 0.0),
+                (6, false, 1.0),
+                (2, true, 0.0),
+                (1282, false, 0.0),
+            ] {
+                let embedding = TimestepEmbedding {
+                    dim,
+                    flip_sin_to_cos,
+                    freq_shift,
+                };
+                for (timesteps, rows) in [
+                    (&[999.0][..], 2),
+                    (&[1.0][..], 1),
+                    (&[0.0, 981.0, 500.5][..], 3),
+                    (&[999.0, 979.0, 959.0, 1.0, 0.0][..], 5),
+                    (&[981.0][..], 300),
+                ] {
+                    let ours =
+                        super::timestep_embedding(timesteps, rows, embedding, dtype, &dev).unwrap();
+                    let theirs =
+                        portable::timestep_embedding(timesteps, rows, embedding, dtype, &dev)
+                            .unwrap();
+                    assert_eq!(ours.dims(), &[rows, dim]);
+                    assert_eq!(ours.dtype(), dtype);
+                    let d = rel_diff(&ours, &theirs);
+                    assert!(d < tolerance(dtype), "{dtype:?} {dim} {timesteps:?}: {d}");
+                }
+                // More distinct timesteps than one launch takes: the dispatch's host path.
+                let many: Vec<f64> = (0..300).map(f64::from).collect();
+                let table =
+                    crate::kernels::timestep_embedding(&many, 300, embedding, dtype, &dev).unwrap();
+                assert_eq!(table.dims(), &[300, dim]);
+            }
+        }
+    }
+
     /// q, k and v of `dtype` for `heads` heads of width `d`, drawn with standard deviation
     /// `spread` (v with 1); with `view` `Some(offset)`, each is a column slice, `offset`
     /// columns in, of a wider tensor, as a fused projection would leave them.
@@ -354,9 +568,12 @@ mod tests {
                 };
                 // Twice: the second call runs the kept plan and workspace.
                 for _ in 0..2 {
-                    let ours = super::sdpa::attention(&q, &k, &v, op)
-                        .unwrap()
-                        .unwrap_or_else(|| panic!("cuDNN has no plan for {dtype:?} {shape:?}"));
+                    let ours = match super::sdpa::attention(&q, &k, &v, op).unwrap() {
+                        super::sdpa::Outcome::Ran(out) => out,
+                        super::sdpa::Outcome::Declined(reason) => {
+                            panic!("cuDNN declined {dtype:?} {shape:?}: {reason:?}")
+                        }
+                    };
                     let theirs = super::attention::attention(&q, &k, &v, op).unwrap();
                     assert_eq!(ours.dims(), &[b, n_q, heads * d]);
                     assert_eq!(ours.dtype(), dtype);
@@ -387,7 +604,10 @@ mod tests {
                 scale: 0.125,
             };
             assert!(
-                super::sdpa::attention(&q, &k, &v, op).unwrap().is_none(),
+                matches!(
+                    super::sdpa::attention(&q, &k, &v, op).unwrap(),
+                    super::sdpa::Outcome::Declined(None)
+                ),
                 "{dtype:?} {shape:?}"
             );
             let ours = super::attention(&q, &k, &v, op).unwrap();
@@ -429,7 +649,10 @@ mod tests {
                 heads: shape.3,
                 scale: 0.125,
             };
-            let fused = time(&|| super::sdpa::attention(&q, &k, &v, op).unwrap().unwrap());
+            let fused = time(&|| match super::sdpa::attention(&q, &k, &v, op).unwrap() {
+                super::sdpa::Outcome::Ran(out) => out,
+                super::sdpa::Outcome::Declined(reason) => panic!("cuDNN declined: {reason:?}"),
+            });
             let whole = time(&|| super::attention::attention(&q, &k, &v, op).unwrap());
             println!(
                 "attention {name} {shape:?} f16: cuDNN SDPA {fused:.3} ms, whole matrix \

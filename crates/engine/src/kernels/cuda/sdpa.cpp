@@ -35,6 +35,7 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -173,23 +174,45 @@ std::unique_ptr<SieSdpaPlan> make_plan(cudnnHandle_t handle, const SieSdpaShape 
     auto k = input(*graph, "k", K_UID, s, s.s_kv, s.d_qk, s.k_stride);
     auto v = input(*graph, "v", V_UID, s, s.s_kv, s.d_v, s.v_stride);
     // Inference: no softmax statistics (they are for a backward pass), no mask, no dropout.
+    // The composite implementation, as the frontend's samples run it: with every option left
+    // to it, frontend 1.14 picks its newer single-op "unified" one on cuDNN 9.13.0 exactly,
+    // which frontend 1.15 stopped doing (it wants 9.13.1).
     auto options = fe::graph::SDPA_attributes()
                        .set_name("sdpa")
+                       .set_implementation(fe::AttentionImplementation_t::COMPOSITE)
                        .set_generate_stats(false)
                        .set_attn_scale(s.scale);
-    auto outputs = graph->sdpa(q, k, v, options);
+    std::array<std::shared_ptr<fe::graph::Tensor_attributes>, 2> outputs;
+    try {
+        outputs = graph->sdpa(q, k, v, options);
+    } catch (const std::exception &e) {
+        // The frontend throws when no implementation takes the graph: a refusal.
+        plan->refusal = std::string("sdpa: ") + e.what();
+        return plan;
+    }
     outputs[0]
         ->set_output(true)
         .set_uid(O_UID)
         .set_dim({s.batch, s.heads, s.s_q, s.d_v})
         .set_stride({s.o_stride[0], s.o_stride[1], s.o_stride[2], 1});
 
+    // A step that fails because cuDNN has no engine for the graph is a refusal, kept so the
+    // shape is not planned again and the caller falls back; any other failure (a CUDA or
+    // cuDNN API error, an invalid value) is an error, thrown to the caller and not kept.
     auto step = [&plan](const char *what, fe::error_t status) {
-        if (status.is_bad()) {
-            plan->refusal = std::string(what) + ": " + status.get_message();
-            return false;
+        if (status.is_good()) {
+            return true;
         }
-        return true;
+        const std::string message = std::string(what) + ": " + status.get_message();
+        switch (status.get_code()) {
+            case fe::error_code_t::GRAPH_NOT_SUPPORTED:
+            case fe::error_code_t::GRAPH_EXECUTION_PLAN_CREATION_FAILED:
+            case fe::error_code_t::HEURISTIC_QUERY_FAILED:
+                plan->refusal = message;
+                return false;
+            default:
+                throw std::runtime_error(message);
+        }
     };
     const bool built =
         step("validate", graph->validate()) &&

@@ -30,7 +30,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr};
 use std::ptr::NonNull;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -49,20 +49,23 @@ const MAX_HEAD_DIM: usize = 128;
 /// by TMA on Hopper), so base addresses and strides must be multiples of this.
 const ALIGN: usize = 8;
 
+/// What [`attention`] did.
+pub(crate) enum Outcome {
+    /// cuDNN's kernel computed it.
+    Ran(Tensor),
+    /// Not taken, so the caller computes it another way: the dtype or head dim is not this
+    /// path's (`None`), or cuDNN has no plan for the shape (its reason).
+    Declined(Option<String>),
+}
+
 /// `softmax(q kᵀ * scale) v` per head through cuDNN, for operands as `kernels::attention`
-/// checked them; `None` when this path does not take them (dtype, head dim) or cuDNN has no
-/// plan for their shape, so the caller computes it another way.
-pub(crate) fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    op: Attention,
-) -> Result<Option<Tensor>> {
+/// checked them, or declined when this path does not take them.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: Attention) -> Result<Outcome> {
     let dtype = q.dtype();
     let (_, _, c_qk) = q.dims3()?;
     let (_, _, c_v) = v.dims3()?;
     if !takes(dtype, c_qk / op.heads, c_v / op.heads) {
-        return Ok(None);
+        return Ok(Outcome::Declined(None));
     }
     let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
     let sdpa = Sdpa {
@@ -72,22 +75,10 @@ pub(crate) fn attention(
     let shape = sdpa.describe(dtype, q.layout(), k.layout(), v.layout())?;
     let device = q.device().as_cuda_device()?;
     if let Some(reason) = with_context(device, |ctx| ctx.refusal(&shape))? {
-        static WARNED: Once = Once::new();
-        let mut first = false;
-        WARNED.call_once(|| first = true);
-        if first {
-            tracing::warn!(
-                ?shape,
-                %reason,
-                "cuDNN has no attention plan for this shape; it and any other shape cuDNN \
-                 refuses run on the whole-matrix path"
-            );
-        } else {
-            tracing::debug!(?shape, %reason, "cuDNN has no attention plan for this shape");
-        }
-        return Ok(None);
+        tracing::debug!(?shape, %reason, "cuDNN has no attention plan for this shape");
+        return Ok(Outcome::Declined(Some(reason)));
     }
-    Ok(Some(q.apply_op3_no_bwd(&k, &v, &sdpa)?))
+    Ok(Outcome::Ran(q.apply_op3_no_bwd(&k, &v, &sdpa)?))
 }
 
 /// Whether this path takes attention in `dtype` with heads of widths `d_qk` (q and k) and
