@@ -6,9 +6,10 @@
 //! (every level's outputs, kept until the up path consumes them), the working tensors of the
 //! widest block (projections, the GEGLU's 8x-wide hidden layer, a resnet's temporaries) and
 //! whatever scratch its attention kernel needs, which only the kernels know
-//! (`kernels::attention_scratch_bytes`: nothing for fused and tiled attention, the score
-//! matrix for the whole-matrix path, which is capped, so it is shared across the batch rather
-//! than growing with it). The estimate is deliberately generous (a safety factor, and a
+//! (`kernels::attention_scratch_bytes`: nothing for the CPU's tiled attention; on a GPU the
+//! whole-matrix path's score chunk, counted even where cuDNN's fused kernel will run, since
+//! a refusal only shows at the first step; the chunk is capped, so it is shared across the
+//! batch rather than growing with it). The estimate is deliberately generous (a safety factor, and a
 //! tenth of the free memory left alone for the VAE decode and allocator slack): a batch that
 //! does not fit fails every task in it, while one image fewer costs a little throughput.
 //!
