@@ -78,6 +78,44 @@ fn sharded_weights_load_and_make_the_same_image() {
     assert_eq!(summary["tokenizer"], "vocab.json and merges.txt");
 }
 
+/// The `fp16` variant in shards, as diffusers saves it with `variant="fp16"`: the index is
+/// `{stem}.safetensors.index.fp16.json` and names its shards; loaded in f32 on the CPU, each
+/// weight widened from its half, so the image is the whole-f16 model's.
+#[test]
+fn sharded_fp16_variants_load() {
+    let (_root, dir) = fresh_tiny();
+    for (component, stem, shards) in [
+        ("unet", "diffusion_pytorch_model", 3),
+        ("vae", "diffusion_pytorch_model", 2),
+        ("text_encoder", "model", 2),
+    ] {
+        let folder = dir.join(component);
+        let whole = folder.join(format!("{stem}.safetensors"));
+        let half: HashMap<String, Tensor> =
+            sie_engine::candle_core::safetensors::load(&whole, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, v.to_dtype(sie_engine::candle_core::DType::F16).unwrap()))
+                .collect();
+        sie_engine::candle_core::safetensors::save(&half, &whole).unwrap();
+        shard(&folder, stem, shards);
+        let index = folder.join(format!("{stem}.safetensors.index.json"));
+        std::fs::rename(
+            &index,
+            folder.join(format!("{stem}.safetensors.index.fp16.json")),
+        )
+        .unwrap();
+    }
+    let summary = sie_engine::ModelFiles::open(&dir).unwrap().summary();
+    assert!(
+        summary["unet_parameters"].contains("F16, 3 shards listed in")
+            && summary["unet_parameters"].contains("index.fp16.json"),
+        "{summary:?}"
+    );
+    let images = image(&dir);
+    assert_eq!(images.len(), 1);
+}
+
 #[test]
 fn broken_shards_are_refused_naming_the_file_and_what_was_expected() {
     // A shard the index names is missing.
