@@ -189,20 +189,21 @@ fn save_network(
 }
 
 /// Passes reads through to `inner`, keeping each tensor read as the file holds it (its own
-/// dtype, not the one the network is built in: a file mixing dtypes converts unchanged).
+/// dtype, not the one the network is built in: a file mixing dtypes converts unchanged). Each
+/// tensor is read once, kept, and converted for the network from that one read.
 struct Recording {
     inner: OriginalBackend,
     seen: Arc<Mutex<HashMap<String, Tensor>>>,
 }
 
 impl Recording {
-    fn keep(&self, name: &str) -> candle_core::Result<()> {
-        let tensor = self.inner.read(name, &Device::Cpu)?;
+    fn keep(&self, name: &str, tensor: Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        let for_network = tensor.to_dtype(dtype)?;
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), tensor);
-        Ok(())
+        Ok(for_network)
     }
 }
 
@@ -211,13 +212,12 @@ impl SimpleBackend for Recording {
         &self,
         shape: Shape,
         name: &str,
-        init: candle_nn::Init,
+        _: candle_nn::Init,
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.inner.get(shape, name, init, dtype, device)?;
-        self.keep(name)?;
-        Ok(tensor)
+        let tensor = self.inner.read_shaped(name, &shape, device)?;
+        self.keep(name, tensor, dtype)
     }
 
     fn get_unchecked(
@@ -226,9 +226,8 @@ impl SimpleBackend for Recording {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.inner.get_unchecked(name, dtype, device)?;
-        self.keep(name)?;
-        Ok(tensor)
+        let tensor = self.inner.read(name, device)?;
+        self.keep(name, tensor, dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

@@ -319,6 +319,28 @@ impl OriginalBackend {
     }
 }
 
+impl OriginalBackend {
+    /// [`OriginalBackend::read`], refused unless it has the `shape` the network asks for.
+    pub(crate) fn read_shaped(
+        &self,
+        name: &str,
+        shape: &Shape,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.read(name, device)?;
+        if tensor.shape() != shape {
+            let original = self.network.source(name);
+            return Err(candle_core::Error::Msg(format!(
+                "`{}` (the network's `{name}`) has shape {:?}; the architecture wants {:?}",
+                original.as_ref().map_or(name, |s| s.name()),
+                tensor.dims(),
+                shape.dims()
+            )));
+        }
+        Ok(tensor)
+    }
+}
+
 impl SimpleBackend for OriginalBackend {
     fn get(
         &self,
@@ -328,17 +350,7 @@ impl SimpleBackend for OriginalBackend {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.read(name, device)?;
-        if tensor.shape() != &shape {
-            let original = self.network.source(name);
-            return Err(candle_core::Error::Msg(format!(
-                "`{}` (the network's `{name}`) has shape {:?}; the architecture wants {:?}",
-                original.as_ref().map_or(name, |s| s.name()),
-                tensor.dims(),
-                shape.dims()
-            )));
-        }
-        tensor.to_dtype(dtype)
+        self.read_shaped(name, &shape, device)?.to_dtype(dtype)
     }
 
     fn get_unchecked(
