@@ -220,6 +220,13 @@ pub(crate) fn geglu(xs: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Whether the fused CUDA kernels take `y`, its `bias` and the `residual`: a dtype they have,
+/// the same for all three.
+#[cfg(feature = "cuda")]
+fn cuda_fusable(y: &Tensor, bias: &Tensor, residual: &Tensor) -> bool {
+    cuda::supports(y.dtype()) && bias.dtype() == y.dtype() && residual.dtype() == y.dtype()
+}
+
 /// A linear layer's bare product `y` `(..., out)` plus its `bias` `(out)`, plus `residual`
 /// shaped like `y`: `(y + bias) + residual`, what a linear layer with a residual after it
 /// computes. On CUDA one kernel adds both (the product came from cuBLAS without the bias);
@@ -231,11 +238,7 @@ pub(crate) fn bias_residual(
 ) -> Result<Tensor> {
     match (y.device(), bias) {
         #[cfg(feature = "cuda")]
-        (Device::Cuda(_), Some(bias))
-            if cuda::supports(y.dtype())
-                && bias.dtype() == y.dtype()
-                && residual.dtype() == y.dtype() =>
-        {
+        (Device::Cuda(_), Some(bias)) if cuda_fusable(y, bias, residual) => {
             cuda::bias_residual(y, bias, cuda::BiasAxis::Last, residual)
         }
         _ => portable::bias_residual(y, bias, residual),
@@ -253,11 +256,7 @@ pub(crate) fn tokens_to_image_residual(
 ) -> Result<Tensor> {
     match (y.device(), bias) {
         #[cfg(feature = "cuda")]
-        (Device::Cuda(_), Some(bias))
-            if cuda::supports(y.dtype())
-                && bias.dtype() == y.dtype()
-                && residual.dtype() == y.dtype() =>
-        {
+        (Device::Cuda(_), Some(bias)) if cuda_fusable(y, bias, residual) => {
             cuda::tokens_to_image_residual(y, bias, residual)
         }
         _ => portable::tokens_to_image_residual(y, bias, residual),
